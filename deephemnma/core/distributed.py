@@ -1,0 +1,73 @@
+"""torch.distributed helpers for ``torchrun``: each rank processes a shard, results are merged in order.
+
+Run any command on several GPUs or nodes with ``torchrun --nproc_per_node=N -m deephemnma.cli.main ...``
+(or ``deephemnma ... `` through Scipion's ``runJob`` with the torchrun launcher). Without ``torchrun``
+(no ``WORLD_SIZE`` in the environment) everything runs as a single process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Where this process stands: its rank, the number of processes and its local GPU index."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device_type: str = 'cpu') -> Rank:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on GPU).
+
+    Returns a single-process ``Rank`` when the environment does not describe one.
+    """
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size <= 1:
+        return Rank()
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    if not dist.is_initialized():
+        backend = 'nccl' if device_type == 'cuda' else 'gloo'
+        if device_type == 'cuda':
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return Rank(rank, world_size, local_rank)
+
+
+def barrier(rank: Rank) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if rank.world_size > 1:
+        dist.barrier()
+
+
+def shard_indices(count: int, rank: Rank, block: int = 1) -> range:
+    """The contiguous blocks of ``[0, count)`` that belong to ``rank``: block ``b`` goes to rank ``b % world``.
+
+    Returns the block numbers (not item indices) owned by this rank.
+    """
+    blocks = (count + block - 1) // block
+    return range(rank.rank, blocks, rank.world_size)
+
+
+def local_device(device_name: str, rank: Rank) -> torch.device:
+    """The device of this rank: ``cuda:LOCAL_RANK`` on GPU runs, else the named device."""
+    device = torch.device(device_name)
+    if device.type == 'cuda' and rank.world_size > 1:
+        return torch.device('cuda', rank.local_rank)
+    return device
+
+
+def cleanup(rank: Optional[Rank] = None) -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

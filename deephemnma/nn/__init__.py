@@ -1,0 +1,1 @@
+"""The DeepHEMNMA network: ResNet + MLP, its data, training and inference (no Scipion imports)."""

@@ -1,0 +1,26 @@
+"""The environment variables headless pyworkflow/pwem read (see the plugin's README, "Testing")."""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+HOSTS_CONF = '[localhost]\nPARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s\n'
+
+
+def prepare_scipion_environment() -> None:
+    """Set defaults for the Scipion variables that are not set; never overrides a real installation's."""
+    os.environ.setdefault('SCIPION_DOMAIN', 'pwem')
+    os.environ.setdefault('MPLBACKEND', 'Agg')
+    os.environ.setdefault('SCIPION_PYTHON', sys.executable)
+    os.environ.setdefault('SCIPION_TESTS_CMD', f'{sys.executable} -m pyworkflow.apps.pw_run_tests')
+    if 'SCIPION_USER_DATA' not in os.environ:
+        os.environ['SCIPION_USER_DATA'] = tempfile.mkdtemp(prefix='deephemnma-scipion-')
+    if 'SCIPION_HOSTS' not in os.environ:
+        hosts = Path(os.environ['SCIPION_USER_DATA']) / 'hosts.conf'
+        hosts.parent.mkdir(parents=True, exist_ok=True)
+        hosts.write_text(HOSTS_CONF)
+        os.environ['SCIPION_HOSTS'] = str(hosts)
+    # Protocols run in a subprocess started with "python3" from PATH: put this interpreter's folder first.
+    bindir = os.path.dirname(sys.executable)
+    if not os.environ.get('PATH', '').startswith(bindir):
+        os.environ['PATH'] = bindir + os.pathsep + os.environ.get('PATH', '')

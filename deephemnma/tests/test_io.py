@@ -1,0 +1,171 @@
+"""Image stacks and particle metadata: round trips for every format and clear errors for bad input."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deephemnma.core.fileio import InputError
+from deephemnma.core.imageio import StackWriter, read_image, read_stack, stack_info, write_map, write_stack
+from deephemnma.core.metadata import (Particles, check_against_stacks, read_particles, stack_locations,
+                                      write_particles)
+
+
+def _particles(n=7, modes=3, stack='stack.mrcs'):
+    rng = np.random.default_rng(0)
+    return Particles(image=stack_locations(stack, n), pixel_size=1.3, angles=rng.uniform(-180, 180, (n, 3)),
+                     shifts=rng.uniform(-5, 5, (n, 2)), amplitudes=rng.uniform(-200, 200, (n, modes)),
+                     defocus_u=rng.uniform(5000, 20000, n), defocus_v=rng.uniform(5000, 20000, n),
+                     defocus_angle=rng.uniform(0, 180, n), voltage=200.0, cs=2.0, amplitude_contrast=0.07,
+                     score=rng.uniform(0, 1, n), extra={'true_r': rng.uniform(0, 1, n)})
+
+
+def _assert_same(a: Particles, b: Particles):
+    assert list(a.image) == list(b.image)
+    for name in ('angles', 'shifts', 'amplitudes', 'defocus_u', 'defocus_v', 'defocus_angle', 'score'):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=2e-6, err_msg=name)
+    assert (a.voltage, a.cs, a.amplitude_contrast) == pytest.approx((b.voltage, b.cs, b.amplitude_contrast))
+    assert a.pixel_size == pytest.approx(b.pixel_size)
+    np.testing.assert_allclose(a.extra['true_r'], b.extra['true_r'], atol=2e-6)
+
+
+@pytest.mark.parametrize('suffix', ['.star', '.xmd', '.csv'])
+def test_metadata_round_trip(tmp_path, suffix):
+    particles = _particles()
+    path = write_particles(tmp_path / f'particles{suffix}', particles)
+    _assert_same(particles, read_particles(path))
+    assert not [p for p in os.listdir(tmp_path) if p.startswith('.')], 'temporary file left behind'
+
+
+def test_xmd_readable_by_xmipp_with_continuousflex_columns(tmp_path):
+    import xmippLib
+    particles = _particles()
+    path = write_particles(tmp_path / 'images.xmd', particles)
+    md = xmippLib.MetaData(str(path))
+    labels = [xmippLib.label2Str(label) for label in md.getActiveLabels()]
+    for column in ('image', 'enabled', 'angleRot', 'angleTilt', 'anglePsi', 'shiftX', 'shiftY',
+                   'nmaDisplacements', 'cost'):
+        assert column in labels
+    first = md.firstObject()
+    assert md.getValue(xmippLib.MDL_ANGLE_TILT, first) == pytest.approx(particles.angles[0, 1], abs=1e-5)
+    assert np.allclose(md.getValue(xmippLib.MDL_NMA, first), particles.amplitudes[0], atol=1e-5)
+
+
+def test_reads_continuousflex_images_xmd(tmp_path):
+    text = ("# XMIPP_STAR_1 * \n # \ndata_noname\nloop_\n _image\n _enabled\n _angleRot\n _angleTilt\n"
+            " _anglePsi\n _shiftX\n _shiftY\n _nmaDisplacements\n _cost\n _itemId\n"
+            "000001@imgs.stk                    1    12.5   100.25  -30.0   1.5  -2.25 "
+            "'    150.5    -20.25     3.0'   0.55  1\n"
+            "000002@imgs.stk                   -1     0.0    0.0     0.0    0.0   0.0 '0 0 0'   0.1  2\n")
+    path = tmp_path / 'images.xmd'
+    path.write_text(text)
+    particles = read_particles(path, pixel_size=2.2)
+    assert len(particles) == 1, 'disabled images are dropped'
+    np.testing.assert_allclose(particles.angles[0], [12.5, 100.25, -30.0])
+    np.testing.assert_allclose(particles.shifts[0], [1.5, -2.25])
+    np.testing.assert_allclose(particles.amplitudes[0], [150.5, -20.25, 3.0])
+    assert particles.score[0] == pytest.approx(0.55) and particles.pixel_size == 2.2
+
+
+def test_star_shifts_are_stored_in_angstrom_with_xmipp_sign(tmp_path):
+    particles = _particles()
+    path = write_particles(tmp_path / 'p.star', particles)
+    text = path.read_text()
+    assert 'rlnOriginXAngst' in text and 'data_optics' in text and 'rlnImagePixelSize' in text
+    value = float(text.split('data_particles')[1].strip().splitlines()[-len(particles)].split()[5])
+    assert value == pytest.approx(particles.shifts[0, 0] * 1.3, abs=1e-5)
+
+
+@pytest.mark.parametrize('suffix,content,message', [
+    ('.star', 'data_particles\nloop_\n_rlnAngleRot #1\n10\n', 'rlnImageName'),
+    ('.star', 'data_particles\nloop_\n_rlnImageName #1\n_rlnImagePixelSize #2\n_rlnAngleRot #3\n1@a.mrcs 1 10\n',
+     'rlnAngleTilt'),
+    ('.star', 'data_particles\nloop_\n_rlnImageName #1\n_rlnImagePixelSize #2\n1@a.mrcs\n', '1 values for 2'),
+    ('.xmd', 'data_noname\nloop_\n _image\n _shiftX\n1@a.mrcs 0.5\n', 'shiftY'),
+    ('.xmd', 'data_noname\nloop_\n _image\n _cost\n1@a.mrcs abc\n', 'non-numeric'),
+    ('.csv', 'image,rot\n1@a.mrcs,3\n', 'pixel_size'),
+    ('.txt', 'x', 'unknown metadata format'),
+    ('.star', 'just text\n', 'data before any data_ block'),
+])
+def test_bad_metadata_gives_clear_error(tmp_path, suffix, content, message):
+    path = tmp_path / f'bad{suffix}'
+    path.write_text(content)
+    with pytest.raises(InputError) as error:
+        read_particles(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_missing_metadata_file(tmp_path):
+    with pytest.raises(InputError, match='no such metadata file'):
+        read_particles(tmp_path / 'absent.star')
+
+
+def test_stack_round_trip_and_memory_map(tmp_path):
+    images = np.random.default_rng(0).normal(size=(5, 16, 16)).astype(np.float32)
+    write_stack(tmp_path / 's.mrcs', images, pixel_size=1.7)
+    info = stack_info(tmp_path / 's.mrcs')
+    assert (info.count, info.box) == (5, 16) and info.pixel_size == pytest.approx(1.7, abs=1e-4)
+    mapped = read_stack(tmp_path / 's.mrcs')
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, images)
+
+
+def test_map_round_trip(tmp_path):
+    volume = np.random.default_rng(1).normal(size=(12, 12, 12)).astype(np.float32)
+    write_map(tmp_path / 'm.mrc', volume, 2.0)
+    data, pixel = read_image(tmp_path / 'm.mrc')
+    assert np.array_equal(data, volume) and pixel == pytest.approx(2.0)
+
+
+def test_stack_writer_streams_resumes_and_renames(tmp_path):
+    images = np.random.default_rng(2).normal(size=(10, 8, 8)).astype(np.float32)
+    path = tmp_path / 'out.mrcs'
+    writer = StackWriter(path, 10, 8, 1.0)
+    writer.write(0, images[:4])
+    writer.abandon()  # the job dies here
+    assert not path.exists() and (tmp_path / 'out.mrcs.partial').exists()
+    with StackWriter(path, 10, 8, 1.0, resume=True) as writer:
+        writer.write(4, images[4:])
+    assert np.array_equal(read_stack(path), images)
+    assert not (tmp_path / 'out.mrcs.partial').exists()
+
+
+def test_failed_writing_keeps_the_previous_stack(tmp_path):
+    old = np.ones((3, 8, 8), np.float32)
+    write_stack(tmp_path / 'keep.mrcs', old, 1.0)
+    with pytest.raises(ValueError):
+        with StackWriter(tmp_path / 'keep.mrcs', 3, 8, 1.0) as writer:
+            writer.write(0, np.zeros((5, 8, 8)))  # too many images: the writer refuses
+    assert np.array_equal(read_stack(tmp_path / 'keep.mrcs'), old)
+    with pytest.raises(ValueError):
+        write_stack(tmp_path / 'keep.mrcs', np.zeros((8, 8)), 1.0)
+    assert np.array_equal(read_stack(tmp_path / 'keep.mrcs'), old)
+    assert sorted(os.listdir(tmp_path)) in (['keep.mrcs'], ['keep.mrcs', 'keep.mrcs.partial'])
+
+
+def test_truncated_and_corrupt_stacks(tmp_path):
+    write_stack(tmp_path / 'full.mrcs', np.zeros((4, 16, 16), np.float32), 1.0)
+    data = (tmp_path / 'full.mrcs').read_bytes()
+    (tmp_path / 'cut.mrcs').write_bytes(data[:-100])
+    with pytest.raises(InputError, match=r'cut\.mrcs: truncated file: the header announces 4 images'):
+        read_stack(tmp_path / 'cut.mrcs')
+    (tmp_path / 'junk.mrcs').write_bytes(b'not an mrc file' * 100)
+    with pytest.raises(InputError, match=r'junk\.mrcs: not a valid MRC file'):
+        stack_info(tmp_path / 'junk.mrcs')
+    with pytest.raises(InputError, match='no such image file'):
+        read_stack(tmp_path / 'absent.mrcs')
+
+
+def test_metadata_stack_count_mismatch(tmp_path):
+    write_stack(tmp_path / 'stack.mrcs', np.zeros((5, 8, 8), np.float32), 1.0)
+    particles = _particles(n=7)
+    check_against_stacks(particles.subset(np.arange(5)), 'meta.star', tmp_path)
+    with pytest.raises(InputError, match=r'meta\.star: refers to image 6 of .*stack\.mrcs, which holds only 5'):
+        check_against_stacks(particles, 'meta.star', tmp_path)
+
+
+def test_subset_keeps_rows_together():
+    particles = _particles()
+    part = particles.subset([4, 1])
+    assert list(part.image) == [particles.image[4], particles.image[1]]
+    np.testing.assert_array_equal(part.amplitudes, particles.amplitudes[[4, 1]])
+    np.testing.assert_array_equal(part.extra['true_r'], particles.extra['true_r'][[4, 1]])
