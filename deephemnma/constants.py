@@ -6,7 +6,9 @@ DEFAULT_DEVICE = 'auto'
 
 #: Scipion attribute holding per-particle normal-mode amplitudes (same name as ContinuousFlex/Xmipp).
 AMPLITUDES_ATTR = '_xmipp_nmaDisplacements'
-#: Scipion attribute holding the per-particle alignment score of this plugin.
-SCORE_ATTR = '_deephemnma_score'
-#: Prefix of ground-truth attributes written by the simulator.
-TRUE_PREFIX = '_deephemnma_true_'
+#: Scipion attribute holding the per-particle alignment score (ContinuousFlex's name, read by its viewers).
+SCORE_ATTR = '_xmipp_cost'
+#: Prefix of the extra per-particle columns (e.g. the simulator's ground truth, '_deephemnma_true_...').
+EXTRA_PREFIX = '_deephemnma_'
+#: Prefix of the simulator's ground-truth attributes (e.g. '_deephemnma_true_amplitudes').
+TRUE_PREFIX = EXTRA_PREFIX + 'true_'

@@ -45,8 +45,8 @@ def init_from_env(device_type: str = 'cpu') -> Rank:
 
 
 def barrier(rank: Rank) -> None:
-    """Wait for every process (no-op in a single process)."""
-    if rank.world_size > 1:
+    """Wait for every process (no-op in a single process or outside a process group)."""
+    if rank.world_size > 1 and dist.is_initialized():
         dist.barrier()
 
 

@@ -1,0 +1,138 @@
+"""Conversions between the core's :class:`~deephemnma.core.metadata.Particles` and Scipion's SetOfParticles.
+
+Scipion side only (imports pwem). A particle's pose is its projection-alignment Transform (Xmipp ZYZ angles in
+degrees, shifts in pixels; see :func:`deephemnma.core.rotations.transform_from_pose`), its amplitudes the CsvList
+attribute ``_xmipp_nmaDisplacements`` (the name ContinuousFlex's HEMNMA uses, so its outputs are read directly and
+ours go into its viewers), its score ``_xmipp_cost``, and every extra column ``NAME`` (e.g. the simulator's ground
+truth ``true_amplitudes``) the attribute ``_deephemnma_NAME``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+from pwem.objects import CTFModel, Particle, SetOfParticles, Transform
+from pyworkflow.object import CsvList, Float
+
+from .constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
+from .core.metadata import Particles
+from .core.rotations import pose_from_transform, transform_from_pose
+
+
+def fill_set_of_particles(output: SetOfParticles, particles: Particles, base_dir: str = '.') -> SetOfParticles:
+    """Add one Particle per row of ``particles`` to the (empty) ``output`` set, with pose, CTF and extras.
+
+    Image locations are made relative to ``base_dir`` where they lie inside it (Scipion stores paths relative to
+    the project folder).
+    """
+    output.setSamplingRate(particles.pixel_size)
+    acquisition = output.getAcquisition()
+    acquisition.setVoltage(particles.voltage)
+    acquisition.setSphericalAberration(particles.cs)
+    acquisition.setAmplitudeContrast(particles.amplitude_contrast)
+    if particles.has_alignment:
+        output.setAlignmentProj()
+    output.setHasCTF(particles.has_ctf)
+    transforms = transform_from_pose(particles.angles, particles.shifts) if particles.has_alignment else None
+    for row, (index, path) in enumerate(particles.locations(base_dir)):
+        particle = Particle()
+        particle.setLocation(index + 1, _relative(path, base_dir))
+        if transforms is not None:
+            particle.setTransform(Transform(transforms[row]))
+        if particles.has_ctf:
+            particle.setCTF(CTFModel(defocusU=float(particles.defocus_u[row]), defocusV=float(particles.defocus_v[row]),
+                                     defocusAngle=float(particles.defocus_angle[row])))
+        _set_row_attributes(particle, particles, row)
+        output.append(particle)
+    return output
+
+
+def _set_row_attributes(particle: Particle, particles: Particles, row: int) -> None:
+    if particles.amplitudes is not None:
+        setattr(particle, AMPLITUDES_ATTR, _csv(particles.amplitudes[row]))
+    if particles.score is not None:
+        setattr(particle, SCORE_ATTR, Float(float(particles.score[row])))
+    for name, values in particles.extra.items():
+        value = values[row]
+        setattr(particle, EXTRA_PREFIX + name, _csv(value) if np.ndim(value) else Float(float(value)))
+
+
+def _csv(values: np.ndarray) -> CsvList:
+    csv = CsvList(pType=float)
+    csv.set([float(v) for v in np.atleast_1d(values)])
+    return csv
+
+
+def _relative(path: str | os.PathLike, base_dir: str) -> str:
+    absolute, base = os.path.abspath(path), os.path.abspath(base_dir)
+    return os.path.relpath(absolute, base) if absolute.startswith(base + os.sep) else str(path)
+
+
+def particles_from_set(particle_set: SetOfParticles, require_alignment: bool = False,
+                       require_amplitudes: bool = False) -> Particles:
+    """The core's view of a SetOfParticles (any plugin's, ContinuousFlex's HEMNMA output included).
+
+    Raises ``ValueError`` with the set's name when a required pose or amplitude attribute is missing.
+    """
+    name = particle_set.getObjLabel() or particle_set.getFileName()
+    # Scipion reuses one item object while iterating: copy every value out of it at once.
+    rows = [_row_values(p) for p in particle_set.iterItems(orderBy='id')]
+    if not rows:
+        raise ValueError(f'{name}: the set of particles is empty')
+    acquisition = particle_set.getAcquisition()
+    result = Particles(image=np.array([r['image'] for r in rows]), pixel_size=particle_set.getSamplingRate(),
+                       voltage=_float(acquisition.getVoltage(), 300.0),
+                       cs=_float(acquisition.getSphericalAberration(), 2.7),
+                       amplitude_contrast=_float(acquisition.getAmplitudeContrast(), 0.1))
+    if all(r['transform'] is not None for r in rows):
+        result.angles, result.shifts = pose_from_transform(np.array([r['transform'] for r in rows]))
+    elif require_alignment:
+        raise ValueError(f'{name}: particles have no 3D projection alignment (angles and shifts)')
+    if all(r['ctf'] is not None for r in rows):
+        result.defocus_u, result.defocus_v, result.defocus_angle = np.array([r['ctf'] for r in rows]).T
+    if all(r['amplitudes'] is not None for r in rows):
+        result.amplitudes = np.array([r['amplitudes'] for r in rows])
+    elif require_amplitudes:
+        raise ValueError(f'{name}: particles lack normal-mode amplitudes ({AMPLITUDES_ATTR}); '
+                         'use the output of an alignment or inference protocol')
+    if all(r['score'] is not None for r in rows):
+        result.score = np.array([r['score'] for r in rows])
+    result.extra = {key: np.array([r['extra'][key] for r in rows]) for key in rows[0]['extra']
+                    if all(key in r['extra'] for r in rows)}
+    result.__post_init__()
+    return result
+
+
+def _row_values(particle: Particle) -> dict:
+    index, filename = particle.getLocation()
+    ctf = particle.getCTF() if particle.hasCTF() else None
+    score = getattr(particle, SCORE_ATTR, None)
+    extra = {}
+    for attr, value in particle.getAttributes():
+        if attr.startswith(EXTRA_PREFIX):
+            vector = _vector(particle, attr)
+            if vector is not None:
+                extra[attr[len(EXTRA_PREFIX):]] = vector[0] if isinstance(value, Float) else vector
+    return {'image': f'{index}@{filename}',
+            'transform': np.array(particle.getTransform().getMatrix()) if particle.hasTransform() else None,
+            'ctf': (ctf.getDefocusU(), ctf.getDefocusV(), ctf.getDefocusAngle()) if ctf is not None else None,
+            'amplitudes': _vector(particle, AMPLITUDES_ATTR),
+            'score': score.get() if score is not None and score.hasValue() else None, 'extra': extra}
+
+
+def _vector(particle: Particle, attr: str) -> Optional[np.ndarray]:
+    value = getattr(particle, attr, None)
+    if value is None:
+        return None
+    if isinstance(value, Float):
+        return np.array([value.get()], dtype=float) if value.hasValue() else None
+    items = value.get() if hasattr(value, 'get') else value
+    if isinstance(items, str):
+        items = [v for v in items.replace(',', ' ').split()]
+    return np.array([float(v) for v in items], dtype=float) if len(items) else None
+
+
+def _float(value, default: float) -> float:
+    return float(value) if value is not None else default
+
