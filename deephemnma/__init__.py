@@ -1,20 +1,21 @@
 """DeepHEMNMA: continuous conformational heterogeneity in cryo-EM images with normal modes and deep learning.
 
 The computational core (``deephemnma.core``, ``deephemnma.nn``, ``deephemnma.cli``) needs only torch,
-torchvision, numpy and scipy. The Scipion ``Plugin`` below is defined only where pwem is installed, so that
-the core runs on a bare GPU node as well as inside Scipion.
+torchvision, numpy and scipy. The Scipion ``Plugin`` class is built on first access (Scipion's plugin discovery
+asks for it), so importing the core never imports pwem/pyworkflow: the core runs on a bare GPU node, starts fast,
+and the tests can set Scipion's environment before pyworkflow reads it.
 """
 __version__ = '0.1.0'
 
-try:
-    import pwem as _pwem
-except ImportError:  # a bare compute node: the core works without Scipion
-    _pwem = None
 
-if _pwem is not None:
-    from .constants import DEVICE_VAR, TORCHRUN_VAR, DEFAULT_DEVICE
+def _build_plugin_class():
+    try:
+        import pwem
+    except ImportError as error:  # a bare compute node: no Scipion plugin there
+        raise AttributeError(f'deephemnma.Plugin needs Scipion (pwem): {error}') from error
+    from .constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
 
-    class Plugin(_pwem.Plugin):
+    class Plugin(pwem.Plugin):
         """Scipion plugin entry: declares the plugin's variables (no binaries to install)."""
 
         _url = 'https://github.com/scipion-em'
@@ -37,3 +38,14 @@ if _pwem is not None:
         @classmethod
         def defineBinaries(cls, env) -> None:
             """Nothing to build: everything installs with pip."""
+
+    Plugin.__module__ = __name__
+    return Plugin
+
+
+def __getattr__(name: str):
+    if name == 'Plugin':
+        plugin = _build_plugin_class()
+        globals()['Plugin'] = plugin
+        return plugin
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
