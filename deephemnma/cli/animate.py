@@ -1,0 +1,74 @@
+"""Structures from the space: group centroids (PDB + simulated map) and animations along the space's axes.
+
+``--modes`` is the modes file (``modes.npz`` of ``deephemnma nma``/``simulate``; ``--select`` picks the mode
+numbers the amplitudes belong to). With ``--centroids`` (``centroids.txt`` of ``deephemnma groups``, one row
+of mean amplitudes per group) writes ``centroid_NNN.pdb`` and, with ``--box``/``--pixel-size``, the map
+``centroid_NNN.mrc`` to compare with each group's reconstruction. With ``--space`` writes, for each
+``--axes``, ``axis_N.pdb`` (multi-model: ``--frames`` conformations from -spread to +spread standard
+deviations of the axis, mapped back to amplitudes) and ``axis_N.gif`` (projections at ``--view``).
+
+Examples::
+
+    deephemnma animate --modes modes.npz --space space/space.pkl -o anim/ --axes 1 2
+    deephemnma animate --modes modes.npz --centroids groups/centroids.txt --box 128 --pixel-size 0.65 -o anim/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deephemnma.core.animate import (axis_amplitudes, projection_frames, write_axis_animation, write_centroids,
+                                     write_gif)
+from deephemnma.core.fileio import InputError
+from deephemnma.core.nma import NormalModes
+from deephemnma.core.reduction import Space
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--modes', required=True, help='modes.npz (the reference and its modes)')
+    parser.add_argument('--select', type=int, nargs='+', help='mode numbers of the amplitudes (default: all)')
+    parser.add_argument('-o', '--output', required=True, help='output folder')
+    parser.add_argument('--space', help='space.pkl: animate along its axes')
+    parser.add_argument('--axes', type=int, nargs='+', default=[1], help='axes to animate (1-based)')
+    parser.add_argument('--frames', type=int, default=11, help='conformations per animation')
+    parser.add_argument('--spread', type=float, default=2.0, help='animation range in standard deviations')
+    parser.add_argument('--centroids', help='centroids.txt of deephemnma groups: one amplitude row per group')
+    parser.add_argument('--box', type=int, default=64, help='box (pixels) of the maps and GIF projections')
+    parser.add_argument('--pixel-size', type=float, default=1.5, help='pixel size (A) of maps and projections')
+    parser.add_argument('--no-maps', action='store_true', help='centroid PDBs only, no simulated maps')
+    parser.add_argument('--no-gif', action='store_true', help='no GIF of projections')
+    parser.add_argument('--view', type=float, nargs=3, default=[0.0, 90.0, 0.0],
+                        help='Euler angles (rot tilt psi, degrees) of the GIF view')
+
+
+def main(args: argparse.Namespace) -> int:
+    modes = NormalModes.load(args.modes)
+    if args.select:
+        modes = modes.select(args.select)
+    if not args.space and not args.centroids:
+        raise InputError('nothing to do: give --space (animations) and/or --centroids (group structures)')
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if args.centroids:
+        path = Path(args.centroids)
+        if not path.exists():
+            raise InputError(f'{path}: no such centroid file')
+        rows = np.loadtxt(path, ndmin=2)
+        box, pixel = (None, None) if args.no_maps else (args.box, args.pixel_size)
+        written += [str(p) for p in write_centroids(folder, modes, rows, box, pixel)]
+    if args.space:
+        space = Space.load(args.space)
+        for axis in args.axes:
+            amplitudes = axis_amplitudes(space, axis - 1, args.frames, args.spread)
+            coordinates = write_axis_animation(folder / f'axis_{axis}.pdb', modes, amplitudes)
+            written.append(str(folder / f'axis_{axis}.pdb'))
+            if not args.no_gif:
+                frames = projection_frames(modes, coordinates, args.box, args.pixel_size, args.view)
+                write_gif(folder / f'axis_{axis}.gif', frames)
+                written.append(str(folder / f'axis_{axis}.gif'))
+    print(json.dumps({'written': written}))
+    return 0

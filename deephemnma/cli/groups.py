@@ -1,0 +1,98 @@
+"""Make groups of images in a conformational space: polygons from a file, axis slices, k-means, GMM, density peaks.
+
+Groups are made on the points of the space (``deephemnma space``), then reported for the points of one source
+(``--source``, default: the first) in that source's order: ``labels.txt`` (one label per image, 1-based group
+numbers written 0-based with -1 for no group), ``centroids.txt`` (mean amplitudes of each group: its centroid
+conformation), ``groups.json`` (sizes) and ``groups.png``. With ``--particles`` (the particle file of that
+source) each group is also written as a particle subset ``group_001.star`` ...
+
+Examples::
+
+    deephemnma groups --space space/space.pkl --method slices --min-count 900 -o groups/ --particles pred.star
+    deephemnma groups --space space/space.pkl --method kmeans --groups 5 -o groups_km/
+    deephemnma groups --space space/space.pkl --method polygons --polygons selection.json -o picked/
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from deephemnma.core.fileio import InputError, atomic_path
+from deephemnma.core.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, group_members,
+                                    polygon_labels, read_polygons, write_labels)
+from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.core.reduction import Space
+from deephemnma.core.spaceplot import save_space_plot
+
+METHODS = AUTOMATIC_METHODS + ('polygons',)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--space', required=True, help='space.pkl written by deephemnma space')
+    parser.add_argument('-o', '--output', required=True, help='output folder')
+    parser.add_argument('--method', choices=METHODS, default='slices', help='how to make the groups')
+    parser.add_argument('--polygons', help='JSON polygons (name -> [[x, y], ...]) for --method polygons')
+    parser.add_argument('--groups', type=int, help='number of groups (clustering; slices: before merging)')
+    parser.add_argument('--axis', type=int, default=1, help='axis to slice (1-based; default: the first)')
+    parser.add_argument('--min-count', type=int, default=PAPER_MIN_COUNT,
+                        help='minimum images per slice (the paper: about 900)')
+    parser.add_argument('--trim', type=float, default=0.0, help='fraction of images left out at each end')
+    parser.add_argument('--equal-counts', action='store_true', help='slices of equal counts (quantiles)')
+    parser.add_argument('--source', help='source whose images the labels are for (default: the first)')
+    parser.add_argument('--particles', help='particle file of that source: write each group as a subset')
+    parser.add_argument('--subset-format', choices=('star', 'xmd', 'csv'), default='star')
+    parser.add_argument('--seed', type=int, default=0)
+
+
+def compute_labels(space: Space, args: argparse.Namespace) -> np.ndarray:
+    """Group labels of every point of the space."""
+    if args.method == 'polygons':
+        if not args.polygons:
+            raise InputError('--method polygons needs --polygons FILE')
+        return polygon_labels(space.coords, list(read_polygons(args.polygons).values()))
+    return automatic_labels(space.coords, args.method, args.groups, args.axis - 1, args.min_count, args.trim,
+                            args.equal_counts, args.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    space = Space.load(args.space)
+    source = args.source or space.source_names()[0]
+    mine = np.nonzero(space.sources == source)[0]
+    if mine.size == 0:
+        raise InputError(f"the space has no points from '{source}' (it has: {', '.join(space.source_names())})")
+    labels_all = compute_labels(space, args)
+    mine = mine[np.argsort(space.source_index[mine], kind='stable')]
+    labels = labels_all[mine]
+    members = group_members(labels)
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_labels(folder / 'labels.txt', labels)
+    amplitudes = space.amplitudes[mine]
+    centroid_rows = np.stack([amplitudes[m].mean(axis=0) for m in members])
+    with atomic_path(folder / 'centroids.txt', suffix='.txt') as tmp:
+        np.savetxt(tmp, centroid_rows, fmt='%.6f', header='mean amplitudes of each group (one row per group)')
+    polygons = read_polygons(args.polygons) if args.method == 'polygons' else None
+    coloured = np.where(labels_all >= 0, labels_all, np.nan)
+    save_space_plot(folder / 'groups.png', space.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
+                    title=f'{len(members)} groups ({args.method})', polygons=polygons)
+    if args.particles:
+        particles = read_particles(args.particles)
+        base_dir = Path(args.particles).parent
+        # Subsets live in another folder: their image paths are made absolute.
+        particles = dataclasses.replace(particles, image=np.array(
+            [f'{index + 1:06d}@{path.resolve()}' for index, path in particles.locations(base_dir)]))
+        if len(particles) != len(labels):
+            raise InputError(f'{args.particles}: {len(particles)} particles but the space holds {len(labels)} '
+                             f"points of '{source}' (particles and space do not match)")
+        for number, indices in enumerate(members, start=1):
+            write_particles(folder / f'group_{number:03d}.{args.subset_format}', particles.subset(indices))
+    summary = {'method': args.method, 'source': source, 'groups': [int(len(m)) for m in members],
+               'unassigned': int((labels < 0).sum())}
+    with atomic_path(folder / 'groups.json', suffix='.json') as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    return 0

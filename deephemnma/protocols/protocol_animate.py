@@ -1,0 +1,168 @@
+"""Scipion protocol: centroid structures of groups and animations along the axes of the conformational space."""
+from __future__ import annotations
+
+import numpy as np
+from pwem.objects import AtomStruct, SetOfNormalModes, Volume
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+
+from deephemnma.constants import AMPLITUDES_ATTR
+from deephemnma.convert import particles_from_set
+from deephemnma.core.fileio import InputError
+from deephemnma.core.nma import RIGID_MODES, NormalModes, collectivity
+
+
+def normal_modes_from_set(modes_set: SetOfNormalModes, numbers=None) -> NormalModes:
+    """The core's modes from a pwem SetOfNormalModes (its reference PDB and one vector file per mode).
+
+    Mode ``i`` of the set (object id ``i``) is Xmipp mode number ``i``; modes 1-6 are rigid-body modes.
+    ``numbers`` selects the modes (default: every non-rigid mode of the set).
+    """
+    from deephemnma.core.modes_io import read_vector_file
+    from deephemnma.core.structure import read_structure
+    structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
+    files = {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
+    wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
+    missing = [n for n in wanted if n not in files]
+    if missing:
+        raise InputError(f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})')
+    vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])
+    rigid = [n for n in sorted(files) if n <= RIGID_MODES]
+    rigid_vectors = np.stack([read_vector_file(files[n], len(structure)) for n in rigid]) if rigid \
+        else np.zeros((0, len(structure), 3))
+    return NormalModes(vectors=vectors, eigenvalues=np.zeros(len(wanted)), numbers=np.array(wanted),
+                       collectivity=collectivity(vectors), rigid_eigenvalues=np.zeros(len(rigid)),
+                       rigid_vectors=rigid_vectors, structure=structure, cutoff=float('nan'), method='file')
+
+
+class DeepHemnmaProtAnimate(EMProtocol):
+    """Atomic structures from the conformational space: the centroid conformation of each group (the
+    reference deformed by the group's mean amplitudes, with its simulated map for comparison with the group's
+    reconstruction), and animations of the reference along the axes of the space (multi-model PDB and GIF)."""
+
+    _label = 'animate space'
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label='Input')
+        form.addParam('inputModes', params.PointerParam, pointerClass='SetOfNormalModes', important=True,
+                      label='Normal modes', help='The modes (and their reference structure) of the amplitudes.')
+        form.addParam('modeNumbers', params.NumericListParam, default='', label='Modes of the amplitudes',
+                      help='Mode numbers the amplitudes refer to, in order (e.g. 7 8 9). Empty: every '
+                           'non-rigid mode of the set.')
+        form.addParam('inputGroups', params.MultiPointerParam, pointerClass='SetOfParticles', allowsNull=True,
+                      label='Groups (optional)', help='Particle groups: one centroid structure and map each.')
+        form.addParam('inputSpace', params.PointerParam, pointerClass='DeepHemnmaProtSpace', allowsNull=True,
+                      label='Space (optional)', help='A conformational space protocol: animate along its axes.')
+        form.addSection(label='Output')
+        form.addParam('axes', params.NumericListParam, default='1', label='Axes to animate',
+                      help='1-based axes of the space.')
+        form.addParam('frames', params.IntParam, default=11, label='Frames', help='Conformations per animation.')
+        form.addParam('spread', params.FloatParam, default=2.0, label='Range (standard deviations)',
+                      help='Each animation spans +-range standard deviations of its axis through the mean.')
+        form.addParam('box', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label='Map box (px)',
+                      help='Size of the simulated maps and projections; 0: that of the groups\' images.')
+        form.addParam('pixelSize', params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
+                      label='Pixel size (A)', help='0: that of the groups\' images.')
+
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.structuresStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _modes(self) -> NormalModes:
+        numbers = [int(n) for n in self._numbers()]
+        return normal_modes_from_set(self.inputModes.get(), numbers or None)
+
+    def _numbers(self):
+        text = self.modeNumbers.get() or ''
+        return [int(v) for v in text.replace(',', ' ').split()]
+
+    def _grid(self):
+        groups = [p.get() for p in self.inputGroups] if self.inputGroups else []
+        box = self.box.get() or (groups[0].getXDim() if groups else 64)
+        pixel = self.pixelSize.get() or (groups[0].getSamplingRate() if groups else 1.5)
+        return int(box), float(pixel)
+
+    def _centroids(self) -> np.ndarray:
+        return np.stack([particles_from_set(p.get(), require_amplitudes=True).amplitudes.mean(axis=0)
+                         for p in self.inputGroups])
+
+    def structuresStep(self) -> None:
+        from deephemnma.core.animate import (axis_amplitudes, projection_frames, write_axis_animation,
+                                             write_centroids, write_gif)
+        from deephemnma.core.reduction import Space
+        modes = self._modes()
+        box, pixel = self._grid()
+        if self.inputGroups:
+            centroids = self._centroids()
+            np.savetxt(self._getExtraPath('centroids.txt'), centroids, fmt='%.6f')
+            write_centroids(self._getExtraPath(), modes, centroids, box, pixel)
+        if self.inputSpace.get() is not None:
+            space = Space.load(self.inputSpace.get().space_path())
+            for axis in self._axes():
+                amplitudes = axis_amplitudes(space, axis - 1, self.frames.get(), self.spread.get())
+                coordinates = write_axis_animation(self._getExtraPath(f'axis_{axis}.pdb'), modes, amplitudes)
+                write_gif(self._getExtraPath(f'axis_{axis}.gif'), projection_frames(modes, coordinates, box, pixel))
+
+    def _axes(self):
+        return [int(v) for v in (self.axes.get() or '1').replace(',', ' ').split()]
+
+    def createOutputStep(self) -> None:
+        outputs = {}
+        if self.inputGroups:
+            box, pixel = self._grid()
+            maps = self._createSetOfVolumes(suffix='centroids')
+            maps.setSamplingRate(pixel)
+            for number in range(1, len(self.inputGroups) + 1):
+                outputs[f'outputCentroid{number}'] = AtomStruct(
+                    filename=self._getExtraPath(f'centroid_{number:03d}.pdb'))
+                volume = Volume(location=self._getExtraPath(f'centroid_{number:03d}.mrc'))
+                volume.setSamplingRate(pixel)
+                maps.append(volume)
+            outputs['outputCentroidMaps'] = maps
+        if self.inputSpace.get() is not None:
+            for axis in self._axes():
+                outputs[f'outputAnimation{axis}'] = AtomStruct(filename=self._getExtraPath(f'axis_{axis}.pdb'))
+        self._defineOutputs(**outputs)
+        self._defineSourceRelation(self.inputModes, list(outputs.values())[0])
+
+    def _validate(self):
+        errors = []
+        modes_set = self.inputModes.get()
+        if modes_set is None or modes_set.getSize() == 0:
+            return ['The set of normal modes is empty.']
+        if not self.inputGroups and self.inputSpace.get() is None:
+            errors.append('Nothing to do: give groups (centroids) and/or a space (animations).')
+        available = {int(m.getObjId()) for m in modes_set.iterItems()}
+        numbers = self._numbers() or [n for n in available if n > RIGID_MODES]
+        missing = [n for n in numbers if n not in available]
+        if missing:
+            errors.append(f'Mode(s) {missing} are not in the set of normal modes.')
+        for number, pointer in enumerate(self.inputGroups or [], start=1):
+            group = pointer.get()
+            if group is None or group.getSize() == 0:
+                errors.append(f'Group {number} is empty (empty group).')
+                continue
+            first = group.getFirstItem()
+            amplitudes = getattr(first, AMPLITUDES_ATTR, None)
+            if amplitudes is None:
+                errors.append(f'Group {number} has no normal-mode amplitudes.')
+            elif len(amplitudes) != len(numbers):
+                errors.append(f'Group {number} has {len(amplitudes)} amplitudes per particle but {len(numbers)} '
+                              'modes are selected: set "Modes of the amplitudes".')
+        if self.frames.get() < 2:
+            errors.append('An animation needs at least 2 frames.')
+        return errors
+
+    def _summary(self):
+        outputs = [name for name, _ in self.iterOutputAttributes()]
+        if not outputs:
+            return ['Structures not computed yet.']
+        return [f'Outputs: {", ".join(outputs)}.']
+
+    def _methods(self):
+        return ['Centroid conformations of the groups were obtained by deforming the reference along the normal '
+                'modes with the groups\' mean amplitudes, and the reference was animated along the axes of the '
+                'conformational space [Hamitouche2022, Harastani2020].']
+
+    def _citations(self):
+        return ['Hamitouche2022', 'Harastani2020', 'Tirion1996']

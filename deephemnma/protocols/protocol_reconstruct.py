@@ -1,0 +1,170 @@
+"""Scipion protocol: 3D reconstruction of groups of particles by direct Fourier inversion, with half maps and FSC."""
+from __future__ import annotations
+
+import json
+import os
+from itertools import islice
+
+import numpy as np
+from pwem.objects import SetOfParticles, Volume
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+
+from deephemnma.convert import particles_from_set
+from deephemnma.core.reconstruct import CTF_MODES
+from deephemnma.core.rotations import pose_from_transform
+
+_VALIDATION_SAMPLE = 2000
+
+
+def max_shift(particle_set: SetOfParticles, limit: int = _VALIDATION_SAMPLE) -> float:
+    """Largest |shift| (pixels) among the first ``limit`` particles (0 without alignment)."""
+    matrices = [np.array(p.getTransform().getMatrix()) for p in islice(particle_set.iterItems(), limit)
+                if p.hasTransform()]
+    if not matrices:
+        return 0.0
+    return float(np.abs(pose_from_transform(np.array(matrices))[1]).max())
+
+
+class DeepHemnmaProtReconstruct(EMProtocol):
+    """Reconstruct a map of each input set of particles (e.g. each group of the conformational space) from
+    their images and poses by direct Fourier inversion with CTF correction, with half maps, FSC curves and,
+    optionally, the FSC against a reference map. Runs on CPU or GPU."""
+
+    _label = 'reconstruct groups'
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label='Input')
+        form.addParam('inputSets', params.MultiPointerParam, pointerClass='SetOfParticles', important=True,
+                      label='Particle sets', help='One map is reconstructed per set (e.g. each group).')
+        form.addParam('ctfMode', params.EnumParam, choices=list(CTF_MODES), default=2, label='CTF correction',
+                      help="phase_flipped: the images were phase-flipped (as in the paper); full: the images "
+                           "carry the CTF; none: no correction.")
+        form.addParam('poseBox', params.IntParam, default=0, label='Pose image size (px)',
+                      help='Size of the images the poses were estimated on, when the images reconstructed here '
+                           'are of another size (e.g. poses from 128 px images, reconstruction from the original '
+                           '256 px images): shifts are scaled by the size ratio. 0: the same size.')
+        form.addParam('referenceVolume', params.PointerParam, pointerClass='Volume', allowsNull=True,
+                      label='Reference map (optional)', help='For an FSC of each map against it.')
+        form.addSection(label='Advanced')
+        form.addParam('pad', params.FloatParam, default=1.0, expertLevel=params.LEVEL_ADVANCED,
+                      label='Padding factor', help='Fourier grid oversampling: 1 (fast) or 2 (most accurate).')
+        form.addParam('wiener', params.FloatParam, default=0.01, expertLevel=params.LEVEL_ADVANCED,
+                      label='Wiener regularisation',
+                      help='Added to the CTF^2 weights, as a fraction of their mean in each Fourier shell.')
+        form.addParam('device', params.StringParam, default='auto', expertLevel=params.LEVEL_ADVANCED,
+                      label='Device', help='auto, cpu or cuda.')
+        form.addParam('batchSize', params.IntParam, default=256, expertLevel=params.LEVEL_ADVANCED,
+                      label='Images per batch')
+
+    def _insertAllSteps(self) -> None:
+        for number in range(1, len(self.inputSets) + 1):
+            self._insertFunctionStep(self.reconstructStep, number)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _name(self, number: int) -> str:
+        return self._getExtraPath(f'group_{number:03d}')
+
+    def reconstructStep(self, number: int) -> None:
+        from deephemnma.core.fsc import fsc
+        from deephemnma.core.imageio import read_image, stack_info, write_map
+        from deephemnma.core.machine import resolve_device
+        from deephemnma.core.reconstruct import ctf_table, particle_batches, reconstruct
+        from deephemnma.core.spaceplot import save_fsc_plot
+        particle_set = self.inputSets[number - 1].get()
+        particles = particles_from_set(particle_set, require_alignment=True)
+        locations = list(particles.locations(os.getcwd()))
+        info = stack_info(locations[0][1])
+        scale = info.box / self.poseBox.get() if self.poseBox.get() else 1.0
+        mode = CTF_MODES[self.ctfMode.get()]
+        result = reconstruct(particle_batches(locations, self.batchSize.get()), particles.angles, particles.shifts,
+                             info.box, particle_set.getSamplingRate(), ctf_table(particles) if mode != 'none'
+                             else None, mode, self.pad.get(), self.wiener.get(), scale,
+                             resolve_device(self.device.get()))
+        name = self._name(number)
+        write_map(f'{name}.mrc', result.volume, result.pixel_size)
+        for half, volume in enumerate(result.half_maps, start=1):
+            write_map(f'{name}_half{half}.mrc', volume, result.pixel_size)
+        curves = {'half maps': result.half_map_fsc()}
+        if self.referenceVolume.get() is not None:
+            reference, _ = read_image(self.referenceVolume.get().getFileName())
+            curves['vs reference'] = fsc(result.volume, reference, result.pixel_size)
+        summary = {key: curve.as_dict() for key, curve in curves.items()}
+        with open(f'{name}_fsc.json', 'w') as handle:
+            json.dump({'images': result.count, **summary}, handle, indent=1)
+        save_fsc_plot(f'{name}_fsc.png', curves)
+
+    def createOutputStep(self) -> None:
+        volumes = self._createSetOfVolumes()
+        volumes.setSamplingRate(self.inputSets[0].get().getSamplingRate())
+        for number in range(1, len(self.inputSets) + 1):
+            name = self._name(number)
+            volume = Volume(location=f'{name}.mrc')
+            volume.setSamplingRate(self.inputSets[number - 1].get().getSamplingRate())
+            volume.setHalfMaps([f'{name}_half1.mrc', f'{name}_half2.mrc'])
+            volume.setObjComment(self.fsc_summary(number))
+            volumes.append(volume)
+        self._defineOutputs(outputVolumes=volumes)
+        for pointer in self.inputSets:
+            self._defineSourceRelation(pointer, volumes)
+
+    def fsc_curves(self, number: int) -> dict:
+        """The FSC record of reconstruction ``number`` (1-based) as written by the protocol."""
+        with open(f'{self._name(number)}_fsc.json') as handle:
+            return json.load(handle)
+
+    def fsc_summary(self, number: int) -> str:
+        record = self.fsc_curves(number)
+        text = (f"{record['images']} images; half maps: "
+                f"{record['half maps']['resolution_0143_angstrom']:.2f} A at FSC 0.143")
+        if 'vs reference' in record:
+            text += f"; vs reference: {record['vs reference']['resolution_05_angstrom']:.2f} A at FSC 0.5"
+        return text
+
+    def _validate(self):
+        errors = []
+        if len(self.inputSets) == 0:
+            return ['Give at least one set of particles.']
+        mode = CTF_MODES[self.ctfMode.get()]
+        for number, pointer in enumerate(self.inputSets, start=1):
+            particle_set = pointer.get()
+            label = f'Set {number} ({particle_set.getObjLabel() or particle_set.getNameId()})' \
+                if particle_set is not None else f'Set {number}'
+            if particle_set is None or particle_set.getSize() == 0:
+                errors.append(f'{label} is empty (empty group): nothing to reconstruct.')
+                continue
+            if particle_set.getSize() < 2:
+                errors.append(f'{label} holds 1 particle: half maps need at least 2.')
+            if not particle_set.hasAlignmentProj():
+                errors.append(f'{label} has no poses (3D projection alignment): align or predict them first.')
+                continue
+            if mode != 'none' and not particle_set.hasCTF():
+                errors.append(f"{label} has no CTF: choose CTF correction 'none' or give particles with CTF.")
+            box = particle_set.getXDim() or 0
+            scale = box / self.poseBox.get() if self.poseBox.get() else 1.0
+            shift = max_shift(particle_set) * scale
+            if box and shift >= box / 2:
+                errors.append(f'{label}: shifts of up to {shift:.1f} px do not fit its {box} px images: the poses '
+                              "do not match the particles' size (set 'Pose image size' to the size the poses "
+                              'were estimated at).')
+        reference = self.referenceVolume.get()
+        if reference is not None and errors == []:
+            box = self.inputSets[0].get().getXDim()
+            if reference.getXDim() != box:
+                errors.append(f'The reference map is {reference.getXDim()} px wide but the particles {box} px.')
+        if self.pad.get() < 1:
+            errors.append('The padding factor must be at least 1.')
+        return errors
+
+    def _summary(self):
+        if not hasattr(self, 'outputVolumes'):
+            return ['Maps not computed yet.']
+        return [f'Map {n}: {self.fsc_summary(n)}' for n in range(1, len(self.inputSets) + 1)]
+
+    def _methods(self):
+        return ['Maps were reconstructed by direct Fourier inversion with trilinear gridding and Wiener-like CTF '
+                'correction from the particles\' poses, with even/odd half maps and FSC, as in DeepHEMNMA '
+                '[Hamitouche2022].']
+
+    def _citations(self):
+        return ['Hamitouche2022', 'Jin2014']

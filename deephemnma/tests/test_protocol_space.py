@@ -1,0 +1,207 @@
+"""Scipion protocols of the conformational space (space, groups, reconstruct, animate) and the space viewer.
+
+Data: adenylate kinase images on the paper's helix (simulated here, small), imported into a Scipion project as
+a SetOfParticles with poses, CTF and amplitudes; bad inputs (empty group, poses missing, particles and poses
+of different sizes) are checked through each protocol's ``_validate``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+
+import numpy as np
+import torch
+from pwem.objects import SetOfParticles
+from pwem.protocols import ProtImportParticles
+from pyworkflow.tests import BaseTest, setupTestProject
+
+from deephemnma.convert import fill_set_of_particles, particles_from_set
+from deephemnma.core.ctf import CTFParams
+from deephemnma.core.groups import write_polygons
+from deephemnma.core.imageio import write_stack
+from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.core.reduction import fit_space
+from deephemnma.core.rotations import matrix_to_euler, random_rotations
+from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.protocols import (DeepHemnmaProtAnimate, DeepHemnmaProtGroups, DeepHemnmaProtReconstruct,
+                                  DeepHemnmaProtSpace)
+
+COUNT, BOX, PIXEL = 240, 32, 2.5
+
+
+@lru_cache(maxsize=1)
+def _simulated():
+    """Phase-flipped CTF images of adenylate kinase on the helix (poses, amplitudes, defocus, r)."""
+    torch.set_num_threads(1)
+    setup = paper_ak_setup()
+    rng = np.random.default_rng(11)
+    r = rng.uniform(0, 1, COUNT)
+    amplitudes = 150 * np.stack([r, np.sin(np.pi * r), np.cos(np.pi * r)], axis=1)
+    angles = matrix_to_euler(random_rotations(COUNT, rng))
+    shifts = rng.uniform(-2, 2, (COUNT, 2))
+    defocus = rng.uniform(6000, 16000, COUNT)
+    ctf = CTFParams(defocus_u=torch.as_tensor(defocus), defocus_v=torch.as_tensor(defocus), voltage=200.0, cs=2.0,
+                    amplitude_contrast=0.1)
+    images = simulate_particles(setup, amplitudes, angles, shifts, BOX, PIXEL, ctf=ctf, phase_flip=True).images
+    return images, amplitudes, angles, shifts, defocus, r
+
+
+def _write_particles(folder: str, shifts_scale: float = 1.0, aligned: bool = True, name: str = 'particles'):
+    """The simulated particles as a Scipion sqlite set (with CTF, and poses and amplitudes when ``aligned``)."""
+    images, amplitudes, angles, shifts, defocus, _ = _simulated()
+    stack = os.path.join(folder, 'particles.mrcs')
+    if not os.path.exists(stack):
+        write_stack(stack, images, PIXEL)
+    particles = Particles(image=stack_locations(stack, COUNT), pixel_size=PIXEL,
+                          angles=angles if aligned else None, shifts=shifts * shifts_scale if aligned else None,
+                          amplitudes=amplitudes if aligned else None, defocus_u=defocus, defocus_v=defocus,
+                          defocus_angle=np.zeros(COUNT), voltage=200.0, cs=2.0, amplitude_contrast=0.1)
+    output = SetOfParticles(filename=os.path.join(folder, f'{name}.sqlite'))
+    fill_set_of_particles(output, particles, base_dir=folder)
+    output.write()
+    output.close()
+    return os.path.join(folder, f'{name}.sqlite')
+
+
+class TestSpaceProtocols(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.data = tempfile.mkdtemp(prefix='deephemnma-space-')
+        cls.imported = cls._import(_write_particles(cls.data))
+        _, cls.amplitudes, _, _, _, cls.r = _simulated()
+        cls.space_prot = cls._space()
+
+    @classmethod
+    def _import(cls, sqlite):
+        prot = cls.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_SCIPION,
+                               sqliteFile=sqlite, samplingRate=PIXEL, voltage=200.0, sphericalAberration=2.0,
+                               amplitudeContrast=0.1, magnification=50000)
+        cls.launchProtocol(prot)
+        return prot.outputParticles
+
+    @classmethod
+    def _space(cls):
+        prot = cls.newProtocol(DeepHemnmaProtSpace, components=2)
+        prot.inputParticles.set(cls.imported)
+        cls.launchProtocol(prot)
+        return prot
+
+    def test_space_groups_reconstruct_animate_view(self):
+        space_prot = self.space_prot
+        output = space_prot.outputParticles
+        self.assertEqual(output.getSize(), COUNT)
+        coords = np.asarray(particles_from_set(output).extra['space'])
+        expected = fit_space({'predicted': self.amplitudes}, 'pca', 2).coords
+        self.assertTrue(np.allclose(np.abs(coords), np.abs(expected), atol=1e-3))
+        self.assertGreater(abs(np.corrcoef(coords[:, 0], self.r)[0, 1]), 0.95)
+
+        groups = self.newProtocol(DeepHemnmaProtGroups, method=0, minCount=80, numberOfGroups=0, equalCounts=True)
+        groups.inputParticles.set(output)
+        self.launchProtocol(groups)
+        sizes = [getattr(groups, f'outputGroup{n}').getSize() for n in (1, 2, 3)]
+        self.assertEqual(sizes, [80, 80, 80])
+        self.assertFalse(hasattr(groups, 'outputGroup4'))
+
+        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        for n in (1, 2):
+            recon.inputSets.append(getattr(groups, f'outputGroup{n}'))
+        self.assertEqual(recon._validate(), [])
+        self.launchProtocol(recon)
+        volumes = recon.outputVolumes
+        self.assertEqual(volumes.getSize(), 2)
+        first = volumes.getFirstItem()
+        self.assertTrue(first.hasHalfMaps())
+        self.assertEqual(first.getXDim(), BOX)
+        record = recon.fsc_curves(1)
+        self.assertEqual(record['images'], sizes[0])
+        self.assertLess(record['half maps']['resolution_0143_angstrom'], 8 * PIXEL)
+
+        self._viewer_checks(space_prot, groups, recon)
+        self._animate_checks(space_prot, groups)
+
+    def _animate_checks(self, space_prot, groups):
+        from deephemnma.core.structure import read_structure
+        from deephemnma.protocols import DeepHemnmaProtSimulate
+        from deephemnma.protocols.protocol_animate import normal_modes_from_set
+        simulation = self.newProtocol(DeepHemnmaProtSimulate, count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,
+                                      applyCtf=False, addNoise=False, numberOfThreads=1)
+        self.launchProtocol(simulation)
+        animate = self.newProtocol(DeepHemnmaProtAnimate, modeNumbers='7 8 9', frames=5, axes='1 2')
+        animate.inputModes.set(simulation.outputModes)
+        for n in (1, 2, 3):
+            animate.inputGroups.append(getattr(groups, f'outputGroup{n}'))
+        animate.inputSpace.set(space_prot)
+        self.assertEqual(animate._validate(), [])
+        self.launchProtocol(animate)
+        modes = normal_modes_from_set(simulation.outputModes, [7, 8, 9])
+        members = particles_from_set(groups.outputGroup2).amplitudes
+        centroid = read_structure(animate.outputCentroid2.getFileName())
+        expected = modes.structure.coords + np.tensordot(members.mean(axis=0), modes.vectors, axes=1)
+        self.assertLess(np.abs(centroid.coords - expected).max(), 2e-3)
+        self.assertEqual(animate.outputCentroidMaps.getSize(), 3)
+        with open(animate.outputAnimation2.getFileName()) as handle:
+            self.assertEqual(handle.read().count('MODEL'), 5)
+        wrong = self.newProtocol(DeepHemnmaProtAnimate, modeNumbers='7 8')
+        wrong.inputModes.set(simulation.outputModes)
+        wrong.inputGroups.append(groups.outputGroup1)
+        self.assertTrue(any('2 modes are selected' in e for e in wrong._validate()))
+
+    def _viewer_checks(self, space_prot, groups, recon):
+        from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer, launch_selection
+        viewer = DeepHemnmaSpaceViewer(project=self.proj, protocol=space_prot)
+        folder = tempfile.mkdtemp(prefix='deephemnma-viewer-')
+        for colour in ('density', 'source'):
+            path = viewer.save_space(os.path.join(folder, f'{colour}.png'), colour)
+            self.assertGreater(os.path.getsize(path), 3000)
+        fsc_viewer = DeepHemnmaSpaceViewer(project=self.proj, protocol=recon)
+        path = fsc_viewer.save_fsc(os.path.join(folder, 'fsc.png'))
+        self.assertGreater(os.path.getsize(path), 3000)
+        paths = fsc_viewer.save_maps(folder)
+        self.assertEqual(len(paths), 2)
+        # A selection drawn in the viewer becomes a groups protocol with polygons: one subset per selection.
+        coords = np.asarray(particles_from_set(space_prot.outputParticles).extra['space'])
+        low, high = np.quantile(coords[:, 0], [0.0, 0.5])
+        polygon = np.array([[low - 1, coords[:, 1].min() - 1], [high, coords[:, 1].min() - 1],
+                            [high, coords[:, 1].max() + 1], [low - 1, coords[:, 1].max() + 1]])
+        # The interactive window (Agg here) hands its finished selections to the same launcher.
+        from matplotlib.figure import Figure
+        from deephemnma.viewers.viewer_space import SelectionWindow
+        received = []
+        window = SelectionWindow(coords, received.append, 'polygon', figure=Figure())
+        self.assertEqual(window.on_select(polygon), int((coords[:, 0] < high).sum()))
+        window.save()
+        self.assertEqual(list(received[0]), ['selection 1'])
+        selection = launch_selection(self.proj, space_prot.outputParticles, {'left half': polygon},
+                                     os.path.join(folder, 'selection.json'))
+        self.assertEqual(selection.outputGroup1.getSize(), int((coords[:, 0] < high).sum()))
+
+    def test_bad_inputs_are_refused(self):
+        space_prot = self.space_prot
+        # Empty group: polygons that select no particle.
+        polygons = os.path.join(self.data, 'nowhere.json')
+        write_polygons(polygons, {'far': np.array([[1e6, 1e6], [1e6 + 1, 1e6], [1e6, 1e6 + 1]])})
+        groups = self.newProtocol(DeepHemnmaProtGroups, method=4, polygonsFile=polygons)
+        groups.inputParticles.set(space_prot.outputParticles)
+        self.assertTrue(any('empty selection' in e for e in groups._validate()))
+        # Particles without space coordinates.
+        groups_raw = self.newProtocol(DeepHemnmaProtGroups, method=1, numberOfGroups=2)
+        groups_raw.inputParticles.set(self.imported)
+        self.assertTrue(any('no space coordinates' in e for e in groups_raw._validate()))
+        # Poses missing.
+        unaligned = self._import(_write_particles(self.data, aligned=False, name='unaligned'))
+        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        recon.inputSets.append(unaligned)
+        self.assertTrue(any('no poses' in e for e in recon._validate()))
+        space_bad = self.newProtocol(DeepHemnmaProtSpace)
+        space_bad.inputParticles.set(unaligned)
+        self.assertTrue(any('no normal-mode amplitudes' in e for e in space_bad._validate()))
+        # Particles and poses of different sizes: poses (shifts) from 10x larger images do not fit ...
+        big_poses = self._import(_write_particles(self.data, shifts_scale=10.0, name='big_poses'))
+        recon_size = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        recon_size.inputSets.append(big_poses)
+        self.assertTrue(any('do not match' in e for e in recon_size._validate()))
+        # ... unless the size the poses were estimated at is given.
+        recon_size.poseBox.set(10 * BOX)
+        self.assertEqual(recon_size._validate(), [])
