@@ -1,4 +1,6 @@
-"""The environment variables headless pyworkflow/pwem read (see the plugin's README, "Testing")."""
+"""The environment variables headless pyworkflow/pwem read; set before pyworkflow is first imported.
+
+Used by the tests and by ``deephemnma demo`` (see SCIPION.md-style notes in the README)."""
 import os
 import sys
 import tempfile
@@ -7,14 +9,17 @@ from pathlib import Path
 HOSTS_CONF = '[localhost]\nPARALLEL_COMMAND = mpirun -np %_(JOB_NODES)d %_(COMMAND)s\n'
 
 
-def prepare_scipion_environment() -> None:
-    """Set defaults for the Scipion variables that are not set; never overrides a real installation's."""
+def prepare_scipion_environment(user_data: str = '') -> None:
+    """Set defaults for the Scipion variables that are not set; never overrides a real installation's.
+
+    ``user_data``: where projects go when SCIPION_USER_DATA is unset (default: a new temporary folder).
+    """
     os.environ.setdefault('SCIPION_DOMAIN', 'pwem')
     os.environ.setdefault('MPLBACKEND', 'Agg')
     os.environ.setdefault('SCIPION_PYTHON', sys.executable)
     os.environ.setdefault('SCIPION_TESTS_CMD', f'{sys.executable} -m pyworkflow.apps.pw_run_tests')
     if 'SCIPION_USER_DATA' not in os.environ:
-        os.environ['SCIPION_USER_DATA'] = tempfile.mkdtemp(prefix='deephemnma-scipion-')
+        os.environ['SCIPION_USER_DATA'] = user_data or tempfile.mkdtemp(prefix='deephemnma-scipion-')
     if 'SCIPION_HOSTS' not in os.environ:
         hosts = Path(os.environ['SCIPION_USER_DATA']) / 'hosts.conf'
         hosts.parent.mkdir(parents=True, exist_ok=True)
