@@ -1,0 +1,115 @@
+"""HEMNMA alignment: amplitudes, Euler angles, shifts and a score for every particle image.
+
+The reference is the structure the modes are defined on (a ``modes.npz`` of ``deephemnma nma``, or an Xmipp
+``modes.xmd`` with its reference PDB), as residue beads (default) or all atoms. Without prior poses a global
+search runs first; ``--local-refine`` refines from the poses in the input file. Images are read in chunks (stacks of any
+size); finished chunks are kept in OUTPUT.chunks/ so that a killed run resumes with identical results; with
+torchrun each process aligns its share of the chunks and rank 0 writes the output in input order.
+
+Examples::
+
+    deephemnma align -i particles.star --modes nma_out/modes.npz --select 7 8 9 -o aligned.star
+    deephemnma align -i images.xmd --modes modes.xmd --reference atoms.pdb -o images_out.xmd --device cuda
+    deephemnma align -i aligned.star --modes modes.npz --local-refine -o refined.star
+    torchrun --nproc_per_node=4 -m deephemnma.cli.main align -i big.star --modes modes.npz -o big_aligned.star
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from deephemnma.core.align import COARSE_MODELS, CTF_MODES, AlignSettings, reference_from_modes
+from deephemnma.core.align_stack import align_particles
+from deephemnma.core.distributed import cleanup, init_from_env, local_device
+from deephemnma.core.fileio import InputError
+from deephemnma.core.imageio import stack_info
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.metadata import read_particles, write_particles
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv)')
+    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .xmd, .csv)')
+    parser.add_argument('--modes', required=True, help='modes.npz (deephemnma nma) or Xmipp modes.xmd')
+    parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
+    parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
+    parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
+                        help='reference as two beads per residue (main chain, side chain; default), one bead '
+                             'per residue, or all atoms with Peng form factors')
+    parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
+                                           "file's folder)")
+    parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
+    parser.add_argument('--local-refine', dest='local', action='store_true',
+                        help='refine from the input poses (no global search)')
+    parser.add_argument('--ctf', choices=CTF_MODES, default='flipped',
+                        help='images are phase-flipped (model x |CTF|), raw (model x CTF) or CTF-free')
+    parser.add_argument('--angular-step', type=float, default=10.0, help='global search step (degrees)')
+    parser.add_argument('--shift-range', type=float, default=6.0, help='global search shifts +- (pixels)')
+    parser.add_argument('--shift-step', type=float, default=2.0, help='global search shift step (pixels)')
+    parser.add_argument('--start-amplitudes', type=float, nargs='+',
+                        help='starting amplitudes of each mode for the global search (all combinations; default '
+                             '+- the amplitude of a 2.5 A RMS displacement)')
+    parser.add_argument('--top-k', type=int, default=AlignSettings.top_k, help='candidates refined per image')
+    parser.add_argument('--resolutions', type=float, nargs='+', default=list(AlignSettings.refine_resolutions),
+                        help='refinement stages (Angstrom, coarse to fine)')
+    parser.add_argument('--chunk-size', type=int, default=64, help='images per batch and resumable chunk')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--keep-chunks', action='store_true', help='keep OUTPUT.chunks/ after success')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+
+def settings_from_args(args: argparse.Namespace) -> AlignSettings:
+    """AlignSettings from the command-line options (refinement steps follow the number of stages)."""
+    stages = len(args.resolutions)
+    defaults = AlignSettings()
+    steps = tuple(defaults.refine_steps[min(i, len(defaults.refine_steps) - 1)] for i in range(stages))
+    keep = tuple(min(defaults.refine_keep[min(i, len(defaults.refine_keep) - 1)], args.top_k) for i in range(stages))
+    return AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range, shift_step=args.shift_step,
+                         search_resolution=max(args.resolutions[0], defaults.search_resolution),
+                         start_amplitudes=tuple(args.start_amplitudes) if args.start_amplitudes else None, top_k=args.top_k,
+                         refine_resolutions=tuple(args.resolutions), refine_steps=steps, refine_keep=keep,
+                         ctf_mode=args.ctf)
+
+
+def load_modes(path: str, reference: str | None, select):
+    """NormalModes from a .npz or an Xmipp modes.xmd, restricted to ``select`` (default: modes 7 and up)."""
+    from deephemnma.core.modes_io import read_modes
+    from deephemnma.core.nma import NormalModes
+    modes = NormalModes.load(path) if path.endswith('.npz') else read_modes(path, reference)
+    return modes.select(select) if select else modes
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rank = init_from_env(device.type)
+    try:
+        particles = read_particles(args.particles, args.pixel_size)
+        if len(particles) == 0:
+            raise InputError(f'{args.particles}: no particles')
+        base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
+        modes = load_modes(args.modes, args.reference, args.select)
+        reference = reference_from_modes(modes, args.model)
+        index, stack = next(iter(particles.locations(base_dir)))
+        box = stack_info(stack).box
+        work = Path(str(args.output) + '.chunks')
+        progress = None if args.quiet or not rank.is_main else \
+            (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
+        result = align_particles(particles, reference, settings_from_args(args), box, work, base_dir, args.local,
+                                 args.chunk_size, local_device(str(device), rank), rank, progress)
+        if rank.is_main:
+            write_particles(args.output, result)
+            if not args.keep_chunks:
+                shutil.rmtree(work, ignore_errors=True)
+            print(json.dumps({'output': str(args.output), 'images': len(result),
+                              'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean())}))
+    finally:
+        cleanup(rank)
+    return 0

@@ -1,0 +1,94 @@
+"""Aligning whole particle sets: streamed in chunks from the stacks, resumable, sharded over torchrun ranks.
+
+Images are read from their (memory-mapped) stacks chunk by chunk, so sets larger than memory are processed;
+each finished chunk's results are stored by :class:`~deephemnma.core.chunks.ChunkStore` (a rerun after a kill
+skips them and gives the same result); with ``torchrun`` chunk ``c`` goes to rank ``c % world_size`` and rank 0
+merges the results in order. A chunk is also the batch of the aligner, so the result of an image depends only
+on the chunk it belongs to, never on the number of processes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .align import AlignReference, AlignSettings, Aligner
+from .chunks import ChunkStore
+from .ctf import CTFParams
+from .distributed import Rank
+from .fileio import InputError
+from .imageio import read_stack
+from .metadata import Particles
+
+
+class StackReader:
+    """Reads images of a :class:`Particles` set by position, keeping the stacks memory-mapped."""
+
+    def __init__(self, particles: Particles, base_dir: str | os.PathLike = '.'):
+        self.locations = list(particles.locations(base_dir))
+        self._stacks: Dict[Path, np.ndarray] = {}
+
+    def read(self, positions: range) -> np.ndarray:
+        """Images ``(len(positions), box, box)`` float32."""
+        images = []
+        for position in positions:
+            index, path = self.locations[position]
+            if path not in self._stacks:
+                self._stacks[path] = read_stack(path)
+            stack = self._stacks[path]
+            if index >= len(stack):
+                raise InputError(f'{path}: image {index + 1} asked but the stack holds {len(stack)} images')
+            images.append(np.asarray(stack[index], dtype=np.float32))
+        return np.stack(images)
+
+
+def ctf_of(particles: Particles, positions: range) -> Optional[CTFParams]:
+    """The CTF parameters of the particles at ``positions`` (None without CTF metadata)."""
+    if not particles.has_ctf:
+        return None
+    index = np.asarray(positions)
+    angle = particles.defocus_angle[index] if particles.defocus_angle is not None else np.zeros(len(index))
+    return CTFParams(defocus_u=torch.as_tensor(particles.defocus_u[index]),
+                     defocus_v=torch.as_tensor(particles.defocus_v[index]),
+                     defocus_angle=torch.as_tensor(angle), voltage=particles.voltage, cs=particles.cs,
+                     amplitude_contrast=particles.amplitude_contrast)
+
+
+def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings, box: int,
+                    work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
+                    chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
+                    progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None) -> Optional[Particles]:
+    """Align every particle; returns (on rank 0) a copy of ``particles`` with angles, shifts, amplitudes, score.
+
+    ``local``: refine from the particles' own angles/shifts (and amplitudes when present) instead of a global
+    search. ``work_folder`` keeps the finished chunks (resumable; the settings are checked on resume).
+    """
+    if local and not particles.has_alignment:
+        raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
+    aligner = Aligner(reference, box, particles.pixel_size, settings, device)
+    reader = StackReader(particles, base_dir)
+    store = ChunkStore(work_folder, len(particles), chunk_size,
+                       {'settings': settings.__dict__, 'local': local, 'box': box, 'modes': reference.mode_numbers,
+                        'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
+
+    def compute(positions: range) -> Dict[str, np.ndarray]:
+        images = torch.as_tensor(reader.read(positions))
+        initial = None
+        if local:
+            index = np.asarray(positions)
+            initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
+            if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
+                initial['amplitudes'] = particles.amplitudes[index]
+        return aligner.align(images, ctf_of(particles, positions), initial)
+
+    store.run(compute, rank, progress)
+    if not rank.is_main:
+        return None
+    merged = store.merged()
+    result = particles.subset(np.arange(len(particles)))
+    result.angles, result.shifts = merged['angles'], merged['shifts']
+    result.amplitudes, result.score = merged['amplitudes'], merged['score']
+    return result

@@ -1,0 +1,259 @@
+"""Batched, differentiable projection of Gaussian-mixture atoms, computed exactly in Fourier space.
+
+Every atom is a sum of isotropic 3D Gaussians (Peng's 5 per element, or one per coarse bead/pseudoatom). The
+projection of a 3D Gaussian of integral ``a`` and per-axis variance ``v`` is a 2D Gaussian whose Fourier
+transform is ``a exp(-2 pi^2 v |k|^2)`` (``= a exp(-b |k|^2 / 4)`` with Peng's ``b = 8 pi^2 v``). Atoms that
+share a form factor ("types") are grouped: per type the structure factor
+``S_t(ky, kx) = sum_j w_j exp(-2 pi i (kx x_j + ky y_j))`` is one batched complex matmul of separable
+exponentials ``(B, H, N_t) @ (B, N_t, W)``; the image transform is ``sum_t g_t(|k|) S_t`` times the shift phases
+and the CTF. The result is the projection band-limited at Nyquist (no aliasing), sampled at pixel centres.
+
+Conventions (see :mod:`deephemnma.core.rotations`): an atom at ``r`` (Angstrom, from the box centre) goes to
+the image point ``((A r)_x, (A r)_y)``; x is the column, y the row; the origin is pixel ``(box//2, box//2)``.
+A recorded shift ``s`` (pixels, Xmipp) brings the particle back to the centre, so the particle is drawn at
+``-s``. Image scale: pixel values are projected potential per area, i.e. ``sum of a_i`` (Angstrom) per atom
+divided by the pixel area (Angstrom^2): the image sums to ``sum_j w_j sum_i a_i / pixel_size^2``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .scattering import gaussian_parameters, gaussian_variances
+
+
+def _floating(values) -> torch.Tensor:
+    """A floating tensor (float64 for non-tensor input; tensors keep their floating dtype)."""
+    if isinstance(values, torch.Tensor) and values.is_floating_point():
+        return values
+    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+
+
+@dataclass
+class AtomModel:
+    """Form factors of the atoms of a model, grouped in types.
+
+    ``amplitudes`` (T, K) Angstrom and ``variances`` (T, K) Angstrom^2: the K Gaussians of each type (integral
+    and per-axis real-space variance; zero amplitudes pad types with fewer Gaussians); ``types`` (N,) the type
+    of each atom; ``weights`` (N,) a per-atom scale (1 for atoms, the weight of a pseudoatom);
+    ``atom_variances`` (N,) Angstrom^2, optional, one more isotropic Gaussian blur per atom (beads of different
+    widths share one type and one matmul: the blur is separable in kx and ky).
+    """
+
+    amplitudes: torch.Tensor
+    variances: torch.Tensor
+    types: torch.Tensor
+    weights: torch.Tensor
+    atom_variances: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        self.amplitudes = _floating(self.amplitudes)
+        self.amplitudes = self.amplitudes.reshape(-1, self.amplitudes.shape[-1])
+        self.variances = _floating(self.variances).reshape(self.amplitudes.shape)
+        self.types = torch.as_tensor(self.types, dtype=torch.long).reshape(-1)
+        self.weights = _floating(self.weights).reshape(-1)
+        if self.weights.shape != self.types.shape:
+            raise ValueError(f'AtomModel: {len(self.weights)} weights for {len(self.types)} atoms')
+        if self.atom_variances is not None:
+            self.atom_variances = _floating(self.atom_variances).reshape(-1)
+            if self.atom_variances.shape != self.types.shape:
+                raise ValueError(f'AtomModel: {len(self.atom_variances)} atom variances for {len(self.types)} atoms')
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.types.numel())
+
+    @property
+    def num_types(self) -> int:
+        return int(self.amplitudes.shape[0])
+
+    @classmethod
+    def from_gaussians(cls, amplitudes: np.ndarray, variances: np.ndarray,
+                       weights: Optional[np.ndarray] = None) -> 'AtomModel':
+        """Per-atom Gaussians ``amplitudes`` (N, K) Angstrom, ``variances`` (N, K) Angstrom^2, grouped by rows."""
+        amps = np.asarray(amplitudes, dtype=np.float64).reshape(len(amplitudes), -1)
+        var = np.asarray(variances, dtype=np.float64).reshape(amps.shape)
+        table = np.concatenate([amps, var], axis=1)
+        unique, inverse = np.unique(np.round(table, 10), axis=0, return_inverse=True)
+        k = amps.shape[1]
+        w = np.ones(len(amps)) if weights is None else np.asarray(weights, dtype=np.float64)
+        return cls(torch.as_tensor(unique[:, :k]), torch.as_tensor(unique[:, k:]),
+                   torch.as_tensor(inverse.reshape(-1)), torch.as_tensor(w))
+
+    @classmethod
+    def from_elements(cls, elements: Sequence[str], bfactor: float = 0.0) -> 'AtomModel':
+        """All-atom model: Peng's 5 Gaussians per element (:mod:`deephemnma.core.scattering`)."""
+        a, b = gaussian_parameters(list(elements), bfactor)
+        return cls.from_gaussians(a, gaussian_variances(b))
+
+    @classmethod
+    def beads(cls, weights: np.ndarray, sigma: float | np.ndarray) -> 'AtomModel':
+        """One Gaussian per bead of integral ``weights`` (N,) and standard deviation ``sigma`` (Angstrom)."""
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), w.shape)
+        return cls(torch.ones(1, 1), torch.zeros(1, 1), torch.zeros(len(w), dtype=torch.long), torch.as_tensor(w),
+                   torch.as_tensor(sig ** 2))
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> 'AtomModel':
+        variances = None if self.atom_variances is None else self.atom_variances.to(device, dtype)
+        return AtomModel(self.amplitudes.to(device, dtype), self.variances.to(device, dtype),
+                         self.types.to(device), self.weights.to(device, dtype), variances)
+
+
+def form_factors(model: AtomModel, k2: torch.Tensor) -> torch.Tensor:
+    """``(T,) + k2.shape`` projected form factors ``sum_i a_i exp(-2 pi^2 v_i k^2)`` at ``k2`` (1/Angstrom^2)."""
+    amps = model.amplitudes.to(k2.device, k2.dtype)
+    var = model.variances.to(k2.device, k2.dtype)
+    shape = (amps.shape[0], amps.shape[1]) + (1,) * k2.ndim
+    return (amps.reshape(shape) * torch.exp(-2.0 * math.pi ** 2 * var.reshape(shape) * k2)).sum(dim=1)
+
+
+def fourier_indices(box: int, radius: Optional[float] = None, device: torch.device = torch.device('cpu')):
+    """Integer frequency indices ``(iy (H,), ix (W,))`` of the rfft grid of a ``box`` image, optionally cropped.
+
+    Without ``radius`` this is the full rfft grid (``fftfreq * box`` rows, ``rfftfreq * box`` columns); with a
+    ``radius`` (Fourier pixels) only rows and columns with ``|i| <= radius`` are kept, in the same order as
+    :func:`crop_rfft` keeps them.
+    """
+    iy = torch.fft.fftfreq(box, d=1.0 / box, device=device).round().long()
+    ix = torch.fft.rfftfreq(box, d=1.0 / box, device=device).round().long()
+    if radius is not None:
+        iy = iy[iy.abs() <= radius]
+        ix = ix[ix <= radius]
+    return iy, ix
+
+
+def crop_rfft(transforms: torch.Tensor, radius: float) -> torch.Tensor:
+    """Keep rows/columns ``|i| <= radius`` of ``(..., box, box//2+1)`` rfft2 arrays (order of fourier_indices)."""
+    box = transforms.shape[-2]
+    iy, ix = fourier_indices(box, radius, transforms.device)
+    rows = torch.where(iy >= 0, iy, iy + box)
+    return transforms[..., rows, :][..., :len(ix)]
+
+
+def project_fourier(coords: torch.Tensor, model: AtomModel, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
+                    box: int, pixel_size: float, radius: Optional[float] = None,
+                    ctf: Optional[torch.Tensor] = None, atom_chunk: int = 8192) -> torch.Tensor:
+    """Unnormalised DFT (as ``torch.fft.rfft2`` would give) of the projections, on a (cropped) rfft grid.
+
+    ``coords`` (N, 3) or (B, N, 3) Angstrom, centred; ``rotations`` (B, 3, 3) Xmipp matrices; ``shifts``
+    (B, 2) pixels (Xmipp: particle drawn at ``-shift``) or None; ``radius`` crops to ``|i| <= radius`` Fourier
+    pixels (see :func:`fourier_indices`); ``ctf`` (B, H, W) on that same grid, multiplied in. Returns complex
+    ``(B, H, W)``. Differentiable in ``coords``, ``rotations`` and ``shifts``.
+    """
+    device, dtype = rotations.device, rotations.dtype
+    batch = rotations.shape[0]
+    coords = coords.to(device, dtype)
+    if coords.ndim == 2:
+        coords = coords.unsqueeze(0).expand(batch, -1, -1)
+    # Image-plane coordinates in pixels from the centre pixel: (A r)_x, (A r)_y.
+    planar = torch.einsum('bij,bnj->bni', rotations[:, :2, :], coords) / pixel_size
+    if shifts is not None:
+        planar = planar - shifts.to(device, dtype)[:, None, :]
+    iy, ix = fourier_indices(box, radius, device)
+    fy = iy.to(dtype) / box
+    fx = ix.to(dtype) / box
+    k2 = (fy[:, None] ** 2 + fx[None, :] ** 2) / pixel_size ** 2
+    factors = form_factors(model, k2).to(dtype)
+    model_dev = model.to(device, dtype)
+    centre = box // 2
+    real = torch.zeros(batch, len(iy), len(ix), dtype=dtype, device=device)
+    imag = torch.zeros_like(real)
+    for t in range(model.num_types):
+        members = torch.nonzero(model_dev.types == t).reshape(-1)
+        for start in range(0, len(members), atom_chunk):
+            idx = members[start:start + atom_chunk]
+            x = planar[:, idx, 0] + centre
+            y = planar[:, idx, 1] + centre
+            magnitude_x, magnitude_y = _atom_magnitudes(model_dev, idx, fx / pixel_size, fy / pixel_size)
+            # exp(-i a) exp(-i b) = (cos a cos b - sin a sin b) - i (sin a cos b + cos a sin b), in real bmms.
+            angle_x = (2.0 * math.pi) * x[..., None] * fx                                  # (B, n, W)
+            angle_y = (2.0 * math.pi) * fy[:, None] * y[:, None, :]                        # (B, H, n)
+            cos_x, sin_x = magnitude_x * torch.cos(angle_x), magnitude_x * torch.sin(angle_x)
+            cos_y, sin_y = magnitude_y * torch.cos(angle_y), magnitude_y * torch.sin(angle_y)
+            factor = factors[t]
+            real = real + factor * (torch.bmm(cos_y, cos_x) - torch.bmm(sin_y, sin_x))
+            imag = imag - factor * (torch.bmm(sin_y, cos_x) + torch.bmm(cos_y, sin_x))
+    total = torch.complex(real, imag)
+    total = total / pixel_size ** 2
+    if ctf is not None:
+        total = total * ctf.to(device, dtype)
+    return total
+
+
+def _atom_magnitudes(model: AtomModel, idx: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor):
+    """Separable per-atom factors: ``(1, n, W)`` weight x blur along kx and ``(1, H, n)`` blur along ky."""
+    weights = model.weights[idx]
+    if model.atom_variances is None:
+        return weights[None, :, None].expand(1, -1, len(kx)), torch.ones(1, len(ky), len(idx), dtype=kx.dtype,
+                                                                            device=kx.device)
+    variances = model.atom_variances[idx]
+    blur_x = torch.exp(-2.0 * math.pi ** 2 * variances[:, None] * kx[None, :] ** 2)
+    blur_y = torch.exp(-2.0 * math.pi ** 2 * ky[:, None] * ky[:, None] * variances[None, :])
+    return (weights[:, None] * blur_x)[None], blur_y[None]
+
+
+def project_atoms(coords: torch.Tensor, model: AtomModel, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
+                  box: int, pixel_size: float, ctf: Optional[torch.Tensor] = None,
+                  atom_chunk: int = 8192) -> torch.Tensor:
+    """Projections ``(B, box, box)`` of the atoms (potential per area, 1/Angstrom; see the module docstring).
+
+    ``coords`` (N, 3) or (B, N, 3) Angstrom centred; ``model`` the atoms' form factors; ``rotations``
+    (B, 3, 3); ``shifts`` (B, 2) pixels or None; ``ctf`` optional (B, box, box//2+1) rfft-grid CTF.
+    """
+    transform = project_fourier(coords, model, rotations, shifts, box, pixel_size, None, ctf, atom_chunk)
+    return torch.fft.irfft2(transform, s=(box, box))
+
+
+#: Main-chain atom names: with ``split_side_chains`` they form one bead per residue, the others a second one.
+MAIN_CHAIN_ATOMS = frozenset({'N', 'CA', 'C', 'O', 'OXT', 'P', "O5'", "C5'", "C4'", "C3'", "O3'", 'OP1', 'OP2'})
+
+
+def residue_beads(structure, extra_sigma: float = 0.0, split_side_chains: bool = False):
+    """A coarse model of a :class:`~deephemnma.core.structure.Structure`: Gaussian beads of residues.
+
+    One bead per residue (or, with ``split_side_chains``, one for its main-chain atoms and one for the rest).
+    Each bead sits at the scattering-weighted centre of its atoms, carries their summed scattering (sum of
+    Peng's ``a``, Angstrom) and has the per-axis variance of their scattering (weighted spread of the atoms
+    about the centre plus the atoms' own mean form-factor variance, plus ``extra_sigma^2``). Returns
+    ``(centres (R, 3) Angstrom in the structure's frame, model, membership (N,) bead index of each atom,
+    atom_weights (N,))``; ``membership`` and ``atom_weights`` restrict mode vectors defined on the atoms to the
+    beads (:func:`bead_vectors`).
+    """
+    a, b = gaussian_parameters(list(structure.elements))
+    atom_weights = a.sum(axis=1)
+    atom_variance = (a * gaussian_variances(b)).sum(axis=1) / atom_weights
+    membership, keys = structure.residue_index()
+    if split_side_chains:
+        side = np.array([name.strip() not in MAIN_CHAIN_ATOMS for name in structure.atom_names], dtype=np.int64)
+        _, membership = np.unique(membership * 2 + side, return_inverse=True)
+    count = int(membership.max()) + 1
+    totals = np.bincount(membership, weights=atom_weights, minlength=count)
+
+    def weighted_mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(membership, weights=atom_weights * values, minlength=count) / totals
+
+    centres = np.stack([weighted_mean(structure.coords[:, i]) for i in range(3)], axis=1)
+    spread = weighted_mean(((structure.coords - centres[membership]) ** 2).sum(axis=1)) / 3.0
+    variances = spread + weighted_mean(atom_variance) + extra_sigma ** 2
+    return centres, AtomModel.beads(totals, np.sqrt(variances)), membership, atom_weights
+
+
+def bead_vectors(vectors: np.ndarray, membership: np.ndarray, atom_weights: np.ndarray) -> np.ndarray:
+    """Mode vectors (M, N, 3) on atoms -> (M, R, 3) displacements of the residue beads (weighted means).
+
+    The amplitudes keep their meaning: ``x_bead(q) = x0_bead + sum_k q_k v_bead_k`` is the weighted centre of
+    the displaced atoms ``x0 + sum_k q_k v_k`` (the restricted vectors are not renormalised).
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    count = int(membership.max()) + 1
+    totals = np.bincount(membership, weights=atom_weights, minlength=count)
+    out = np.zeros((vectors.shape[0], count, 3))
+    for m in range(vectors.shape[0]):
+        for i in range(3):
+            out[m, :, i] = np.bincount(membership, weights=atom_weights * vectors[m, :, i], minlength=count)
+    return out / totals[None, :, None]

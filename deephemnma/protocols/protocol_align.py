@@ -1,0 +1,229 @@
+"""Scipion protocol: HEMNMA elastic and rigid-body alignment of particles (this engine or Xmipp's program)."""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+
+from deephemnma.convert import fill_set_of_particles, particles_from_set
+from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.protocols.protocol_train import gpu_command
+
+BACKEND_ENGINE = 0
+BACKEND_XMIPP = 1
+MODEL_CHOICES = ['residues2', 'residues', 'atoms']
+CTF_CHOICES = ['flipped', 'full', 'none']
+
+
+def parse_mode_list(text: str) -> List[int]:
+    """'7-9 11' or '7,8,9' -> [7, 8, 9, 11] (ValueError on bad text)."""
+    numbers: List[int] = []
+    for part in text.replace(',', ' ').split():
+        if '-' in part:
+            first, last = part.split('-', 1)
+            numbers.extend(range(int(first), int(last) + 1))
+        else:
+            numbers.append(int(part))
+    return numbers
+
+
+class DeepHemnmaProtAlign(EMProtocol):
+    """HEMNMA: for every particle, the normal-mode amplitudes, Euler angles and shifts that make the projection
+    of the deformed reference match the image (elastic and rigid-body 3D-to-2D alignment). The DeepHEMNMA engine
+    runs on CPU or GPUs, batched, with a global search and a joint continuous refinement; Xmipp's
+    xmipp_nma_alignment (the original HEMNMA) can be used instead where Xmipp is installed. The output
+    particles carry the pose as their transform and the amplitudes as _xmipp_nmaDisplacements."""
+
+    _label = 'HEMNMA alignment'
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label='Input')
+        form.addParam('inputModes', params.PointerParam, pointerClass='SetOfNormalModes', important=True,
+                      label='Normal modes', help='Modes of the reference (atomic structure or pseudoatoms).')
+        form.addParam('modeList', params.StringParam, default='', label='Modes to use',
+                      help='Mode numbers, e.g. "7-9" or "7 8 9 11"; empty: the enabled modes of the set.')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles', important=True,
+                      label='Particles', help='Particle images with CTF (phase-flipped or not, see below).')
+        form.addParam('backend', params.EnumParam, choices=['DeepHEMNMA engine', 'Xmipp xmipp_nma_alignment'],
+                      default=BACKEND_ENGINE, display=params.EnumParam.DISPLAY_HLIST, label='Backend',
+                      help='The batched engine of this plugin (CPU/GPU), or the original Xmipp program '
+                           '(needs an Xmipp installation; about 230 CPU seconds per 128 px image).')
+        form.addSection(label='Engine')
+        form.addParam('referenceModel', params.EnumParam, choices=MODEL_CHOICES, default=0,
+                      label='Reference model', condition='backend == 0',
+                      help='residues2: two Gaussian beads per residue (main chain, side chain); residues: one '
+                           'per residue; atoms: every atom with Peng scattering factors. Pseudoatom references '
+                           'are always used as they are.')
+        form.addParam('ctfMode', params.EnumParam, choices=CTF_CHOICES, default=0, label='Images are',
+                      condition='backend == 0',
+                      help='flipped: phase-flipped images (model x |CTF|); full: raw images (model x CTF); '
+                           'none: CTF-free images.')
+        form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
+                      condition='backend == 0',
+                      help='Start from the particles\' own poses (and amplitudes) instead of a global search.')
+        form.addParam('angularStep', params.FloatParam, default=10.0, label='Angular step (deg)',
+                      help='Orientation sampling of the global (discrete) search.')
+        form.addParam('shiftRange', params.FloatParam, default=6.0, label='Shift range (px)',
+                      condition='backend == 0', expertLevel=params.LEVEL_ADVANCED,
+                      help='The global search tries shifts up to this many pixels on each axis.')
+        form.addParam('chunkSize', params.IntParam, default=64, label='Images per chunk',
+                      condition='backend == 0', expertLevel=params.LEVEL_ADVANCED,
+                      help='Batch size and unit of resumption.')
+        form.addParam('trustRegionScale', params.IntParam, default=1, label='Trust region scale',
+                      condition='backend == 1', expertLevel=params.LEVEL_ADVANCED,
+                      help='Xmipp program: scale of the trust region of its amplitude optimiser.')
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=False, label='Use GPU',
+                       help='Align on the GPUs listed below (several: torchrun, each aligns a share).')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs')
+        form.addParallelSection(threads=1, mpi=1)
+
+    # ------------------------------------------------------------------------------------------
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.alignStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _selectedModes(self) -> List[int]:
+        text = self.modeList.get() or ''
+        if text.strip():
+            return parse_mode_list(text)
+        return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > 6]
+
+    def _referencePath(self) -> str:
+        return os.path.abspath(self.inputModes.get().getPdb().getFileName())
+
+    def convertInputStep(self) -> None:
+        from deephemnma.core.modes_io import ModeRow, write_modes_xmd
+        selected = set(self._selectedModes())
+        rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
+                        enabled=int(mode.getObjId()) in selected, collectivity=float(mode.getCollectivity() or
+                                                                                     np.nan),
+                        score=float(mode.getScore() or np.nan), eigenvalue=float('nan'))
+                for mode in self.inputModes.get()]
+        write_modes_xmd(self._getExtraPath('modes.xmd'), rows)
+        particles = particles_from_set(self.inputParticles.get(), require_alignment=bool(self.localOnly.get()))
+        particles.image = np.array([f'{loc.split("@", 1)[0]}@{os.path.abspath(loc.split("@", 1)[1])}'
+                                    for loc in particles.image])
+        write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
+                                           else 'particles.star'), particles)
+
+    def _outputPath(self) -> str:
+        return self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP else 'aligned.star')
+
+    def alignStep(self) -> None:
+        if self.backend.get() == BACKEND_XMIPP:
+            self._alignXmipp()
+            return
+        select = ' '.join(str(n) for n in self._selectedModes())
+        arguments = (f'-i {self._getExtraPath("particles.star")} -o {self._outputPath()} '
+                     f'--modes {self._getExtraPath("modes.xmd")} --reference {self._referencePath()} '
+                     f'--select {select} --model {MODEL_CHOICES[self.referenceModel.get()]} '
+                     f'--ctf {CTF_CHOICES[self.ctfMode.get()]} --angular-step {self.angularStep.get()} '
+                     f'--shift-range {self.shiftRange.get()} --chunk-size {self.chunkSize.get()} '
+                     f'--threads {max(1, self.numberOfThreads.get())} --quiet')
+        if self.localOnly.get():
+            arguments += ' --local-refine'
+        program, arguments, env = gpu_command(self, 'align', arguments)
+        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+
+    def _alignXmipp(self) -> None:
+        from deephemnma.core.align_xmipp import XmippAlignmentJob, is_pseudoatom_pdb
+        job = XmippAlignmentJob(images=self._getExtraPath('images.xmd'), pdb=self._referencePath(),
+                                modes=self._getExtraPath('modes.xmd'),
+                                sampling_rate=self.inputParticles.get().getSamplingRate(),
+                                output_dir=self._getTmpPath(), discrete_angular_step=self.angularStep.get(),
+                                trust_region_scale=self.trustRegionScale.get(),
+                                pseudoatoms=is_pseudoatom_pdb(self._referencePath()))
+        self.runJob('xmipp_nma_alignment', job.arguments(), numberOfMpi=self.numberOfMpi.get())
+
+    def createOutputStep(self) -> None:
+        inputs = particles_from_set(self.inputParticles.get())
+        if self.backend.get() == BACKEND_XMIPP:
+            from deephemnma.core.align_xmipp import merge_in_order, read_alignment
+            aligned = read_alignment(self._outputPath(), len(self._selectedModes()), inputs.pixel_size)
+            result = merge_in_order(read_particles(self._getExtraPath('images.xmd')), aligned)
+        else:
+            result = read_particles(self._outputPath())
+        result.extra = {}
+        output = self._createSetOfParticles()
+        output.copyInfo(self.inputParticles.get())
+        fill_set_of_particles(output, result, base_dir=os.getcwd())
+        self._defineOutputs(outputParticles=output)
+        self._defineSourceRelation(self.inputParticles, output)
+        self._defineSourceRelation(self.inputModes, output)
+
+    # ------------------------------------------------------------------------------------------
+    def _validate(self) -> List[str]:
+        errors: List[str] = []
+        particle_set = self.inputParticles.get()
+        modes = self.inputModes.get()
+        if particle_set is None or particle_set.getSize() == 0:
+            errors.append('The set of particles is empty.')
+        if modes is None or modes.getSize() == 0:
+            return errors + ['The set of normal modes is empty.']
+        try:
+            selected = self._selectedModes()
+        except ValueError:
+            return errors + [f'Cannot read the mode list "{self.modeList.get()}": use numbers like "7-9 11".']
+        available = {int(m.getObjId()) for m in modes}
+        if not selected:
+            errors.append('No mode selected: give mode numbers (7 and up) or enable modes in the input set.')
+        missing = sorted(set(selected) - available)
+        if missing:
+            errors.append(f'Mode(s) {missing} are not in the input set (available: {sorted(available)}).')
+        rigid = [n for n in selected if n <= 6]
+        if rigid:
+            errors.append(f'Modes {rigid} are rigid-body motions (1-6); alignment already finds the pose.')
+        errors += self._checkReference(modes, selected, particle_set)
+        if self.backend.get() == BACKEND_XMIPP:
+            from deephemnma.core.align_xmipp import program_path
+            if program_path() is None:
+                errors.append('xmipp_nma_alignment is not on the PATH: install Xmipp or choose the DeepHEMNMA '
+                              'engine.')
+        if self.useGpu.get() and self.backend.get() == BACKEND_ENGINE and \
+                not str(self.getGpuList()).replace(',', ' ').split():
+            errors.append('"Use GPU" is on but the GPU list is empty.')
+        return errors
+
+    def _checkReference(self, modes, selected: List[int], particle_set) -> List[str]:
+        from deephemnma.core.modes_io import read_vector_file
+        from deephemnma.core.structure import read_structure
+        pdb = modes.getPdb()
+        if pdb is None or not os.path.exists(pdb.getFileName()):
+            return ['The normal modes have no reference structure file.']
+        structure = read_structure(pdb.getFileName(), remove_hydrogens=False, remove_waters=False)
+        errors = []
+        for mode in modes:
+            if int(mode.getObjId()) in selected:
+                lines = len(read_vector_file(mode.getModeFile()))
+                if lines != len(structure):
+                    return [f'The modes come from another structure: mode {mode.getObjId()} has {lines} atom '
+                            f'vectors but the reference {os.path.basename(pdb.getFileName())} has '
+                            f'{len(structure)} atoms.']
+        if particle_set is not None and particle_set.getSize():
+            box, pixel = particle_set.getXDim(), particle_set.getSamplingRate()
+            radius = float(np.linalg.norm(structure.coords - structure.centre(), axis=1).max())
+            half = (box // 2) * pixel
+            if radius > half:
+                errors.append(f'The images ({box} px at {pixel:g} A/px, {half:.0f} A from the centre to the edge) '
+                              f'are too small for the reference, whose atoms reach {radius:.0f} A from its '
+                              'centre: check the pixel size of the particles or of the reference.')
+        return errors
+
+    def _summary(self) -> List[str]:
+        if not hasattr(self, 'outputParticles'):
+            return ['Alignment not finished yet.']
+        backend = 'Xmipp xmipp_nma_alignment' if self.backend.get() == BACKEND_XMIPP else 'the DeepHEMNMA engine'
+        return [f'Aligned {self.outputParticles.getSize()} particles with modes {self._selectedModes()} '
+                f'using {backend}.']
+
+    def _methods(self) -> List[str]:
+        return ['Normal-mode amplitudes, orientations and shifts of the particles were estimated by elastic and '
+                'rigid-body 3D-to-2D alignment of the normal-mode-deformed reference (HEMNMA) [Jin2014, '
+                'Harastani2020], as in DeepHEMNMA [Hamitouche2022].']
+
+    def _citations(self) -> List[str]:
+        return ['Hamitouche2022', 'Jin2014', 'Harastani2020']

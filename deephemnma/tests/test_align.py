@@ -1,0 +1,191 @@
+"""The HEMNMA engine: pose and amplitude recovery, resumption, torchrun sharding, the Xmipp backend's files."""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deephemnma.core.align import AlignSettings, Aligner, orientation_grid, reference_from_modes, small_rotation
+from deephemnma.core.align_stack import align_particles
+from deephemnma.core.align_xmipp import XmippAlignmentJob, merge_in_order, read_alignment
+from deephemnma.core.ctf import CTFParams
+from deephemnma.core.fileio import InputError
+from deephemnma.core.imageio import write_stack
+from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
+from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg, random_rotations, matrix_to_euler
+from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+
+FIXTURES = Path(__file__).parent / 'data'
+BOX, PIXEL = 64, 2.2
+CTF = dict(voltage=200.0, cs=2.0, amplitude_contrast=0.1)
+
+
+def simulated(count: int, seed: int, amplitude_scale: float = 40.0):
+    """Clean phase-flipped 64 px images of all-atom AK with small amplitudes, and their truth."""
+    setup = paper_ak_setup((7, 8, 9))
+    rng = np.random.default_rng(seed)
+    amplitudes = rng.uniform(-amplitude_scale, amplitude_scale, (count, 3))
+    angles = matrix_to_euler(random_rotations(count, rng))
+    shifts = rng.uniform(-3, 3, (count, 2))
+    ctf = CTFParams(defocus_u=5000.0, defocus_v=5000.0, **CTF)
+    images = simulate_particles(setup, amplitudes, angles, shifts, BOX, PIXEL, ctf, phase_flip=True).images
+    return setup, images, amplitudes, angles, shifts
+
+
+def ctf_params(count: int) -> CTFParams:
+    return CTFParams(defocus_u=torch.full((count,), 5000.0), defocus_v=torch.full((count,), 5000.0), **CTF)
+
+
+class SingleThreaded(unittest.TestCase):
+    """Runs its tests with one torch thread (small batches on a shared machine run fastest so), then restores."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    @classmethod
+    def tearDownClass(cls):
+        torch.set_num_threads(cls.threads)
+
+
+FAST = AlignSettings(angular_step=15.0, start_amplitudes=(0.0,), top_k=4, refine_resolutions=(10.0, 7.0, 5.0),
+                     refine_steps=(25, 20, 20), refine_keep=(2, 1, 1))
+
+
+class TestGeometry(unittest.TestCase):
+    def test_orientation_grid_covers_so3(self):
+        grid = euler_to_matrix(orientation_grid(15.0))
+        probes = random_rotations(200, 1)
+        nearest = np.array([geodesic_angle_deg(grid, p[None]).min() for p in probes])
+        self.assertLess(nearest.max(), 15.0)
+
+    def test_small_rotation_is_rodrigues(self):
+        vector = torch.tensor([[0.3, -0.2, 0.5]], dtype=torch.float64)
+        angle = float(vector.norm())
+        matrix = small_rotation(vector)[0]
+        self.assertAlmostEqual(float(torch.det(matrix)), 1.0, places=12)
+        self.assertAlmostEqual(float(geodesic_angle_deg(matrix.numpy(), np.eye(3))), np.degrees(angle), places=8)
+        np.testing.assert_allclose(small_rotation(torch.zeros(1, 3))[0].numpy(), np.eye(3), atol=1e-7)
+
+
+class TestRecovery(SingleThreaded):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.setup, cls.images, cls.amplitudes, cls.angles, cls.shifts = simulated(6, 11)
+        cls.reference = reference_from_modes(cls.setup.modes, 'residues2')
+
+    def test_global_search_recovers_known_poses(self):
+        aligner = Aligner(self.reference, BOX, PIXEL, FAST)
+        result = aligner.align(torch.as_tensor(self.images), ctf_params(len(self.images)))
+        errors = geodesic_angle_deg(euler_to_matrix(result['angles']), euler_to_matrix(self.angles))
+        self.assertLess(np.median(errors), 2.0, errors)
+        self.assertLess(errors.max(), 6.0, errors)
+        self.assertLess(np.abs(result['shifts'] - self.shifts).mean(), 0.3)
+        self.assertLess(np.abs(result['amplitudes'] - self.amplitudes).mean(), 12.0)
+        self.assertTrue(np.all(result['score'] > 0.9))
+
+    def test_local_mode_refines_given_poses(self):
+        rng = np.random.default_rng(5)
+        initial = {'angles': self.angles + rng.normal(0, 4, self.angles.shape),
+                   'shifts': self.shifts + rng.normal(0, 1, self.shifts.shape)}
+        aligner = Aligner(self.reference, BOX, PIXEL, FAST)
+        result = aligner.align(torch.as_tensor(self.images), ctf_params(len(self.images)), initial)
+        errors = geodesic_angle_deg(euler_to_matrix(result['angles']), euler_to_matrix(self.angles))
+        self.assertLess(np.median(errors), 2.0, errors)
+        self.assertLess(np.abs(result['amplitudes'] - self.amplitudes).mean(), 12.0)
+
+
+class TestStacks(SingleThreaded):
+    """Resumption and torchrun on a small stack in local mode (fast)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.folder = tempfile.TemporaryDirectory()
+        root = Path(cls.folder.name)
+        setup, images, amplitudes, angles, shifts = simulated(8, 21)
+        write_stack(root / 'particles.mrcs', images, PIXEL)
+        rng = np.random.default_rng(2)
+        cls.particles = Particles(image=stack_locations('particles.mrcs', 8), pixel_size=PIXEL,
+                                  angles=angles + rng.normal(0, 3, angles.shape), shifts=shifts,
+                                  defocus_u=np.full(8, 5000.0), defocus_v=np.full(8, 5000.0),
+                                  defocus_angle=np.zeros(8), **CTF)
+        write_particles(root / 'particles.star', cls.particles)
+        setup.modes.save(root / 'modes.npz')
+        cls.root, cls.reference = root, reference_from_modes(setup.modes, 'residues2')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.folder.cleanup()
+        super().tearDownClass()
+
+    def _align(self, work: str, progress=None):
+        return align_particles(self.particles, self.reference, FAST, BOX, self.root / work, self.root, local=True,
+                               chunk_size=4, progress=progress)
+
+    def test_kill_and_resume_gives_identical_results(self):
+        uninterrupted = self._align('whole')
+
+        def killed_after_first(chunks):
+            yield next(chunks)
+            raise KeyboardInterrupt('killed')
+        with self.assertRaises(KeyboardInterrupt):
+            self._align('resumed', killed_after_first)
+        self.assertEqual(sorted(p.name for p in (self.root / 'resumed').glob('chunk_*.npz')), ['chunk_000000.npz'])
+        resumed = self._align('resumed')
+        for name in ('angles', 'shifts', 'amplitudes', 'score'):
+            np.testing.assert_array_equal(getattr(resumed, name), getattr(uninterrupted, name))
+
+    def test_torchrun_two_processes_equal_one(self):
+        common = ['align', '-i', str(self.root / 'particles.star'), '--modes', str(self.root / 'modes.npz'),
+                  '--local-refine', '--device', 'cpu', '--threads', '1', '--chunk-size', '4', '--angular-step', '15',
+                  '--start-amplitudes', '0', '--top-k', '4', '--resolutions', '10', '7', '5', '--quiet']
+        env = dict(os.environ, OMP_NUM_THREADS='1')
+        for command in ([sys.executable, '-m', 'deephemnma.cli.main', *common, '-o', str(self.root / 'one.star')],
+                        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                         '--master_port=29613', '-m', 'deephemnma.cli.main', *common,
+                         '-o', str(self.root / 'two.star')]):
+            run = subprocess.run(command, env=env, capture_output=True, text=True)
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        one, two = read_particles(self.root / 'one.star'), read_particles(self.root / 'two.star')
+        np.testing.assert_array_equal(one.image, two.image)
+        for name in ('angles', 'shifts', 'amplitudes', 'score'):
+            np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
+        errors = geodesic_angle_deg(euler_to_matrix(one.angles),
+                                    euler_to_matrix(self.particles.angles))  # moved from the noisy start
+        self.assertTrue(np.all(errors < 15.0))
+
+
+class TestXmippBackend(unittest.TestCase):
+    def test_command_is_continuousflex_s(self):
+        job = XmippAlignmentJob(images='extra/images.xmd', pdb='extra/atoms.pdb', modes='extra/modes.xmd',
+                                sampling_rate=2.2, output_dir='tmp')
+        self.assertEqual(job.arguments(), '-i extra/images.xmd --pdb extra/atoms.pdb --modes extra/modes.xmd '
+                                          '--sampling_rate 2.200000 --discrAngStep 10.000000 --odir tmp '
+                                          '--centerPDB --trustradius_scale 1 --resume ')
+        pseudo = XmippAlignmentJob('i.xmd', 'pseudoatoms.pdb', 'm.xmd', 1.0, 'o', pseudoatoms=True)
+        self.assertTrue(pseudo.arguments().endswith('--resume --fixed_Gaussian '))
+        self.assertEqual(pseudo.command()[0], 'xmipp_nma_alignment')
+
+    def test_parse_images_xmd_fixture(self):
+        aligned = read_alignment(FIXTURES / 'nma_alignment_images.xmd', 3, pixel_size=2.2)
+        self.assertEqual(len(aligned), 3)
+        np.testing.assert_allclose(aligned.angles[0], [12.5, 95.25, -33.0])
+        np.testing.assert_allclose(aligned.shifts[1], [-1.75, 2.5])
+        np.testing.assert_allclose(aligned.amplitudes[2], [-150.5, 20.25, 0.0])
+        np.testing.assert_allclose(aligned.score, [0.812, 0.7935, 0.9])
+        inputs = Particles(image=np.array(aligned.image[::-1]), pixel_size=2.2)
+        merged = merge_in_order(inputs, aligned)
+        np.testing.assert_allclose(merged.amplitudes[0], aligned.amplitudes[2])
+        with self.assertRaises(InputError):
+            read_alignment(FIXTURES / 'nma_alignment_images.xmd', 2)
+
+
+if __name__ == '__main__':
+    unittest.main()

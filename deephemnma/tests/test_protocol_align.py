@@ -1,0 +1,77 @@
+"""The HEMNMA alignment protocol in a Scipion project: a small stack aligned, and refusals of bad inputs."""
+from types import SimpleNamespace
+
+import numpy as np
+from pyworkflow.tests import BaseTest, setupTestProject
+
+from deephemnma.constants import AMPLITUDES_ATTR
+from deephemnma.convert import particles_from_set
+from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg
+from deephemnma.core.simulate import ak_reference_path
+from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign, parse_mode_list
+from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
+
+SIMULATION = dict(count=6, box=64, pixelSize=2.2, coarse=1, amplitudeScale=30.0, phaseFlip=True, addNoise=False,
+                  trueAlignmentAsTransform=True, seed=5, chunkSize=6)
+
+
+class TestProtocolAlign(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.simulation = cls.newProtocol(DeepHemnmaProtSimulate, **SIMULATION)
+        cls.launchProtocol(cls.simulation)
+
+    def _align(self, **kwargs):
+        prot = self.newProtocol(DeepHemnmaProtAlign, **kwargs)
+        prot.inputModes.set(self.simulation.outputModes)
+        prot.inputParticles.set(self.simulation.outputParticles)
+        return prot
+
+    def test_local_alignment_of_a_small_stack(self):
+        prot = self._align(modeList='7-9', localOnly=True, angularStep=15.0, chunkSize=3, numberOfThreads=1)
+        self.assertEqual(prot.validate(), [])
+        self.launchProtocol(prot)
+        output = prot.outputParticles
+        self.assertEqual(output.getSize(), 6)
+        self.assertTrue(output.hasAlignmentProj())
+        first = output.getFirstItem()
+        self.assertEqual(len(list(getattr(first, AMPLITUDES_ATTR))), 3)
+        aligned = particles_from_set(output, require_alignment=True, require_amplitudes=True)
+        truth = particles_from_set(self.simulation.outputParticles)
+        errors = geodesic_angle_deg(euler_to_matrix(aligned.angles), euler_to_matrix(truth.extra['true_angles']))
+        self.assertLess(np.median(errors), 5.0, errors)
+        self.assertLess(np.abs(aligned.shifts - truth.extra['true_shifts']).mean(), 1.0)
+        self.assertTrue(np.all(aligned.score > 0.5))
+        self.assertIn('Aligned 6 particles', ' '.join(prot.summary()))
+
+    def test_validate_refuses_bad_inputs(self):
+        errors = self._align(modeList='1-3').validate()
+        self.assertTrue(any('rigid-body' in e for e in errors), errors)
+        errors = self._align(modeList='7 30').validate()
+        self.assertTrue(any('not in the input set' in e for e in errors), errors)
+        errors = self._align(modeList='seven').validate()
+        self.assertTrue(any('Cannot read the mode list' in e for e in errors), errors)
+        errors = self._align(backend=1, modeList='7-9').validate()
+        self.assertTrue(any('xmipp_nma_alignment is not on the PATH' in e for e in errors), errors)
+
+    def test_reference_checks(self):
+        prot = self._align(modeList='7-9')
+        modes = self.simulation.outputModes
+        # Images too small (or a wrong pixel size) for the molecule.
+        tiny = SimpleNamespace(getSize=lambda: 6, getXDim=lambda: 32, getSamplingRate=lambda: 0.65)
+        errors = prot._checkReference(modes, [7, 8, 9], tiny)
+        self.assertTrue(any('too small for the reference' in e for e in errors), errors)
+        self.assertEqual(prot._checkReference(modes, [7, 8, 9], self.simulation.outputParticles), [])
+        # C-alpha mode files (214 lines) with the all-atom reference (1,656 atoms).
+        mode_items = [SimpleNamespace(getObjId=lambda n=n: n, getModeFile=lambda m=m: m.getModeFile())
+                      for n, m in ((7, modes[7]), (8, modes[8]))]
+        all_atom_pdb = SimpleNamespace(getFileName=lambda: str(ak_reference_path()))
+        mismatched = type('Modes', (), {'__iter__': lambda self: iter(mode_items),
+                                        'getPdb': lambda self: all_atom_pdb})()
+        errors = prot._checkReference(mismatched, [7, 8], None)
+        self.assertTrue(any('come from another structure' in e for e in errors), errors)
+
+    def test_parse_mode_list(self):
+        self.assertEqual(parse_mode_list('7-9 11'), [7, 8, 9, 11])
+        self.assertEqual(parse_mode_list('7,8'), [7, 8])
