@@ -105,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
         result = align_particles(particles, reference, settings_from_args(args), box, work, base_dir, args.local,
                                  args.chunk_size, local_device(str(device), rank), rank, progress)
         if rank.is_main:
-            write_particles(args.output, result)
+            write_particles(args.output, result, continuousflex_only=True)
             if not args.keep_chunks:
                 shutil.rmtree(work, ignore_errors=True)
             print(json.dumps({'output': str(args.output), 'images': len(result),

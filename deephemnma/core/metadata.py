@@ -339,7 +339,8 @@ XMD_COLUMNS = ('image', 'enabled', 'angleRot', 'angleTilt', 'anglePsi', 'shiftX'
                'cost')
 
 
-def _write_xmd(path: Path, particles: Particles) -> None:
+def _write_xmd(path: Path, particles: Particles, continuousflex_only: bool = False) -> None:
+    """Xmipp metadata; ``continuousflex_only`` writes exactly the 9 columns of ContinuousFlex's images.xmd."""
     n = len(particles)
     zeros = np.zeros(n)
     angles = particles.angles if particles.angles is not None else np.zeros((n, 3))
@@ -351,6 +352,9 @@ def _write_xmd(path: Path, particles: Particles) -> None:
     if particles.amplitudes is not None:
         table['nmaDisplacements'] = _format_vectors(particles.amplitudes)
     table['cost'] = _format(particles.score if particles.score is not None else zeros)
+    if continuousflex_only:
+        write_star_tables(path, {'noname': table}, header='# XMIPP_STAR_1 *\n#')
+        return
     if particles.has_ctf:
         table['ctfDefocusU'] = _format(particles.defocus_u)
         table['ctfDefocusV'] = _format(particles.defocus_v)
@@ -503,9 +507,17 @@ def read_particles(path: str | os.PathLike, pixel_size: Optional[float] = None) 
     return _read_csv(path)
 
 
-def write_particles(path: str | os.PathLike, particles: Particles) -> Path:
-    """Write particle metadata atomically (format from the extension); returns the path."""
+def write_particles(path: str | os.PathLike, particles: Particles, continuousflex_only: bool = False) -> Path:
+    """Write particle metadata atomically (format from the extension); returns the path.
+
+    ``continuousflex_only``: an .xmd holds exactly the columns of ContinuousFlex's HEMNMA ``images.xmd``
+    (image, enabled, angles, shifts, nmaDisplacements, cost), without CTF or extra columns.
+    """
     path = Path(path)
-    {'.star': _write_star, '.xmd': _write_xmd, '.csv': _write_csv}[_format_of(path)](path, particles)
+    kind = _format_of(path)
+    if kind == '.xmd':
+        _write_xmd(path, particles, continuousflex_only)
+    else:
+        {'.star': _write_star, '.csv': _write_csv}[kind](path, particles)
     return path
 

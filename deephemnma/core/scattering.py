@@ -3,7 +3,7 @@
 ``f(s) = sum_i a_i exp(-b_i s^2)`` with ``s = sin(theta)/lambda = 1/(2d)`` (Angstrom^-1), ``a`` in Angstrom and
 ``b`` in Angstrom^2. In real space one atom's potential is ``sum_i a_i (4 pi / b_i)^(3/2) exp(-4 pi^2 r^2 / b_i)``,
 i.e. isotropic Gaussians of variance ``b_i / (8 pi^2)`` (Angstrom^2) per axis and integral ``a_i``; an isotropic
-B-factor ``B`` adds ``B / 4`` to every ``b_i``.
+B-factor ``B`` (Debye-Waller factor ``exp(-B s^2)``) adds ``B`` to every ``b_i``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def gaussian_parameters(elements: Iterable[str], bfactor: float = 0.0) -> Tuple[
     """Per-atom Peng coefficients ``(a (N, 5) Angstrom, b (N, 5) Angstrom^2)``; ``bfactor`` (A^2) blurs all."""
     pairs = [_element_parameters(str(e).strip().capitalize()) for e in elements]
     a = np.array([p[0] for p in pairs], dtype=np.float64).reshape(-1, 5)
-    b = np.array([p[1] for p in pairs], dtype=np.float64).reshape(-1, 5) + bfactor / 4.0
+    b = np.array([p[1] for p in pairs], dtype=np.float64).reshape(-1, 5) + bfactor
     return a, b
 
 

@@ -51,6 +51,15 @@ def test_xmd_readable_by_xmipp_with_continuousflex_columns(tmp_path):
     assert np.allclose(md.getValue(xmippLib.MDL_NMA, first), particles.amplitudes[0], atol=1e-5)
 
 
+def test_xmd_with_exactly_continuousflex_columns(tmp_path):
+    path = write_particles(tmp_path / 'images.xmd', _particles(), continuousflex_only=True)
+    columns = [line.strip()[1:] for line in path.read_text().splitlines() if line.startswith(' _')]
+    assert columns == ['image', 'enabled', 'angleRot', 'angleTilt', 'anglePsi', 'shiftX', 'shiftY',
+                       'nmaDisplacements', 'cost']
+    back = read_particles(path, pixel_size=1.3)
+    np.testing.assert_allclose(back.amplitudes, _particles().amplitudes, atol=2e-6)
+
+
 def test_reads_continuousflex_images_xmd(tmp_path):
     text = ("# XMIPP_STAR_1 * \n # \ndata_noname\nloop_\n _image\n _enabled\n _angleRot\n _angleTilt\n"
             " _anglePsi\n _shiftX\n _shiftY\n _nmaDisplacements\n _cost\n _itemId\n"

@@ -1,0 +1,79 @@
+"""Normal modes of a structure (elastic network, ANM or RTB): writes a ContinuousFlex-compatible modes folder.
+
+Output folder: ``reference.pdb`` (the atoms the modes are defined on, in the order of the vector lines),
+``modes.xmd`` and ``modes/vec.N`` (Xmipp/ContinuousFlex layout, rigid modes 1-6 included and disabled),
+``modes.npz`` (everything, for ``deephemnma.core.nma.NormalModes.load``) and, with ``--animate``,
+``animations/mode_NNN.pdb`` (multi-model PDB). Mode vectors have unit norm over the 3N coordinates of the
+reference written there (amplitude convention: see ``deephemnma.core.nma``).
+
+Examples::
+
+    deephemnma nma 4ake.pdb -o modes_ca --chains A --coarse CA --cutoff 10 --modes 10
+    deephemnma nma ribosome.cif -o modes_rib --coarse CA+P --rtb-block 20 --cutoff 20 --modes 20
+    deephemnma nma pseudoatoms.pdb -o modes_pa --percentile 95 --animate 7 8 --amplitude 100
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from deephemnma.core.deform import animate, mode_direction
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.modes_io import write_modes
+from deephemnma.core.nma import DEFAULT_COLLECTIVITY_THRESHOLD, compute_modes
+from deephemnma.core.structure import COARSE_LEVELS, coarse_grain, read_structure, write_structure
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('structure', help='PDB or mmCIF file (atoms or pseudoatoms)')
+    parser.add_argument('-o', '--output', required=True, help='output folder')
+    parser.add_argument('--chains', nargs='+', help='chains to keep (default: all)')
+    parser.add_argument('--coarse', choices=['none', *COARSE_LEVELS], default='none',
+                        help='coarse-graining: none (all heavy atoms), CA, or CA+P (also nucleotide P atoms)')
+    parser.add_argument('--keep-hydrogens', action='store_true', help='keep hydrogen atoms')
+    cutoff = parser.add_mutually_exclusive_group()
+    cutoff.add_argument('--cutoff', type=float, default=10.0, help='network radius in Angstrom (default 10)')
+    cutoff.add_argument('--percentile', type=float,
+                        help='radius as this percentile of nearest-neighbour distances (ContinuousFlex: 95)')
+    parser.add_argument('--rtb-block', type=int, default=0,
+                        help='residues per RTB block (0: full ANM; the paper used 20 for the ribosome)')
+    parser.add_argument('--modes', type=int, default=10, help='non-rigid modes to compute (numbers 7, 8, ...)')
+    parser.add_argument('--collectivity-threshold', type=float, default=DEFAULT_COLLECTIVITY_THRESHOLD,
+                        help='modes below this collectivity are disabled in modes.xmd (default 0.15)')
+    parser.add_argument('--solver', choices=['auto', 'dense', 'sparse'], default='auto')
+    parser.add_argument('--device', default='cpu', help="eigensolver device: cpu, cuda or auto")
+    parser.add_argument('--animate', type=int, nargs='+', metavar='MODE', help='mode numbers to animate')
+    parser.add_argument('--amplitude', type=float, default=100.0, help='animation amplitude (mode units)')
+    parser.add_argument('--frames', type=int, default=11, help='frames per animation')
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    structure = read_structure(args.structure, chains=args.chains, remove_hydrogens=not args.keep_hydrogens)
+    if args.coarse != 'none':
+        structure = coarse_grain(structure, args.coarse)
+    device = str(resolve_device(args.device))
+    start = time.perf_counter()
+    modes = compute_modes(structure, n_modes=args.modes, cutoff=args.cutoff, percentile=args.percentile,
+                          rtb_block_size=args.rtb_block, solver=args.solver, device=device)
+    seconds = time.perf_counter() - start
+    write_structure(out / 'reference.pdb', structure)
+    write_modes(out, modes, threshold=args.collectivity_threshold)
+    modes.save(out / 'modes.npz')
+    print(f'{len(structure)} atoms, cutoff {modes.cutoff:.2f} A, {modes.method}'
+          f'{f" ({modes.block_size} residues per block)" if modes.block_size else ""}: {len(modes)} modes '
+          f'in {seconds:.1f} s')
+    print(f'rigid-body eigenvalues (skipped): {", ".join(f"{v:.2e}" for v in modes.rigid_eigenvalues)}')
+    for number, value, kappa, on in zip(modes.numbers, modes.eigenvalues, modes.collectivity,
+                                        modes.enabled(args.collectivity_threshold)):
+        print(f'mode {number:3d}  eigenvalue {value:.6e}  collectivity {kappa:.3f}{"" if on else "  (disabled)"}')
+    for number in args.animate or []:
+        position = list(modes.numbers).index(number) if number in modes.numbers else None
+        if position is None:
+            raise SystemExit(f'--animate {number}: mode not computed (available {modes.numbers[0]}-{modes.numbers[-1]})')
+        path = out / 'animations' / f'mode_{number:03d}.pdb'
+        animate(path, structure, modes.vectors, mode_direction(len(modes), position), args.amplitude, args.frames)
+        print(f'animation of mode {number}: {path}')
+    print(f'modes written to {out}')
+    return 0

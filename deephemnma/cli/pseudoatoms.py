@@ -1,0 +1,57 @@
+"""Convert an EM map into pseudoatoms (3D Gaussians approximating the map to a target error; Jonic 2016).
+
+Writes a pseudoatom PDB (Xmipp layout: atoms DENS, weight in the B-factor column, sigma in a
+``REMARK fixedGaussian`` line; coordinates in Angstrom from the map centre) that ``deephemnma nma`` accepts,
+and optionally the map of the pseudoatom model.
+
+Examples::
+
+    deephemnma pseudoatoms map.mrc -o pseudoatoms.pdb
+    deephemnma pseudoatoms map.mrc -o pseudoatoms.pdb --sigma 2.0 --target-error 0.03 --output-map model.mrc
+"""
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from deephemnma.core.imageio import read_image, write_map
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.pseudoatoms import DEFAULT_SIGMA_VOXELS, DEFAULT_TARGET_ERROR, map_correlation, map_to_pseudoatoms
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('map', help='cubic 3D map (MRC)')
+    parser.add_argument('-o', '--output', required=True, help='pseudoatom PDB (or .cif) to write')
+    parser.add_argument('--sigma', type=float, help=f'Gaussian standard deviation in Angstrom '
+                                                    f'(default {DEFAULT_SIGMA_VOXELS} voxel)')
+    parser.add_argument('--target-error', type=float, default=DEFAULT_TARGET_ERROR,
+                        help='relative L2 approximation error to reach (default 0.05)')
+    parser.add_argument('--threshold', type=float, help='map value below which no pseudoatom is seeded '
+                                                        '(default 5%% of the maximum)')
+    parser.add_argument('--max-atoms', type=int, default=50000)
+    parser.add_argument('--pixel-size', type=float, help='voxel size in Angstrom (default: from the map header)')
+    parser.add_argument('--output-map', help='also write the map of the pseudoatom model (MRC)')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or auto')
+
+
+def main(args: argparse.Namespace) -> int:
+    volume, header_pixel = read_image(args.map)
+    pixel_size = args.pixel_size or header_pixel
+    bar = tqdm(desc='pseudoatoms', unit=' rounds')
+
+    def progress(count: int, error: float) -> None:
+        bar.set_postfix(atoms=count, error=f'{error:.4f}')
+        bar.update(1)
+
+    pseudo = map_to_pseudoatoms(volume, pixel_size, sigma=args.sigma, target_error=args.target_error,
+                                threshold=args.threshold, max_atoms=args.max_atoms,
+                                device=str(resolve_device(args.device)), progress=progress)
+    bar.close()
+    pseudo.write(args.output)
+    model = pseudo.to_map(volume.shape[0], pixel_size)
+    if args.output_map:
+        write_map(args.output_map, model, pixel_size)
+    print(f'{len(pseudo)} pseudoatoms (sigma {pseudo.sigma:.2f} A), relative error {pseudo.relative_error:.4f}, '
+          f'map correlation {map_correlation(volume, model):.4f}: {args.output}')
+    return 0
