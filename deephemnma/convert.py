@@ -136,3 +136,24 @@ def _vector(particle: Particle, attr: str) -> Optional[np.ndarray]:
 def _float(value, default: float) -> float:
     return float(value) if value is not None else default
 
+
+
+def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estimates: Particles) -> SetOfParticles:
+    """Copy ``input_set`` into ``output`` (every attribute kept: CTF, ground truth, ...), with the poses,
+    amplitudes and scores of ``estimates`` (one row per input particle, in id order)."""
+    output.copyInfo(input_set)
+    if estimates.has_alignment:
+        output.setAlignmentProj()
+    transforms = transform_from_pose(estimates.angles, estimates.shifts) if estimates.has_alignment else None
+
+    def update(particle: Particle, row: int) -> None:
+        if transforms is not None:
+            particle.setTransform(Transform(transforms[row]))
+        if estimates.amplitudes is not None:
+            setattr(particle, AMPLITUDES_ATTR, _csv(estimates.amplitudes[row]))
+        if estimates.score is not None:
+            setattr(particle, SCORE_ATTR, Float(float(estimates.score[row])))
+
+    output.copyItems(input_set, updateItemCallback=update, itemDataIterator=iter(range(len(estimates))),
+                     copyDisabled=True, orderBy='id')
+    return output

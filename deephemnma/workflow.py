@@ -45,11 +45,16 @@ def run_template(name: str, project_name: str, values: Dict[str, object],
 
     A protocol that fails stops the run with its error and the tail of its log.
     """
-    json_text = resolve_template(name, values)
     manager = Manager()
     if manager.hasProject(project_name):
         manager.deleteProject(project_name)
     project = manager.createProject(project_name)
+    run_workflow(project, resolve_template(name, values), report)
+    return project
+
+
+def run_workflow(project: Project, json_text: str, report: Callable[[str], None] = print) -> None:
+    """Load the protocols of a workflow (JSON) into ``project`` and run them in order, waiting for each."""
     previous = os.getcwd()
     os.chdir(project.getPath())
     try:
@@ -58,7 +63,6 @@ def run_template(name: str, project_name: str, values: Dict[str, object],
             _launch(project, protocol, report)
     finally:
         os.chdir(previous)
-    return project
 
 
 def _protocols_in_order(project: Project) -> List:

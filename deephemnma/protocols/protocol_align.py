@@ -8,7 +8,7 @@ import numpy as np
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import fill_set_of_particles, particles_from_set
+from deephemnma.convert import copy_with_estimates, particles_from_set
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.protocols.protocol_train import gpu_command
 
@@ -147,10 +147,7 @@ class DeepHemnmaProtAlign(EMProtocol):
             result = merge_in_order(read_particles(self._getExtraPath('images.xmd')), aligned)
         else:
             result = read_particles(self._outputPath())
-        result.extra = {}
-        output = self._createSetOfParticles()
-        output.copyInfo(self.inputParticles.get())
-        fill_set_of_particles(output, result, base_dir=os.getcwd())
+        output = copy_with_estimates(self._createSetOfParticles(), self.inputParticles.get(), result)
         self._defineOutputs(outputParticles=output)
         self._defineSourceRelation(self.inputParticles, output)
         self._defineSourceRelation(self.inputModes, output)

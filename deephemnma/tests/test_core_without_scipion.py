@@ -46,3 +46,23 @@ def test_plugin_registers_with_scipion():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == 'auto'
+
+
+def test_protocols_register_without_xmipp_and_continuousflex():
+    """Neither ContinuousFlex nor scipion-em-xmipp is needed: every protocol and viewer of the plugin registers."""
+    blocker = BLOCKER.replace("('pyworkflow', 'pwem', 'xmipp3', 'xmippLib', 'continuousflex', 'emtable', 'tkinter')",
+                              "('xmipp3', 'continuousflex')")
+    code = blocker + textwrap.dedent('''
+        import deephemnma.tests  # the Scipion test environment
+        from pwem import Domain
+        protocols = [name for name in Domain.getProtocols() if name.startswith('DeepHemnmaProt')]
+        viewers = [v.__name__ for v in Domain.getViewers().values() if v.__module__.startswith('deephemnma')]
+        print(' '.join(sorted(protocols)))
+        print(' '.join(sorted(viewers)))
+    ''')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    protocols, viewers = result.stdout.strip().splitlines()[-2:]
+    for name in ('Simulate', 'NMA', 'Align', 'Train', 'Infer', 'Space', 'Groups', 'Reconstruct', 'Animate'):
+        assert f'DeepHemnmaProt{name}' in protocols.split()
+    assert len(viewers.split()) >= 3

@@ -1,6 +1,5 @@
 """Image stacks and particle metadata: round trips for every format and clear errors for bad input."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

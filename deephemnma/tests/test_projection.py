@@ -49,8 +49,8 @@ class TestProjection(unittest.TestCase):
 
     def test_peng_atoms_match_real_space_sum(self):
         elements = ['C', 'N', 'O', 'S', 'C'] * 5
-        a, b = gaussian_parameters(elements, bfactor=150.0)
-        model = AtomModel.from_elements(elements, bfactor=150.0)
+        a, b = gaussian_parameters(elements, bfactor=37.5)
+        model = AtomModel.from_elements(elements, bfactor=37.5)
         self.assertEqual(model.num_types, 4)
         image = project_atoms(torch.tensor(self.coords), model, torch.tensor(self.rotation)[None],
                               torch.tensor(self.shift)[None], 96, 0.5)[0].numpy()

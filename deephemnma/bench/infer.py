@@ -1,0 +1,112 @@
+"""Inference speed: the full path (stack -> normalise -> network -> conversion -> STAR) vs the bare model.
+
+Builds a stack of random images (memory-mapped .mrcs) and an untrained network of the chosen architecture,
+then measures in the same run (1) the bare forward pass on random tensors already in memory and (2) the full
+``deephemnma infer`` path: reading the stack, normalising, predicting, converting quaternions to Euler angles
+and un-scaling, and writing the particle file. ``infer_ratio_vs_bare_model`` = full speed / bare speed.
+
+Examples::
+
+    deephemnma bench infer                       # CPU, 128 x 128, ResNet-34
+    deephemnma bench infer --device cuda --images 200000 --batch-size 1024
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deephemnma.core.imageio import write_stack
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
+from deephemnma.nn import targets as tg
+from deephemnma.nn.data import ImageSource
+from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
+from deephemnma.nn.model import ARCHITECTURES, DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.train import TrainConfig, TrainedModel, amp_supported, load_model, save_model
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--images', type=int, help='images in the stack (default: 1,536 on CPU, 100,000 on GPU)')
+    parser.add_argument('--box', type=int, default=128)
+    parser.add_argument('--arch', choices=sorted(ARCHITECTURES), default='resnet34')
+    parser.add_argument('--batch-size', type=int, help='default: 128 on CPU, 1024 on GPU')
+    parser.add_argument('--num-workers', type=int, default=1, help='image reading processes')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--workdir', help='folder for the stack and outputs (default: temporary)')
+
+
+def _model_file(folder: Path, arch: str, box: int) -> Path:
+    network = DeepHemnmaNet(NetworkConfig(outputs=tg.output_sizes(tg.TYPES, 3), arch=arch))
+    scaling = tg.Scaling(0.0, 1.0, np.zeros(3), np.full(3, 100.0), np.zeros(2), np.full(2, 3.0))
+    path = folder / 'model.pt'
+    save_model(path, network, network.state_dict(), scaling, box, TrainConfig(arch=arch), {})
+    return path
+
+
+def _bare_speed(model: TrainedModel, device: torch.device, batch: int, box: int, count: int) -> float:
+    """Images per second of the network alone on random input already on the device."""
+    network = model.network.to(device).eval()
+    images = torch.randn(batch, 1, box, box, device=device)
+    if device.type == 'cuda':
+        network, images = network.to(memory_format=torch.channels_last), images.contiguous(
+            memory_format=torch.channels_last)
+    use_amp = amp_supported(device)
+    steps = max(2, count // batch)
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        network(images)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.time()
+        for _ in range(steps):
+            network(images)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    return steps * batch / (time.time() - start)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return _measure(args, Path(args.workdir))
+    with tempfile.TemporaryDirectory(prefix='deephemnma-bench-infer-') as folder:
+        return _measure(args, Path(folder))
+
+
+def _measure(args: argparse.Namespace, folder: Path) -> dict:
+    """The benchmark's figures, with its data and outputs in ``folder``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    count = args.images or (100_000 if device.type == 'cuda' else 1536)
+    batch = args.batch_size or (1024 if device.type == 'cuda' else 128)
+    rng = np.random.default_rng(0)
+    stack = folder / 'images.mrcs'
+    write_stack(stack, rng.normal(size=(count, args.box, args.box)).astype(np.float32), 1.0)
+    particles = Particles(image=stack_locations(str(stack), count), pixel_size=1.0)
+    write_particles(folder / 'input.star', particles)
+    model = load_model(_model_file(folder, args.arch, args.box), device)
+    predictor = Predictor(model, device)
+    # warm-up of the full path (thread pools, allocator) on a few batches
+    predict_source(predictor, ImageSource(particles.image[:batch * 2]), batch, progress=False)
+    bare_before = _bare_speed(model, device, batch, args.box, min(count, batch * 6))
+    start = time.time()
+    particles = read_particles(folder / 'input.star')
+    raw = predict_source(predictor, ImageSource(particles.image), batch, args.num_workers, progress=False)
+    write_particles(folder / 'predicted.star', labels_to_particles(particles, tg.decode(raw, model.scaling)))
+    full = count / (time.time() - start)
+    bare_after = _bare_speed(model, device, batch, args.box, min(count, batch * 6))
+    bare = (bare_before + bare_after) / 2
+    written = read_particles(folder / 'predicted.star')
+    figures = {'images': count, 'box': args.box, 'arch': args.arch, 'batch_size': batch,
+               'num_workers': args.num_workers, 'amp': predictor.amp, 'written_rows': len(written),
+               'full_images_per_second': full, 'bare_images_per_second': bare,
+               'bare_before_after': [bare_before, bare_after], 'infer_ratio_vs_bare_model': full / bare}
+    if device.type == 'cuda':
+        figures['infer_images_per_second_gpu'] = full
+    return figures

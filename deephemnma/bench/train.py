@@ -1,0 +1,174 @@
+"""Train the network on simulated adenylate kinase particles and measure its errors on held-out images.
+
+``--quick`` (CPU learnability check): 64 x 64 images, SNR 1, no CTF, 2,000 training + 250 validation images
+and 500 held-out images, ground-truth labels, ResNet-18, a few epochs. Without ``--quick`` (paper-like, for a
+GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus, phase-flipped), 14,000 training + 2,000
+validation + 2,000 held-out images, ground-truth labels, ResNet-34. Images of the paper's conformations
+(helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations, shifts in [-5, 5] px, simulated
+with ``deephemnma.core.simulate`` and fixed seeds.
+
+Figures: ``amp_rel_mae`` and ``shift_rel_mae`` (held-out MAE over the MAE of predicting the training mean),
+``angle_median_deg`` (median geodesic angle), the paper's mean axis angle, MAEs, RMSDs of the atoms for each
+parameter type alone, training throughput and the CPU load while it ran.
+
+Examples::
+
+    deephemnma bench train --quick
+    deephemnma bench train --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deephemnma.core import conformations
+from deephemnma.core.ctf import CTFParams
+from deephemnma.core.deform import deform
+from deephemnma.core.imageio import read_stack, write_stack
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.core.simulate import paper_ak_setup, sample_angles, sample_shifts, simulate_particles, stream
+from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
+from deephemnma.nn.infer import Predictor
+from deephemnma.nn.targets import Labels
+from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.train import TrainConfig, amp_supported, load_model, preset_config, run_training
+
+QUICK = dict(box=64, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18', epochs=None,
+             batch_size=32, lr=1e-3, dropout=0.1, max_rotation=0.0, budget_s=840)
+FULL = dict(box=128, snr=0.1, ctf=True, train=14000, validation=2000, heldout=2000, arch='resnet34', epochs=60,
+            batch_size=256, lr=1e-3, dropout=0.5, max_rotation=180.0, budget_s=None)
+MAX_SHIFT_PX = 5.0
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--quick', action='store_true', help='the CPU learnability check (64 px, SNR 1)')
+    parser.add_argument('--epochs', type=int, help='override the epochs (--quick: chosen from the speed measured '
+                                                   'on a few steps to train for about 14 minutes)')
+    parser.add_argument('--train-images', type=int, help='override the number of training images')
+    parser.add_argument('--batch-size', type=int, help='override the batch size')
+    parser.add_argument('--lr', type=float, help='override the maximum learning rate')
+    parser.add_argument('--dropout', type=float, help='override the MLP dropout')
+    parser.add_argument('--max-rotation', type=float, help='override the in-plane rotation augmentation (deg)')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
+    parser.add_argument('--workdir', help='keep the simulated data and the model here (default: temporary)')
+    parser.add_argument('--seed', type=int, default=0)
+
+
+def _pixel_size(setup, amplitudes: np.ndarray, box: int) -> float:
+    """The smallest pixel size (A, rounded up to 0.05) at which the atoms of these conformations, shifted by
+    up to 5 px, stay 2 px inside the box."""
+    reach = float(np.linalg.norm(deform(setup.structure.coords, setup.modes.vectors, amplitudes).numpy(),
+                                 axis=-1).max())
+    return float(np.ceil(reach / (box // 2 - MAX_SHIFT_PX - 2) * 20) / 20)
+
+
+def _epochs_for_budget(config: TrainConfig, box: int, count: int, budget_s: float, device: torch.device) -> int:
+    """Epochs that fit in ``budget_s`` seconds at the training speed measured on a few steps (3 to 40)."""
+    network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 3, 'orientation': 4, 'shifts': 2},
+                                          arch=config.arch)).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)
+    images = torch.randn(config.batch_size, 1, box, box, device=device)
+    elapsed = 0.0
+    for step in range(4):
+        begin = time.time()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_supported(device)):
+            loss = sum(v.float().abs().mean() for v in network(images).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        elapsed += (time.time() - begin) if step else 0.0
+    per_epoch = elapsed / 3 * count / config.batch_size
+    return int(min(40, max(3, budget_s // per_epoch)))
+
+
+def simulate_set(setup, count: int, box: int, pixel_size: float, snr: float, ctf: bool, seed: int,
+                 device: torch.device, folder: Path, name: str) -> Particles:
+    """Simulate ``count`` particles (helix conformations, uniform angles) into ``folder/name.mrcs``."""
+    amplitudes = conformations.helix(count, stream(seed, 'conformations')).amplitudes
+    angles = sample_angles(count, stream(seed, 'angles'))
+    shifts = sample_shifts(count, stream(seed, 'shifts'), MAX_SHIFT_PX)
+    params = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1) \
+        if ctf else None
+    images = simulate_particles(setup, amplitudes, angles, shifts, box, pixel_size, ctf=params, snr=snr,
+                                seed=seed, phase_flip=ctf, device=device).images
+    stack = folder / f'{name}.mrcs'
+    write_stack(stack, images, pixel_size)
+    return Particles(image=stack_locations(str(stack), count), pixel_size=pixel_size, angles=angles,
+                     shifts=shifts, amplitudes=amplitudes)
+
+
+def _concatenate(first: Particles, second: Particles) -> Particles:
+    join = (lambda a, b: np.concatenate([a, b]))
+    return Particles(image=join(first.image, second.image), pixel_size=first.pixel_size,
+                     angles=join(first.angles, second.angles), shifts=join(first.shifts, second.shifts),
+                     amplitudes=join(first.amplitudes, second.amplitudes))
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        return _measure(args, Path(args.workdir))
+    with tempfile.TemporaryDirectory(prefix='deephemnma-bench-train-') as folder:
+        return _measure(args, Path(folder))
+
+
+def _measure(args: argparse.Namespace, folder: Path) -> dict:
+    """The benchmark's figures, with its data and outputs in ``folder``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = dict(QUICK if args.quick else FULL)
+    size['epochs'] = args.epochs or size['epochs']
+    size['train'] = args.train_images or size['train']
+    for key in ('batch_size', 'lr', 'dropout', 'max_rotation'):
+        if getattr(args, key) is not None:
+            size[key] = getattr(args, key)
+    device = resolve_device(args.device)
+    start = time.time()
+    setup = paper_ak_setup()
+    pixel_size = _pixel_size(setup, conformations.helix(500, np.random.default_rng(0)).amplitudes, size['box'])
+    fit = simulate_set(setup, size['train'], size['box'], pixel_size, size['snr'], size['ctf'], args.seed,
+                       device, folder, 'train')
+    validation = simulate_set(setup, size['validation'], size['box'], pixel_size, size['snr'], size['ctf'],
+                              args.seed + 1, device, folder, 'validation')
+    heldout = simulate_set(setup, size['heldout'], size['box'], pixel_size, size['snr'], size['ctf'],
+                           args.seed + 2, device, folder, 'heldout')
+    simulation_seconds = time.time() - start
+    if size['epochs'] is None:
+        size['epochs'] = _epochs_for_budget(preset_config('fast', arch=size['arch'], batch_size=size['batch_size']),
+                                            size['box'], size['train'], size['budget_s'], device)
+    config = preset_config('fast', arch=size['arch'], epochs=size['epochs'], batch_size=size['batch_size'],
+                           lr=size['lr'], dropout=size['dropout'], max_rotation_deg=size['max_rotation'],
+                           patience=0, outlier_threshold=0.0, validation=size['validation'], test=0,
+                           seed=args.seed, num_workers=0)
+    load_before = os.getloadavg()[0]
+    train_start = time.time()
+    trainer, _ = run_training(_concatenate(fit, validation), config, folder / 'model', device, progress=False)
+    train_seconds = time.time() - train_start
+    images_seen = trainer.steps_per_epoch * trainer.global_batch * len(trainer.history)
+    model = load_model(folder / 'model' / 'model.pt', device)
+    predictor = Predictor(model, device)
+    stack = read_stack(folder / 'heldout.mrcs')
+    estimated = [predictor.predict(stack[s:s + 256]) for s in range(0, len(stack), 256)]
+    estimated = Labels(*(np.concatenate([getattr(e, name) for e in estimated])
+                         for name in ('angles', 'shifts', 'amplitudes')))
+    truth = Labels(heldout.angles, heldout.shifts, heldout.amplitudes)
+    figures = parameter_errors(estimated, truth, model.scaling.amplitude_mean, model.scaling.shift_mean)
+    figures.update(rmsd_errors(estimated, truth, setup.structure.coords, setup.modes.vectors, pixel_size))
+    speed_key = 'train_images_per_second_gpu' if device.type == 'cuda' else 'train_images_per_second_cpu'
+    return {'mode': 'quick' if args.quick else 'full', 'labels': 'ground truth', 'box': size['box'],
+            'pixel_size': pixel_size, 'snr': size['snr'], 'ctf': size['ctf'], 'arch': size['arch'],
+            'train_images': size['train'], 'validation_images': size['validation'],
+            'heldout_images': size['heldout'], 'epochs': len(trainer.history),
+            'best_epoch': max(trainer.best_epoch.values()) + 1, **figures,
+            speed_key: images_seen / train_seconds, 'train_seconds': train_seconds,
+            'simulation_seconds': simulation_seconds, 'total_seconds': time.time() - start,
+            'amp': trainer.use_amp, 'load_average_1min_start': load_before,
+            'load_average_1min_end': os.getloadavg()[0], 'config': config.to_dict()}

@@ -1,0 +1,73 @@
+"""Predict amplitudes, angles and shifts of particle images with a trained DeepHEMNMA model.
+
+Streams over stacks of any size (memory-mapped, batched, bfloat16 mixed precision on GPU); finished chunks
+are kept in OUTPUT.chunks/ so that a killed run resumes; with torchrun each process predicts its share of
+the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, from the extension).
+
+Examples::
+
+    deephemnma infer -m train_out/model.pt -i particles.star -o predicted.star
+    deephemnma infer -m model.pt -i images.xmd -o predicted.xmd --batch-size 1024 --device cuda
+    torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from deephemnma.core.distributed import cleanup, init_from_env
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.nn import targets as tg
+from deephemnma.nn.data import ImageSource
+from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
+from deephemnma.nn.train import load_model
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('-m', '--model', required=True, help='model.pt written by "deephemnma train"')
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv)')
+    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .xmd, .csv)')
+    parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
+                                           "file's folder, then the current folder)")
+    parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--chunk-size', type=int, default=16384, help='images per resumable chunk')
+    parser.add_argument('--num-workers', type=int, default=2, help='image reading processes')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    parser.add_argument('--no-amp', action='store_true', help='full precision on GPU')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--keep-chunks', action='store_true', help='keep OUTPUT.chunks/ after success')
+    parser.add_argument('--quiet', action='store_true', help='no progress bar')
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rank = init_from_env(device.type)
+    try:
+        particles = read_particles(args.particles, args.pixel_size)
+        base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
+        model = load_model(args.model)
+        predictor = Predictor(model, torch.device(device.type, rank.local_rank) if device.type == 'cuda'
+                              else device, amp=not args.no_amp)
+        work_dir = Path(str(args.output) + '.chunks')
+        model_file = Path(args.model).resolve()
+        raw = predict_source(predictor, ImageSource(particles.image, base_dir), args.batch_size,
+                             args.num_workers, work_dir, args.chunk_size, rank, not args.quiet,
+                             settings={'model': str(model_file), 'model_mtime': model_file.stat().st_mtime,
+                                       'particles': str(Path(args.particles).resolve())})
+        if rank.is_main:
+            estimated = tg.decode(raw, model.scaling)
+            write_particles(args.output, labels_to_particles(particles, estimated), continuousflex_only=True)
+            if not args.keep_chunks:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            print(json.dumps({'output': str(args.output), 'images': len(particles), 'types': list(model.types)}))
+    finally:
+        cleanup(rank)
+    return 0

@@ -1,0 +1,128 @@
+"""Train the DeepHEMNMA network (ResNet + MLP) on particle images with amplitudes, angles and shifts.
+
+The labels come from any particle file (.star, .xmd such as ContinuousFlex's images.xmd, or .csv): this
+plugin's HEMNMA alignment, ContinuousFlex's, or the simulator's ground truth. Outliers (Mahalanobis distance of
+the amplitudes above --outlier-threshold) are removed, the rest is split by particle into training, validation
+and test sets. The output folder receives model.pt (best weights + settings + scaling: all inference needs),
+checkpoint_last.pt (resume: run the same command again), loss_history.csv, loss_curves.png, split.npz,
+particles_{train,validation,test}.star, test_predictions.star, test_metrics.json and training_summary.json.
+
+Examples::
+
+    deephemnma train -i hemnma/images.xmd -o train_out                      # fast preset, combined network
+    deephemnma train -i particles.star -o paper --preset paper --layout separate   # the paper's settings
+    deephemnma train -i particles.star -o out --types amplitudes --epochs 100 --batch-size 256
+    torchrun --nproc_per_node=4 -m deephemnma.cli.main train -i particles.star -o out --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deephemnma.core.distributed import cleanup, init_from_env
+from deephemnma.core.fileio import atomic_path
+from deephemnma.core.machine import resolve_device
+from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.nn import targets as tg
+from deephemnma.nn.data import ImageSource
+from deephemnma.nn.evaluate import parameter_errors
+from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
+from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, NORMS
+from deephemnma.nn.train import MODEL_FILE, PRESETS, SCHEDULES, TrainConfig, labels_from_particles, \
+    load_model, preset_config, run_training
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv) with labels')
+    parser.add_argument('-o', '--output', required=True, help='output folder (a rerun resumes there)')
+    parser.add_argument('--base-dir', help='folder relative image paths start from (default: the particle '
+                                           'file\'s folder, then the current folder)')
+    parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
+    parser.add_argument('--preset', choices=sorted(PRESETS), default='fast',
+                        help='paper: batch 2, lr 1e-5 /10 every 80 epochs, 400 epochs; fast: batch 128, '
+                             'one-cycle, mixed precision on GPU, early stopping (default)')
+    parser.add_argument('--types', nargs='+', choices=tg.TYPES, default=list(tg.TYPES),
+                        help='parameter types to learn (default: all)')
+    parser.add_argument('--layout', choices=LAYOUTS, default='combined',
+                        help='combined: one trunk, one head per type; separate: one network per type (paper)')
+    parser.add_argument('--arch', choices=sorted(ARCHITECTURES), default='resnet34')
+    parser.add_argument('--norm', choices=NORMS, default='batch', help='normalisation layers of the ResNet')
+    group = parser.add_argument_group('overrides of the preset')
+    group.add_argument('--epochs', type=int)
+    group.add_argument('--batch-size', type=int, help='global batch size (split among torchrun processes)')
+    group.add_argument('--lr', type=float, help='(maximum) learning rate')
+    group.add_argument('--schedule', choices=sorted(SCHEDULES))
+    group.add_argument('--step-epochs', type=int, help='step schedule: epochs between divisions')
+    group.add_argument('--weight-decay', type=float)
+    group.add_argument('--dropout', type=float)
+    group.add_argument('--patience', type=int, help='early stopping after N epochs without improvement (0: off)')
+    group.add_argument('--no-amp', action='store_true', help='no mixed precision on GPU')
+    group.add_argument('--max-rotation', type=float, dest='max_rotation_deg',
+                       help='in-plane rotation augmentation (deg; labels rotated consistently; 0: off)')
+    group.add_argument('--max-translation', type=float, dest='max_translation_px',
+                       help='translation augmentation (px; shift labels moved consistently; 0: off)')
+    parser.add_argument('--outlier-threshold', type=float, default=3.2,
+                        help='Mahalanobis distance of the amplitudes above which images are removed (0: keep all)')
+    parser.add_argument('--validation', type=float, default=0.1, help='validation particles (fraction or count)')
+    parser.add_argument('--test', type=float, default=0.1, help='test particles (fraction or count)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--num-workers', type=int, default=2, help='image reading processes (stacks on disk)')
+    parser.add_argument('--ram-limit-gb', type=float, default=8.0, help='copy the images to RAM when they fit')
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--quiet', action='store_true', help='no progress bars')
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training settings of the command-line arguments."""
+    return preset_config(
+        args.preset, types=tuple(args.types), arch=args.arch, layout=args.layout, norm=args.norm,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+        step_epochs=args.step_epochs, weight_decay=args.weight_decay, dropout=args.dropout,
+        patience=args.patience, amp=False if args.no_amp else None, max_rotation_deg=args.max_rotation_deg,
+        max_translation_px=args.max_translation_px, outlier_threshold=args.outlier_threshold,
+        validation=args.validation, test=args.test, seed=args.seed, num_workers=args.num_workers,
+        ram_limit_gb=args.ram_limit_gb)
+
+
+def evaluate_test_split(output: Path, particles, base_dir, device: torch.device, batch_size: int = 256) -> dict:
+    """Predict the held-out test particles with the best model; write them and their errors."""
+    split = np.load(output / 'split.npz')
+    for name in ('train', 'validation', 'test'):
+        write_particles(output / f'particles_{name}.star', particles.subset(split[name]))
+    test = particles.subset(split['test'])
+    if len(test) == 0:
+        return {}
+    model = load_model(output / MODEL_FILE, device)
+    raw = predict_source(Predictor(model, device), ImageSource(test.image, base_dir), batch_size, progress=False)
+    estimated = tg.decode(raw, model.scaling)
+    write_particles(output / 'test_predictions.star', labels_to_particles(test, estimated))
+    metrics = parameter_errors(estimated, labels_from_particles(test), model.scaling.amplitude_mean,
+                               model.scaling.shift_mean)
+    with atomic_path(output / 'test_metrics.json') as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rank = init_from_env(device.type)
+    try:
+        particles = read_particles(args.particles, args.pixel_size)
+        base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
+        config = config_from_args(args)
+        _, summary = run_training(particles, config, args.output, device, base_dir, rank, not args.quiet)
+        if rank.is_main:
+            summary['test_metrics'] = evaluate_test_split(Path(args.output), particles, base_dir, device)
+            print(json.dumps({'output': str(Path(args.output) / MODEL_FILE), 'epochs_run': summary['epochs_run'],
+                              'outliers_removed': summary['outliers_removed'],
+                              'split_sizes': summary['split_sizes'], 'test_metrics': summary['test_metrics']}))
+    finally:
+        cleanup(rank)
+    return 0

@@ -1,0 +1,212 @@
+"""Training and inference data: images from stacks, labels, outlier removal, splits and augmentation.
+
+* Images are read from stacks through :func:`deephemnma.core.imageio.read_stack` (memory-mapped); a
+  training set that fits in the allowed memory is copied to RAM once.
+* Outliers: images whose amplitudes lie farther than a threshold (3.2 by default, as in the paper) in
+  Mahalanobis distance from the mean of all amplitudes are removed before the split.
+* Split: by particle (the image location ``index@stack``), so that no particle can be in two sets.
+* Augmentation is an in-plane rotation by ``phi`` and a translation by ``t`` (pixels) of the image content,
+  ``p' = R(phi) p + t`` with ``R(phi) = [[cos, -sin], [sin, cos]]`` acting on ``(x = column, y = row)``
+  around the centre pixel ``box // 2``. The labels follow exactly: the projection direction does not change,
+  the Xmipp matrix becomes ``A' = Rz(-phi) A`` i.e. ``psi' = psi - phi`` (rot and tilt unchanged), and the
+  shift (the translation that brings the particle back to the centre) becomes ``s' = R(phi) s - t``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deephemnma.core import rotations
+from deephemnma.core.fileio import InputError
+from deephemnma.core.imageio import read_stack
+from deephemnma.core.metadata import parse_location
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+# ----------------------------------------------------------------------------------------------
+def resolve_location(location: str, base_dir: Optional[str | os.PathLike] = None) -> Tuple[int, str]:
+    """``'12@stack.mrcs'`` -> ``(11, '/abs/stack.mrcs')`` (0-based index). A relative stack path is taken
+    relative to ``base_dir`` (e.g. the folder of the metadata file) when it exists there, else to the
+    current folder (Scipion's project folder)."""
+    index, path = parse_location(str(location), base_dir or '.')
+    if not path.exists():
+        _, from_cwd = parse_location(str(location), '.')
+        path = from_cwd if from_cwd.exists() else path
+    return index, os.path.abspath(path)
+
+
+class ImageSource:
+    """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
+
+    def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
+        parsed = [resolve_location(loc, base_dir) for loc in locations]
+        paths = sorted({p for _, p in parsed})
+        self.stacks: List[np.ndarray] = []
+        for path in paths:
+            if not os.path.exists(path):
+                raise InputError(f'{path}: image stack not found')
+            self.stacks.append(read_stack(path, mmap=True))
+        shapes = {s.shape[1:] for s in self.stacks}
+        if len(shapes) != 1:
+            raise InputError(f'the stacks {paths} hold images of different sizes: {sorted(shapes)}')
+        number = {p: i for i, p in enumerate(paths)}
+        self.stack_of = np.array([number[p] for _, p in parsed], dtype=np.int64)
+        self.index_in_stack = np.array([i for i, _ in parsed], dtype=np.int64)
+        for s, stack in enumerate(self.stacks):
+            mine = self.index_in_stack[self.stack_of == s]
+            if mine.size and mine.max() >= len(stack):
+                raise InputError(f'{paths[s]}: image {mine.max() + 1} requested but the stack holds {len(stack)}')
+        self.box = int(next(iter(shapes))[0])
+
+    def __len__(self) -> int:
+        return len(self.stack_of)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Images ``(k, box, box)`` float32 of the given items, in the given order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        stack_ids = self.stack_of[indices]
+        for s in np.unique(stack_ids):
+            where = np.nonzero(stack_ids == s)[0]
+            rows = self.index_in_stack[indices[where]]
+            order = np.argsort(rows, kind='stable')  # read the memory map in increasing order
+            out[where[order]] = self.stacks[s][rows[order]]
+        return out
+
+    def nbytes(self, count: int) -> int:
+        return int(count) * self.box * self.box * 4
+
+
+def image_statistics(source: ImageSource, indices: np.ndarray, sample: int = 2000) -> Tuple[float, float]:
+    """Mean and standard deviation of the pixels of (a fixed, evenly spaced sample of) the given images."""
+    pick = indices[np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(np.int64)]
+    images = source.read(np.unique(pick)).astype(np.float64)
+    return float(images.mean()), float(images.std())
+
+
+class BatchReader(torch.utils.data.Dataset):
+    """A dataset whose items are whole batches (lists of item indices) read from an :class:`ImageSource`;
+    used with ``DataLoader(batch_size=None)`` so that workers read batches while the model computes."""
+
+    def __init__(self, source: ImageSource, batches: Sequence[np.ndarray]):
+        self.source = source
+        self.batches = list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, number: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        indices = self.batches[number]
+        return torch.from_numpy(self.source.read(indices)), torch.as_tensor(indices)
+
+
+# ----------------------------------------------------------------------------------------------
+# outliers and splits
+# ----------------------------------------------------------------------------------------------
+def mahalanobis_distances(values: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row from the mean (sample covariance; pseudo-inverse if singular)."""
+    values = np.asarray(values, dtype=np.float64)
+    centred = values - values.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(values, rowvar=False))
+    precision = np.linalg.pinv(covariance)
+    return np.sqrt(np.maximum(np.einsum('ij,jk,ik->i', centred, precision, centred), 0.0))
+
+
+def inlier_mask(amplitudes: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    """True for the images kept: Mahalanobis distance of the amplitudes <= ``threshold`` (None or <= 0 keeps
+    all; fewer than 3 images are all kept since no covariance can be estimated)."""
+    if threshold is None or threshold <= 0 or len(amplitudes) < 3:
+        return np.ones(len(amplitudes), dtype=bool)
+    return mahalanobis_distances(amplitudes) <= threshold
+
+
+def _count(size: float, total: int, name: str) -> int:
+    count = int(round(size * total)) if 0 < size < 1 else int(size)
+    if count < 0 or count > total:
+        raise InputError(f'the {name} set asks for {size} images but only {total} are available')
+    return count
+
+
+def split_by_particle(keys: Sequence[str], validation: float, test: float, seed: int) -> Dict[str, np.ndarray]:
+    """Indices of the training, validation and test sets, drawn at random by particle (``keys``: one key per
+    image, e.g. its location; equal keys always go to the same set). Sizes < 1 are fractions, else counts
+    (of particles). Sorted index arrays; they are disjoint and cover every image."""
+    unique, inverse = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    n_val = _count(validation, len(unique), 'validation')
+    n_test = _count(test, len(unique), 'test')
+    if n_val + n_test >= len(unique):
+        raise InputError(f'{len(unique)} particles leave none for training with {n_val} validation and '
+                         f'{n_test} test particles')
+    order = np.random.default_rng(seed).permutation(len(unique))
+    role = np.empty(len(unique), dtype=np.int64)
+    role[order[:n_val]] = 1
+    role[order[n_val:n_val + n_test]] = 2
+    role[order[n_val + n_test:]] = 0
+    per_image = role[inverse]
+    return {name: np.nonzero(per_image == code)[0] for code, name in ((0, 'train'), (1, 'validation'),
+                                                                      (2, 'test'))}
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation
+# ----------------------------------------------------------------------------------------------
+def rotation_2d(phi_deg: torch.Tensor) -> torch.Tensor:
+    """``R(phi) = [[cos, -sin], [sin, cos]]`` on ``(x, y)``, batched ``(B, 2, 2)``."""
+    phi = torch.deg2rad(phi_deg)
+    c, s = torch.cos(phi), torch.sin(phi)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def transform_images(images: torch.Tensor, phi_deg: torch.Tensor, translation_px: torch.Tensor) -> torch.Tensor:
+    """Rotate the content of ``(B, 1, H, W)`` images by ``phi`` around pixel ``box // 2`` and translate it by
+    ``t`` (pixels, x = column, y = row): ``p' = R(phi) p + t`` (bilinear, zeros outside)."""
+    batch, _, height, width = images.shape
+    dtype, device = images.dtype, images.device
+    ys = torch.arange(height, device=device, dtype=dtype) - height // 2
+    xs = torch.arange(width, device=device, dtype=dtype) - width // 2
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
+    output_points = torch.stack([grid_x, grid_y], -1).reshape(1, -1, 2) - translation_px.to(dtype)[:, None, :]
+    inverse = rotation_2d(phi_deg.to(dtype)).transpose(-1, -2)  # R(phi)^-1
+    source = output_points @ inverse.transpose(-1, -2)  # row vectors: p = R^-1 (p' - t)
+    source_x = (source[..., 0] + width // 2) * 2.0 / (width - 1) - 1.0
+    source_y = (source[..., 1] + height // 2) * 2.0 / (height - 1) - 1.0
+    grid = torch.stack([source_x, source_y], -1).reshape(batch, height, width, 2)
+    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
+
+
+def transform_quaternions(quaternions: torch.Tensor, phi_deg: torch.Tensor) -> torch.Tensor:
+    """Orientation labels after an in-plane rotation of the image by ``phi``: ``A' = Rz(-phi) A``."""
+    matrices = rotations.quaternion_to_matrix_torch(quaternions)
+    rz = rotations.euler_to_matrix_torch(torch.stack([torch.zeros_like(phi_deg), torch.zeros_like(phi_deg),
+                                                      -phi_deg], -1).to(matrices.dtype))
+    return rotations.matrix_to_quaternion_torch(rz @ matrices)
+
+
+def transform_shifts(shifts_px: torch.Tensor, phi_deg: torch.Tensor, translation_px: torch.Tensor) -> torch.Tensor:
+    """Shift labels after the image transform ``p' = R(phi) p + t``: ``s' = R(phi) s - t``."""
+    rotated = (rotation_2d(phi_deg.to(shifts_px.dtype)) @ shifts_px[..., None])[..., 0]
+    return rotated - translation_px.to(shifts_px.dtype)
+
+
+@dataclass
+class Augmentation:
+    """Random in-plane rotations (uniform in ``[-max_rotation_deg, max_rotation_deg]``) and translations
+    (uniform in ``[-max_translation_px, max_translation_px]`` per axis), with consistent labels."""
+
+    max_rotation_deg: float = 180.0
+    max_translation_px: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.max_rotation_deg > 0 or self.max_translation_px > 0
+
+    def draw(self, count: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        phi = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_rotation_deg
+        t = (torch.rand(count, 2, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_translation_px
+        return phi, t

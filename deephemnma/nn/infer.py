@@ -1,0 +1,133 @@
+"""Streaming inference: predict amplitudes, angles and shifts for stacks of any size.
+
+Images are read batch by batch from memory-mapped stacks (a DataLoader with worker processes reads ahead
+while the model computes), normalised with the statistics stored in the model, predicted (bfloat16 mixed
+precision on GPUs and on CPUs with bfloat16 units) and converted to Xmipp's conventions. Results are kept
+per chunk of images on disk (:class:`deephemnma.core.chunks.ChunkStore`), so a killed run resumes, and with
+``torchrun`` chunk ``c`` is predicted by rank ``c % world_size`` and rank 0 merges the chunks in order.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+
+from deephemnma.core.chunks import ChunkStore
+from deephemnma.core.distributed import Rank, barrier
+from deephemnma.core.fileio import InputError
+from deephemnma.core.metadata import Particles
+from deephemnma.nn import targets as tg
+from deephemnma.nn.data import BatchReader, ImageSource
+from deephemnma.nn.train import TrainedModel, amp_supported
+
+
+class Predictor:
+    """A trained model on a device: raw images ``(k, box, box)`` -> raw outputs and decoded labels."""
+
+    def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True):
+        self.model = model
+        self.device = torch.device(device)
+        self.network = model.network.to(self.device).eval()
+        self.amp = bool(amp) and amp_supported(self.device)
+        if self.device.type == 'cuda':
+            self.network = self.network.to(memory_format=torch.channels_last)
+
+    def check_box(self, box: int, source: str) -> None:
+        if box != self.model.box:
+            raise InputError(f'{source}: images of {box} px but the model was trained on {self.model.box} px; '
+                             'resize the images (or train a model on this size)')
+
+    @torch.no_grad()
+    def raw(self, images: torch.Tensor) -> Dict[str, np.ndarray]:
+        """Network outputs per type (orientation normalised to unit quaternions) as float32 arrays."""
+        scaling = self.model.scaling
+        batch = images.to(self.device, non_blocking=True).float()[:, None]
+        batch = (batch - scaling.image_mean) / scaling.image_std
+        if self.device.type == 'cuda':
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            outputs = self.network(batch)
+        result = {}
+        for t, value in outputs.items():
+            value = value.float()
+            if t == 'orientation':
+                value = tg.normalise_quaternions(value)
+            result[t] = value.cpu().numpy()
+        return result
+
+    def predict(self, images: np.ndarray | torch.Tensor) -> tg.Labels:
+        """Decoded labels (angles deg, shifts px, amplitudes) of raw images ``(k, box, box)``."""
+        return tg.decode(self.raw(torch.as_tensor(np.asarray(images, dtype=np.float32))), self.model.scaling)
+
+
+def _batches(items: range, batch_size: int) -> List[np.ndarray]:
+    return [np.arange(s, min(s + batch_size, items.stop)) for s in range(items.start, items.stop, batch_size)]
+
+
+def _loader(source: ImageSource, batches: List[np.ndarray], num_workers: int, pin: bool) -> Iterator:
+    if num_workers <= 0:
+        for indices in batches:
+            yield torch.from_numpy(source.read(indices)), torch.as_tensor(indices)
+        return
+    yield from torch.utils.data.DataLoader(BatchReader(source, batches), batch_size=None, shuffle=False,
+                                           num_workers=num_workers, pin_memory=pin, prefetch_factor=4,
+                                           persistent_workers=False)
+
+
+def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 256, num_workers: int = 0,
+                   work_dir: Optional[str | Path] = None, chunk_size: int = 16384, rank: Rank = Rank(),
+                   progress: bool = True, settings: Optional[dict] = None) -> Optional[Dict[str, np.ndarray]]:
+    """Raw outputs for every image of ``source`` in order (on rank 0; None on the other ranks).
+
+    With ``work_dir`` finished chunks are stored there (resume, several processes); ``settings`` (e.g. the
+    model file's name and date) must match for a resume. Without it everything runs in one process in memory.
+    """
+    predictor.check_box(source.box, 'the particles')
+    chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    if work_dir is None:
+        if rank.world_size > 1:
+            raise InputError('several processes need a work folder to exchange their results')
+        store = None
+        chunks = [range(0, len(source))]
+    else:
+        store = ChunkStore(work_dir, len(source), chunk_size, {'box': source.box, 'batch': batch_size,
+                                                              'model_types': list(predictor.model.types),
+                                                              **(settings or {})})
+        chunks = [store.chunk_range(c) for c in store.pending(rank)]
+    plan = [(number, b) for number, items in enumerate(chunks) for b in _batches(items, batch_size)]
+    iterator = _loader(source, [b for _, b in plan], num_workers, predictor.device.type == 'cuda')
+    bar = None
+    if progress and rank.is_main:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(b) for _, b in plan), unit='img', desc='inference', dynamic_ncols=True)
+    parts: List[Dict[str, np.ndarray]] = []
+    results: Dict[str, np.ndarray] = {}
+    for position, (images, _) in enumerate(iterator):
+        parts.append(predictor.raw(images))
+        if bar is not None:
+            bar.update(len(images))
+        number = plan[position][0]
+        last_of_chunk = position + 1 == len(plan) or plan[position + 1][0] != number
+        if last_of_chunk:
+            merged = {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}
+            parts = []
+            if store is None:
+                results = merged
+            else:
+                store.save(chunks[number].start // chunk_size, merged)
+    if bar is not None:
+        bar.close()
+    if store is None:
+        return results
+    barrier(rank)
+    return store.merged() if rank.is_main else None
+
+
+def labels_to_particles(particles: Particles, labels: tg.Labels) -> Particles:
+    """A copy of ``particles`` whose angles, shifts and amplitudes are replaced by the predicted ones."""
+    changes = {name: value for name, value in (('angles', labels.angles), ('shifts', labels.shifts),
+                                               ('amplitudes', labels.amplitudes)) if value is not None}
+    return replace(particles, **changes)

@@ -1,0 +1,137 @@
+"""What the network predicts, and the conversions between labels and network outputs.
+
+Parameter types (names used everywhere: model outputs, checkpoints, command line):
+
+* ``amplitudes``: the M normal-mode amplitudes, standardised with the training set's mean and standard
+  deviation of each mode (stored with the model);
+* ``orientation``: the rotation as a unit quaternion ``(w, x, y, z)`` of the Xmipp ZYZ Euler angles
+  (:mod:`deephemnma.core.rotations`). The raw output (4 numbers) is normalised to unit length, and the loss
+  is sign-invariant, ``min(|p - q|_1, |p + q|_1) / 4``, because ``q`` and ``-q`` are the same rotation;
+* ``shifts``: Xmipp's shiftX, shiftY in pixels, standardised like the amplitudes.
+
+The loss of each type is a mean absolute error (L1), as in the paper; the training loss is their sum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from deephemnma.core import rotations
+
+TYPES = ('amplitudes', 'orientation', 'shifts')
+QUATERNION_SIZE = 4
+SHIFT_SIZE = 2
+_MIN_STD = 1e-6
+
+
+@dataclass
+class Labels:
+    """Per-image parameters: Euler angles ``(n, 3)`` deg, shifts ``(n, 2)`` px, amplitudes ``(n, M)``."""
+
+    angles: Optional[np.ndarray] = None
+    shifts: Optional[np.ndarray] = None
+    amplitudes: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        for value in (self.angles, self.shifts, self.amplitudes):
+            if value is not None:
+                return len(value)
+        return 0
+
+    def subset(self, indices: np.ndarray) -> 'Labels':
+        pick = (lambda a: None if a is None else np.asarray(a)[indices])
+        return Labels(pick(self.angles), pick(self.shifts), pick(self.amplitudes))
+
+    def available_types(self) -> list:
+        present = {'amplitudes': self.amplitudes, 'orientation': self.angles, 'shifts': self.shifts}
+        return [t for t in TYPES if present[t] is not None]
+
+
+@dataclass
+class Scaling:
+    """Standardisation of the targets and of the images, computed on the training set, saved with the model."""
+
+    image_mean: float
+    image_std: float
+    amplitude_mean: Optional[np.ndarray] = None
+    amplitude_std: Optional[np.ndarray] = None
+    shift_mean: Optional[np.ndarray] = None
+    shift_std: Optional[np.ndarray] = None
+
+    @classmethod
+    def fit(cls, labels: Labels, image_mean: float, image_std: float) -> 'Scaling':
+        def stats(values: Optional[np.ndarray]):
+            if values is None:
+                return None, None
+            values = np.asarray(values, dtype=np.float64)
+            return values.mean(axis=0), np.maximum(values.std(axis=0), _MIN_STD)
+        amp_mean, amp_std = stats(labels.amplitudes)
+        shift_mean, shift_std = stats(labels.shifts)
+        return cls(float(image_mean), max(float(image_std), _MIN_STD), amp_mean, amp_std, shift_mean, shift_std)
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> 'Scaling':
+        arrays = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in data.items()
+                  if k not in ('image_mean', 'image_std')}
+        return cls(float(data['image_mean']), float(data['image_std']), **arrays)
+
+
+def output_sizes(types, amplitude_count: int) -> Dict[str, int]:
+    """Number of raw network outputs of each parameter type."""
+    sizes = {'amplitudes': amplitude_count, 'orientation': QUATERNION_SIZE, 'shifts': SHIFT_SIZE}
+    return {t: sizes[t] for t in types}
+
+
+def encode(labels: Labels, types, scaling: Scaling) -> Dict[str, np.ndarray]:
+    """Labels -> float32 training targets per type (standardised amplitudes/shifts, canonical quaternions)."""
+    targets: Dict[str, np.ndarray] = {}
+    for t in types:
+        if t == 'amplitudes':
+            value = (labels.amplitudes - scaling.amplitude_mean) / scaling.amplitude_std
+        elif t == 'shifts':
+            value = (labels.shifts - scaling.shift_mean) / scaling.shift_std
+        elif t == 'orientation':
+            value = rotations.euler_to_quaternion(labels.angles)
+        else:
+            raise ValueError(f'unknown parameter type {t!r}; choose from {TYPES}')
+        targets[t] = np.asarray(value, dtype=np.float32)
+    return targets
+
+
+def normalise_quaternions(raw: torch.Tensor) -> torch.Tensor:
+    """Raw 4-vectors -> unit quaternions (a tiny floor avoids dividing by zero)."""
+    return raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def losses(outputs: Dict[str, torch.Tensor], targets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Mean absolute error of each type (per sample and component; sign-invariant for quaternions)."""
+    result = {}
+    for t, output in outputs.items():
+        output, target = output.float(), targets[t].float()
+        if t == 'orientation':
+            predicted = normalise_quaternions(output)
+            plus = (predicted - target).abs().sum(dim=-1)
+            minus = (predicted + target).abs().sum(dim=-1)
+            result[t] = torch.minimum(plus, minus).mean() / QUATERNION_SIZE
+        else:
+            result[t] = (output - target).abs().mean()
+    return result
+
+
+def decode(outputs: Dict[str, np.ndarray], scaling: Scaling) -> Labels:
+    """Raw outputs (numpy) -> amplitudes, Euler angles (deg, ZYZ) and shifts (px) in the labels' units."""
+    labels = Labels()
+    if 'amplitudes' in outputs:
+        labels.amplitudes = np.asarray(outputs['amplitudes'], np.float64) * scaling.amplitude_std \
+            + scaling.amplitude_mean
+    if 'shifts' in outputs:
+        labels.shifts = np.asarray(outputs['shifts'], np.float64) * scaling.shift_std + scaling.shift_mean
+    if 'orientation' in outputs:
+        labels.angles = rotations.quaternion_to_euler(np.asarray(outputs['orientation'], np.float64))
+    return labels

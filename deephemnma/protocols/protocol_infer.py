@@ -1,0 +1,105 @@
+"""Scipion protocol: predict amplitudes, orientations and shifts of particles with a trained network."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+
+from deephemnma.convert import copy_with_estimates, particles_from_set
+from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.protocols.protocol_train import gpu_command
+
+
+def model_box(model_path: str) -> int:
+    """The image size (px) a model file was trained on."""
+    import torch
+    return int(torch.load(model_path, map_location='cpu', weights_only=True)['box'])
+
+
+class DeepHemnmaProtInfer(EMProtocol):
+    """Predict the normal-mode amplitudes, orientation (Euler angles) and shifts of particle images with a
+    network trained by "train network". The output particles carry the predicted pose as their transform and
+    the amplitudes as _xmipp_nmaDisplacements, like HEMNMA's output, for the conformational space protocols."""
+
+    _label = 'predict with network'
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label='Input')
+        form.addParam('inputTraining', params.PointerParam, pointerClass='DeepHemnmaProtTrain', important=True,
+                      label='Trained network', help='A finished "train network" protocol.')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles', important=True,
+                      label='Particles', help='Images of the same size and preprocessing as the training images.')
+        form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
+                      expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
+        form.addParam('readers', params.IntParam, default=2, label='Reading processes',
+                      expertLevel=params.LEVEL_ADVANCED, help='Processes reading images ahead of the network.')
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label='Use GPU',
+                       help='Predict on the GPUs listed below (several: torchrun, each predicts a share).')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs')
+
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.inferStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _input_path(self) -> str:
+        return self._getExtraPath('particles.star')
+
+    def predictions_path(self) -> str:
+        return self._getExtraPath('predicted.star')
+
+    def _model_path(self) -> str:
+        return self.inputTraining.get().model_path()
+
+    def convertInputStep(self) -> None:
+        particles = particles_from_set(self.inputParticles.get())
+        particles.image = np.array([f'{loc.split("@", 1)[0]}@{os.path.abspath(loc.split("@", 1)[1])}'
+                                    for loc in particles.image])
+        write_particles(self._input_path(), particles)
+
+    def inferStep(self) -> None:
+        arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
+                     f'--batch-size {self.batchSize.get()} --num-workers {self.readers.get()} --quiet')
+        program, arguments, env = gpu_command(self, 'infer', arguments)
+        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+
+    def createOutputStep(self) -> None:
+        predicted = read_particles(self.predictions_path())
+        output = copy_with_estimates(self._createSetOfParticles(), self.inputParticles.get(), predicted)
+        self._defineOutputs(outputParticles=output)
+        self._defineSourceRelation(self.inputParticles, output)
+        self._defineSourceRelation(self.inputTraining, output)
+
+    def _validate(self):
+        errors = []
+        training = self.inputTraining.get()
+        particle_set = self.inputParticles.get()
+        if particle_set is None or particle_set.getSize() == 0:
+            errors.append('The set of particles is empty.')
+        if training is None or not os.path.exists(training.model_path()):
+            errors.append('The training protocol has no model yet: run it first.')
+        elif particle_set is not None and particle_set.getSize():
+            box = model_box(training.model_path())
+            size = particle_set.getXDim()
+            if size != box:
+                errors.append(f'The particles are {size} px but the network was trained on {box} px images: '
+                              'resize them (same pixel size and preprocessing as for training).')
+        if self.batchSize.get() < 1:
+            errors.append('The batch size must be at least 1.')
+        if self.useGpu.get() and not str(self.getGpuList()).replace(',', ' ').split():
+            errors.append('"Use GPU" is on but the GPU list is empty.')
+        return errors
+
+    def _summary(self):
+        if not hasattr(self, 'outputParticles'):
+            return ['Prediction not finished yet.']
+        return [f'Predicted the parameters of {self.outputParticles.getSize()} particles.']
+
+    def _methods(self):
+        return ['Normal-mode amplitudes, orientations and shifts of the particles were predicted with a '
+                'trained DeepHEMNMA network [Hamitouche2022, He2016].']
+
+    def _citations(self):
+        return ['Hamitouche2022', 'He2016']

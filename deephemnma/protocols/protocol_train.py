@@ -1,0 +1,227 @@
+"""Scipion protocol: train the DeepHEMNMA network on particles with amplitudes, angles and shifts."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from pyworkflow.utils import Environ
+from pwem.objects import EMFile
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+
+from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
+from deephemnma.convert import particles_from_set
+from deephemnma.core.fileio import InputError
+from deephemnma.core.metadata import write_particles
+
+LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
+PRESETS = ('fast', 'paper')
+LAYOUTS = ('combined', 'separate')
+ARCHITECTURES = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
+TYPE_PARAMS = (('learnAmplitudes', 'amplitudes'), ('learnOrientation', 'orientation'), ('learnShifts', 'shifts'))
+
+
+def check_gpus_available(gpus: list) -> None:
+    """Refuse with a clear message when GPUs are requested on a machine where torch sees none."""
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'GPU(s) {" ".join(gpus)} requested, but torch sees no CUDA device on this machine '
+                           f'({os.uname().nodename}): set "Use GPU" to No, or run on a GPU node.')
+
+
+def gpu_command(protocol, command: str, arguments: str):
+    """``(program, arguments, env)`` of a ``deephemnma`` command on this protocol's GPUs: ``torchrun`` over
+    all listed GPUs when there are several, the command itself otherwise (CPU when "Use GPU" is off)."""
+    env = Environ(os.environ)
+    gpus = [g for g in str(protocol.getGpuList() if protocol.useGpu.get() else '').replace(',', ' ').split()]
+    device = '--device cuda' if gpus else '--device cpu'
+    if gpus:
+        check_gpus_available(gpus)
+        env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
+    if len(gpus) > 1:
+        from deephemnma import Plugin
+        return Plugin.getTorchrun(), f'--nproc_per_node={len(gpus)} -m deephemnma.cli.main {command} ' \
+                                     f'{arguments} {device}', env
+    return 'deephemnma', f'{command} {arguments} {device}', env
+
+
+def labelled_particles(particle_set, source: int):
+    """The core's particles of ``particle_set`` with the labels to learn in angles/shifts/amplitudes, image
+    paths made absolute (InputError when the chosen labels are missing)."""
+    particles = particles_from_set(particle_set)
+    if source == 1:
+        missing = [k for k in ('true_angles', 'true_shifts', 'true_amplitudes') if k not in particles.extra]
+        if missing:
+            raise InputError(f'the particles carry no ground truth ({", ".join(TRUE_PREFIX + m[5:] for m in missing)});'
+                             ' choose the alignment and amplitudes as labels')
+        particles.angles = particles.extra['true_angles']
+        particles.shifts = particles.extra['true_shifts']
+        particles.amplitudes = np.atleast_2d(particles.extra['true_amplitudes'].T).T
+    locations = []
+    for location in particles.image:
+        index, path = location.split('@', 1)
+        locations.append(f'{index}@{os.path.abspath(path)}')
+    particles.image = np.array(locations)
+    return particles
+
+
+class DeepHemnmaProtTrain(EMProtocol):
+    """Train the DeepHEMNMA network (ResNet feature extractor and MLP predictor) to predict the normal-mode
+    amplitudes, orientation and shifts of particle images from labelled particles: this plugin's HEMNMA
+    alignment, ContinuousFlex's (attribute _xmipp_nmaDisplacements and the particle transform), or the
+    simulator's ground truth. Outliers in amplitude space are removed, the rest split by particle into
+    training, validation and test sets; the best model (by validation loss) is the output."""
+
+    _label = 'train network'
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label='Input')
+        form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles', important=True,
+                      label='Labelled particles',
+                      help='Particles with a 3D alignment (angles, shifts) and normal-mode amplitudes '
+                           f'({AMPLITUDES_ATTR}), e.g. the output of HEMNMA; or simulated particles.')
+        form.addParam('labelSource', params.EnumParam, choices=list(LABEL_SOURCES), default=0,
+                      label='Labels', help='alignment and amplitudes: the particles\' transform and amplitudes '
+                                           '(HEMNMA estimates); simulation ground truth: the true parameters '
+                                           'stored by the simulation protocol.')
+        form.addParam('learnAmplitudes', params.BooleanParam, default=True, label='Learn amplitudes')
+        form.addParam('learnOrientation', params.BooleanParam, default=True, label='Learn orientation')
+        form.addParam('learnShifts', params.BooleanParam, default=True, label='Learn shifts')
+        form.addParam('layout', params.EnumParam, choices=list(LAYOUTS), default=0, label='Networks',
+                      help='combined: one ResNet shared by all parameter types with one MLP head each; '
+                           'separate: one network per parameter type, as in the paper.')
+        form.addSection(label='Training')
+        form.addParam('preset', params.EnumParam, choices=list(PRESETS), default=0, label='Preset',
+                      help='fast: batch 128, one-cycle learning rate, mixed precision, early stopping. paper: '
+                           'batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs.')
+        form.addParam('epochs', params.IntParam, default=0, label='Epochs', help='0: the preset\'s.')
+        form.addParam('batchSize', params.IntParam, default=0, label='Batch size', help='0: the preset\'s.')
+        form.addParam('learningRate', params.FloatParam, default=0.0, label='Learning rate',
+                      help='(Maximum) learning rate; 0: the preset\'s.')
+        form.addParam('arch', params.EnumParam, choices=list(ARCHITECTURES), default=0, label='Feature extractor',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='ResNet-34 as in the paper; ResNet-50/101 gave little gain for much more time.')
+        form.addParam('weightDecay', params.FloatParam, default=1e-5, label='Weight decay (L2)',
+                      expertLevel=params.LEVEL_ADVANCED)
+        form.addParam('dropout', params.FloatParam, default=0.5, label='Dropout', expertLevel=params.LEVEL_ADVANCED)
+        form.addParam('maxRotation', params.FloatParam, default=-1.0, label='Rotation augmentation (deg)',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='Random in-plane rotations of the images up to this angle, with psi and the shifts '
+                           'transformed consistently; -1: the preset\'s (fast 180, paper 0).')
+        form.addParam('outlierThreshold', params.FloatParam, default=3.2, label='Outlier threshold',
+                      help='Images whose amplitudes lie farther than this Mahalanobis distance from their mean '
+                           'are removed before training (paper: 3.2; 0 keeps all).')
+        form.addParam('validationSize', params.FloatParam, default=0.1, label='Validation set',
+                      help='Fraction (< 1) or number of particles for validation (model selection).')
+        form.addParam('testSize', params.FloatParam, default=0.1, label='Test set',
+                      help='Fraction (< 1) or number of particles held out to report the errors.')
+        form.addParam('seed', params.IntParam, default=0, label='Random seed', expertLevel=params.LEVEL_ADVANCED)
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label='Use GPU',
+                       help='Train on the GPUs listed below (several: torchrun with DistributedDataParallel).')
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs',
+                       help='GPUs to use, e.g. "0 1 2 3".')
+
+    # ------------------------------------------------------------------ steps
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.trainStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def _types(self):
+        return [name for param, name in TYPE_PARAMS if getattr(self, param).get()]
+
+    def particles_path(self) -> str:
+        return self._getExtraPath('particles.star')
+
+    def training_dir(self) -> str:
+        return self._getExtraPath('training')
+
+    def model_path(self) -> str:
+        return os.path.join(self.training_dir(), 'model.pt')
+
+    def convertInputStep(self) -> None:
+        write_particles(self.particles_path(), labelled_particles(self.inputParticles.get(), self.labelSource.get()))
+
+    def _arguments(self) -> str:
+        arguments = [f'-i {self.particles_path()}', f'-o {self.training_dir()}',
+                     f'--preset {PRESETS[self.preset.get()]}',
+                     f'--types {" ".join(self._types())}', f'--layout {LAYOUTS[self.layout.get()]}',
+                     f'--arch {ARCHITECTURES[self.arch.get()]}', f'--weight-decay {self.weightDecay.get()}',
+                     f'--dropout {self.dropout.get()}', f'--outlier-threshold {self.outlierThreshold.get()}',
+                     f'--validation {self.validationSize.get()}', f'--test {self.testSize.get()}',
+                     f'--seed {self.seed.get()}', '--quiet']
+        for flag, value in (('--epochs', self.epochs.get()), ('--batch-size', self.batchSize.get()),
+                            ('--lr', self.learningRate.get())):
+            if value:
+                arguments.append(f'{flag} {value}')
+        if self.maxRotation.get() >= 0:
+            arguments.append(f'--max-rotation {self.maxRotation.get()}')
+        return ' '.join(arguments)
+
+    def trainStep(self) -> None:
+        program, arguments, env = gpu_command(self, 'train', self._arguments())
+        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+
+    def createOutputStep(self) -> None:
+        model = EMFile(filename=self.model_path())
+        self._defineOutputs(outputModel=model)
+        self._defineSourceRelation(self.inputParticles, model)
+
+    # ------------------------------------------------------------------ information
+    def training_summary(self) -> dict:
+        path = os.path.join(self.training_dir(), 'training_summary.json')
+        return json.loads(open(path).read()) if os.path.exists(path) else {}
+
+    def test_metrics(self) -> dict:
+        path = os.path.join(self.training_dir(), 'test_metrics.json')
+        return json.loads(open(path).read()) if os.path.exists(path) else {}
+
+    def _validate(self):
+        errors = []
+        particle_set = self.inputParticles.get()
+        if particle_set is None or particle_set.getSize() == 0:
+            return ['The set of particles is empty.']
+        if not self._types():
+            errors.append('Choose at least one parameter type to learn.')
+        first = particle_set.getFirstItem()
+        if self.labelSource.get() == 0:
+            if not particle_set.hasAlignmentProj() and (self.learnOrientation.get() or self.learnShifts.get()):
+                errors.append('The particles have no 3D projection alignment (angles and shifts) to learn: use '
+                              'the output of an alignment (HEMNMA) or choose the simulation ground truth.')
+            if self.learnAmplitudes.get() and getattr(first, AMPLITUDES_ATTR, None) is None:
+                errors.append(f'The particles have no normal-mode amplitudes ({AMPLITUDES_ATTR}) to learn.')
+        elif getattr(first, TRUE_PREFIX + 'amplitudes', None) is None:
+            errors.append('The particles carry no simulation ground truth: choose "alignment and amplitudes".')
+        count = particle_set.getSize()
+        held_out = sum(size * count if 0 < size < 1 else size
+                       for size in (self.validationSize.get(), self.testSize.get()))
+        if count - round(held_out) < 2 or self.validationSize.get() <= 0:
+            errors.append(f'Too few images for the split: {count} particles, {round(held_out)} of them for '
+                          'validation and test, leaving fewer than 2 for training (and validation needs at '
+                          'least one particle).')
+        if self.useGpu.get() and not str(self.getGpuList()).replace(',', ' ').split():
+            errors.append('"Use GPU" is on but the GPU list is empty.')
+        return errors
+
+    def _summary(self):
+        summary = self.training_summary()
+        if not summary:
+            return ['Training not finished yet.']
+        lines = [f'Trained {summary["epochs_run"]} epochs; best epoch(s): {summary.get("best_epoch")}.',
+                 f'Outliers removed (Mahalanobis > {summary["outlier_threshold"]}): {summary["outliers_removed"]}.',
+                 'Split: ' + ', '.join(f'{k} {v}' for k, v in summary['split_sizes'].items()) + '.']
+        metrics = self.test_metrics()
+        if metrics:
+            parts = [f'{k} {metrics[k]:.3g}' for k in ('amp_mae', 'shift_mae_px', 'angle_mean_axis_deg',
+                                                       'angle_median_deg') if k in metrics]
+            lines.append('Test set errors: ' + ', '.join(parts) + '.')
+        return lines
+
+    def _methods(self):
+        return [f'A ResNet-based network [He2016] was trained as in DeepHEMNMA [Hamitouche2022] to predict '
+                f'{", ".join(self._types())} of particle images from labelled particles (HEMNMA [Jin2014, '
+                f'Harastani2020] or ground truth), with an L1 loss and the Adam optimiser.']
+
+    def _citations(self):
+        return ['Hamitouche2022', 'He2016', 'Jin2014', 'Harastani2020']

@@ -1,0 +1,104 @@
+"""Training data: stacks, outlier removal, split by particle, and the augmentation's label transform."""
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial.distance import mahalanobis
+
+from deephemnma.core import rotations
+from deephemnma.core.imageio import write_stack
+from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.nn import data
+
+torch.set_num_threads(1)
+
+
+def render_points(points: np.ndarray, angles: np.ndarray, shifts: np.ndarray, box: int = 48) -> np.ndarray:
+    """Gaussian blobs at the projections ``(A r)_xy - s`` (x = column, y = row, origin box // 2)."""
+    projected = points @ rotations.euler_to_matrix(angles).T
+    ys, xs = np.mgrid[0:box, 0:box] - box // 2
+    image = np.zeros((box, box))
+    for x, y in projected[:, :2] - shifts:
+        image += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 1.5 ** 2))
+    return image
+
+
+class TestAugmentationLabels(unittest.TestCase):
+    """Rotating the image by phi and translating it by t must equal imaging with psi - phi, R(phi) s - t."""
+
+    def _augmented_labels(self, angles, shifts, phi, t):
+        q = torch.tensor(rotations.euler_to_quaternion(angles))[None]
+        phi_t = torch.tensor([phi], dtype=torch.float64)
+        new_angles = rotations.quaternion_to_euler(data.transform_quaternions(q, phi_t).numpy())[0]
+        new_shifts = data.transform_shifts(torch.tensor(shifts)[None], phi_t, torch.tensor(t)[None]).numpy()[0]
+        return new_angles, new_shifts
+
+    def test_points_projection(self):
+        points = np.random.default_rng(1).normal(size=(12, 3)) * 6
+        angles, shifts, phi, t = np.array([30., 70., 40.]), np.array([2., -3.]), 35.0, np.array([1.5, -2.0])
+        image = torch.tensor(render_points(points, angles, shifts))[None, None]
+        moved = data.transform_images(image, torch.tensor([phi], dtype=torch.float64),
+                                      torch.tensor(t)[None])[0, 0].numpy()
+        new_angles, new_shifts = self._augmented_labels(angles, shifts, phi, t)
+        self.assertAlmostEqual(new_angles[2], angles[2] - phi, places=6)
+        np.testing.assert_allclose(new_angles[:2], angles[:2], atol=1e-6)
+        expected = render_points(points, new_angles, new_shifts)
+        self.assertGreater(np.corrcoef(expected.ravel(), moved.ravel())[0, 1], 0.999)
+        wrong = render_points(points, angles + [0, 0, phi], new_shifts)  # the opposite sign must not match
+        self.assertLess(np.corrcoef(wrong.ravel(), moved.ravel())[0, 1], 0.9)
+
+    def test_simulator_projection(self):
+        setup = paper_ak_setup()
+        angles, shifts, phi, t = np.array([[40., 60., 30.]]), np.array([[2., -3.]]), 50.0, np.array([1.0, 2.0])
+        image = simulate_particles(setup, np.zeros((1, 3)), angles, shifts, 64, 1.6).images
+        moved = data.transform_images(torch.tensor(image)[:, None].double(), torch.tensor([phi]).double(),
+                                      torch.tensor(t)[None])[0, 0].numpy()
+        new_angles, new_shifts = self._augmented_labels(angles[0], shifts[0], phi, t)
+        expected = simulate_particles(setup, np.zeros((1, 3)), new_angles[None], new_shifts[None], 64, 1.6).images[0]
+        self.assertGreater(np.corrcoef(expected.ravel(), moved.ravel())[0, 1], 0.97)  # bilinear resampling
+
+
+class TestSplitsAndOutliers(unittest.TestCase):
+    def test_split_by_particle_has_no_overlap(self):
+        keys = np.array([f'{i % 300 + 1}@s.mrcs' for i in range(360)])  # 60 particles appear twice
+        split = data.split_by_particle(keys, 0.1, 30, seed=5)
+        sets = [set(split[name]) for name in ('train', 'validation', 'test')]
+        self.assertEqual(sum(len(s) for s in sets), 360)
+        self.assertEqual(len(sets[0] | sets[1] | sets[2]), 360)
+        particles = [set(keys[list(s)]) for s in sets]
+        self.assertFalse(particles[0] & particles[1] or particles[0] & particles[2] or particles[1] & particles[2])
+        self.assertEqual((len(particles[1]), len(particles[2])), (30, 30))
+        again = data.split_by_particle(keys, 0.1, 30, seed=5)
+        np.testing.assert_array_equal(again['validation'], split['validation'])
+
+    def test_split_refuses_too_few(self):
+        with self.assertRaises(ValueError):
+            data.split_by_particle(np.arange(10).astype(str), 5, 5, seed=0)
+
+    def test_mahalanobis_matches_scipy(self):
+        values = np.random.default_rng(2).multivariate_normal([1, 2, 3], [[4, 1, 0], [1, 2, 0.5], [0, 0.5, 1]], 500)
+        precision = np.linalg.inv(np.cov(values, rowvar=False))
+        expected = [mahalanobis(v, values.mean(0), precision) for v in values[:20]]
+        np.testing.assert_allclose(data.mahalanobis_distances(values)[:20], expected, rtol=1e-10)
+        values[0] = [40, -30, 20]
+        mask = data.inlier_mask(values, 3.2)
+        self.assertFalse(mask[0])
+        self.assertTrue(data.inlier_mask(values, 0).all())
+
+
+class TestImageSource(unittest.TestCase):
+    def test_reads_several_stacks_in_requested_order(self):
+        folder = Path(self.enterContext(tempfile.TemporaryDirectory()))
+        first = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
+        write_stack(folder / 'a.mrcs', first, 1.0)
+        write_stack(folder / 'b.mrcs', -first, 1.0)
+        source = data.ImageSource(['2@b.mrcs', '1@a.mrcs', '3@a.mrcs'], base_dir=folder)
+        np.testing.assert_array_equal(source.read([2, 0, 1]), np.stack([first[2], -first[1], first[0]]))
+        with self.assertRaises(ValueError):
+            data.ImageSource(['4@a.mrcs'], base_dir=folder)
+
+
+if __name__ == '__main__':
+    unittest.main()

@@ -1,0 +1,136 @@
+"""Training and inference on tiny data: resume equals an uninterrupted run, DDP (2 gloo processes) equals one
+process, best-model selection, and streaming inference in chunks and shards equals in-memory prediction."""
+import os
+import shutil
+import socket
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from deephemnma.core.distributed import cleanup, init_from_env
+from deephemnma.core.imageio import write_stack
+from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.nn import train
+from deephemnma.nn.data import ImageSource
+from deephemnma.nn.infer import Predictor, predict_source
+
+torch.set_num_threads(1)
+COUNT, BOX = 40, 32
+
+
+def make_particles(folder: Path) -> Particles:
+    rng = np.random.default_rng(0)
+    write_stack(folder / 'images.mrcs', rng.normal(size=(COUNT, BOX, BOX)).astype(np.float32), 2.0)
+    return Particles(image=stack_locations(str(folder / 'images.mrcs'), COUNT), pixel_size=2.0,
+                     angles=rng.uniform(0, 180, (COUNT, 3)), shifts=rng.normal(0, 2, (COUNT, 2)),
+                     amplitudes=rng.normal(0, 100, (COUNT, 2)))
+
+
+def tiny_config(**changes) -> train.TrainConfig:
+    values = dict(arch='resnet18', epochs=2, batch_size=8, lr=1e-3, amp=False, patience=0, validation=8,
+                  test=4, outlier_threshold=0.0, max_rotation_deg=180.0, max_translation_px=2.0, seed=3)
+    values.update(changes)
+    return train.preset_config('fast', **values)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _ddp_worker(rank: int, folder: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE='2', LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    process = init_from_env('cpu')
+    try:
+        particles = make_particles(Path(folder))
+        train.run_training(particles, tiny_config(norm='group', dropout=0.0), Path(folder) / 'ddp', 'cpu',
+                           rank=process, progress=False)
+        model = train.load_model(Path(folder) / 'ddp' / 'model.pt')
+        raw = predict_source(Predictor(model, torch.device('cpu')), ImageSource(particles.image), batch_size=4,
+                             work_dir=Path(folder) / 'chunks', chunk_size=8, rank=process, progress=False)
+        if process.is_main:
+            np.savez(Path(folder) / 'ddp_predictions.npz', **raw)
+    finally:
+        cleanup(process)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class TestTraining(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = Path(tempfile.mkdtemp(prefix='nn-train-'))
+        cls.particles = make_particles(cls.folder)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.folder, ignore_errors=True)
+
+    def test_resume_after_kill_equals_uninterrupted(self):
+        config = tiny_config()
+        whole, _ = train.run_training(self.particles, config, self.folder / 'whole', 'cpu', progress=False)
+
+        def kill_after_first(epoch, row):
+            if epoch == 0:
+                raise Interrupted()
+        with self.assertRaises(Interrupted):
+            train.run_training(self.particles, config, self.folder / 'killed', 'cpu', progress=False,
+                               on_epoch_end=kill_after_first)
+        self.assertEqual(len(train.read_history(self.folder / 'killed' / train.HISTORY_CSV)), 1)
+        resumed, summary = train.run_training(self.particles, config, self.folder / 'killed', 'cpu', progress=False)
+        self.assertTrue(summary['resumed'])
+        self.assertEqual(len(resumed.history), 2)
+        for a, b in zip(whole.history, resumed.history):
+            self.assertEqual(a, b)
+        for key, value in whole.network.state_dict().items():
+            torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=0, atol=0, msg=key)
+        # the best model file holds the weights of the epoch with the lowest validation loss
+        losses = [row['validation_loss'] for row in whole.history]
+        model = train.load_model(self.folder / 'whole' / train.MODEL_FILE)
+        self.assertEqual(model.info['best_epoch']['combined'], int(np.argmin(losses)) + 1)
+        self.assertEqual(model.box, BOX)
+        self.assertTrue((self.folder / 'whole' / train.CURVES_PNG).stat().st_size > 1000)
+        split = np.load(self.folder / 'whole' / train.SPLIT_FILE)
+        self.assertEqual(sorted(np.concatenate([split[k] for k in split.files])), list(range(COUNT)))
+
+    def test_resume_with_other_settings_is_refused(self):
+        train.run_training(self.particles, tiny_config(epochs=1), self.folder / 'other', 'cpu', progress=False)
+        with self.assertRaises(ValueError):
+            train.run_training(self.particles, tiny_config(epochs=1, lr=5e-4), self.folder / 'other', 'cpu',
+                               progress=False)
+
+    def test_ddp_two_processes_match_one(self):
+        single, _ = train.run_training(self.particles, tiny_config(norm='group', dropout=0.0),
+                                       self.folder / 'single', 'cpu', progress=False)
+        mp.spawn(_ddp_worker, args=(str(self.folder), _free_port()), nprocs=2, join=True)
+        ddp = train.load_model(self.folder / 'ddp' / train.MODEL_FILE)
+        one = train.load_model(self.folder / 'single' / train.MODEL_FILE)
+        # Adam's step is about lr for every weight, whatever its gradient: rounding differences of near-zero
+        # gradients can change a weight by up to a few lr, never more (lr = 1e-3 here).
+        for key, value in one.network.state_dict().items():
+            torch.testing.assert_close(ddp.network.state_dict()[key], value, rtol=0, atol=1e-3, msg=key)
+        ddp_history = train.read_history(self.folder / 'ddp' / train.HISTORY_CSV)
+        for a, b in zip(single.history, ddp_history):
+            self.assertAlmostEqual(a['train_loss'], b['train_loss'], delta=1e-5 * abs(a['train_loss']))
+            self.assertAlmostEqual(a['validation_loss'], b['validation_loss'], delta=1e-5 * a['validation_loss'])
+        # inference sharded over the two processes, merged in order, equals one in-memory pass
+        predictor = Predictor(ddp, torch.device('cpu'))
+        expected = predict_source(predictor, ImageSource(self.particles.image), batch_size=16, progress=False)
+        merged = np.load(self.folder / 'ddp_predictions.npz')
+        for key, value in expected.items():
+            np.testing.assert_allclose(merged[key], value, rtol=1e-4, atol=1e-5)
+        labels = predictor.predict(ImageSource(self.particles.image).read(np.arange(COUNT)))
+        self.assertEqual(labels.angles.shape, (COUNT, 3))
+
+
+if __name__ == '__main__':
+    unittest.main()

@@ -1,0 +1,82 @@
+"""The training and prediction protocols in a Scipion project, on simulated particles with ground truth."""
+import os
+
+import numpy as np
+from pyworkflow.tests import BaseTest, setupTestProject
+
+from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
+from deephemnma.core.rotations import pose_from_transform
+from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
+from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
+from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
+
+SIMULATION = dict(count=16, box=32, pixelSize=3.0, coarse=1, amplitudeScale=30.0, snr=1.0, seed=2)
+TRAINING = dict(labelSource=1, epochs=2, batchSize=4, arch=1, validationSize=3, testSize=2, outlierThreshold=0.0,
+                useGpu=False)
+
+
+class TestProtocolTrainInfer(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        cls.simulation = cls.newProtocol(DeepHemnmaProtSimulate, **SIMULATION)
+        cls.launchProtocol(cls.simulation)
+        cls.training = cls.newProtocol(DeepHemnmaProtTrain, **TRAINING)
+        cls.training.inputParticles.set(cls.simulation.outputParticles)
+        cls.launchProtocol(cls.training)
+
+    def test_training_outputs_a_model_and_reports(self):
+        model = self.training.outputModel
+        self.assertTrue(os.path.exists(model.getFileName()))
+        summary = self.training.training_summary()
+        self.assertEqual(summary['epochs_run'], 2)
+        self.assertEqual(summary['split_sizes'], {'train': 11, 'validation': 3, 'test': 2})
+        self.assertIn('Split: train 11, validation 3, test 2.', self.training.summary())
+        self.assertEqual(self.training.test_metrics()['images'], 2)
+        self.assertIn('Hamitouche2022', self.training._citations())
+        self.assertTrue(self.training.methods())
+
+    def test_prediction_outputs_pose_and_amplitudes(self):
+        inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5)
+        inference.inputTraining.set(self.training)
+        inference.inputParticles.set(self.simulation.outputParticles)
+        self.launchProtocol(inference)
+        output = inference.outputParticles
+        self.assertEqual(output.getSize(), 16)
+        self.assertTrue(output.hasAlignmentProj())
+        predicted = os.path.join(inference._getExtraPath('predicted.star'))
+        from deephemnma.core.metadata import read_particles
+        expected = read_particles(predicted)
+        # Scipion reuses one item object while iterating: copy the values out at once
+        rows = [(np.array(p.getTransform().getMatrix()), list(map(float, getattr(p, AMPLITUDES_ATTR))),
+                 getattr(p, TRUE_PREFIX + 'amplitudes', None) is not None) for p in output.iterItems(orderBy='id')]
+        angles, shifts = pose_from_transform(np.array([r[0] for r in rows]))
+        np.testing.assert_allclose(shifts, expected.shifts, atol=1e-4)
+        np.testing.assert_allclose(np.array([r[1] for r in rows]), expected.amplitudes, rtol=1e-5, atol=1e-4)
+        self.assertEqual(np.array([r[1] for r in rows]).shape, (16, 3))
+        self.assertTrue(all(r[2] for r in rows))  # the input's other attributes are kept
+        # the viewer draws the loss curves and predicted vs true (from the simulation's ground truth)
+        from deephemnma.viewers.viewer_train import DeepHemnmaNetworkViewer
+        for protocol in (self.training, inference):
+            viewer = DeepHemnmaNetworkViewer(project=self.proj, protocol=protocol)
+            self.assertGreater(os.path.getsize(viewer.save_loss(protocol._getExtraPath('loss.png'))), 1000)
+            estimated, truth, _ = viewer.scatter_data()
+            self.assertEqual(len(truth), 2 if protocol is self.training else 16)
+            self.assertGreater(os.path.getsize(viewer.save_scatter(protocol._getExtraPath('scatter.png'))), 1000)
+        np.testing.assert_allclose(estimated.amplitudes, expected.amplitudes, atol=1e-4)
+
+    def test_validation_refuses_bad_inputs(self):
+        too_small = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'validationSize': 10, 'testSize': 5})
+        too_small.inputParticles.set(self.simulation.outputParticles)
+        self.assertTrue(any('Too few images' in e for e in too_small.validate()))
+        no_labels = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'labelSource': 0})
+        no_labels.inputParticles.set(self.simulation.outputParticles)
+        errors = ' '.join(no_labels.validate())
+        self.assertIn('no 3D projection alignment', errors)
+        self.assertIn('no normal-mode amplitudes', errors)
+        other = self.newProtocol(DeepHemnmaProtSimulate, **{**SIMULATION, 'count': 2, 'box': 40})
+        self.launchProtocol(other)
+        wrong_size = self.newProtocol(DeepHemnmaProtInfer, useGpu=False)
+        wrong_size.inputTraining.set(self.training)
+        wrong_size.inputParticles.set(other.outputParticles)
+        self.assertTrue(any('40 px but the network was trained on 32 px' in e for e in wrong_size.validate()))

@@ -1,0 +1,159 @@
+"""End to end: the plugin's synthetic template run protocol by protocol in a Scipion test project.
+
+Runs under pytest and under ``scipion tests deephemnma.tests.test_workflow``. Also renders, headless, a protocol
+form (Tk on a private Xvfb display), the space viewer and the training curves as PNG screenshots, and feeds
+ContinuousFlex-shaped particles (Transform + ``_xmipp_nmaDisplacements`` + ``_xmipp_cost``) to the training and
+space protocols.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image
+from pwem.objects import Particle, SetOfParticles, Transform
+from pwem.protocols import ProtImportParticles
+from pyworkflow.object import CsvList, Float
+from pyworkflow.tests import BaseTest, setupTestProject
+from scipy.stats import spearmanr
+
+from deephemnma.constants import AMPLITUDES_ATTR
+from deephemnma.convert import particles_from_set
+from deephemnma.core.rotations import transform_from_pose
+from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
+from deephemnma.workflow import resolve_template, run_workflow
+
+#: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
+TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0}
+
+
+def _protocols(project, class_name):
+    return [p for p in project.getRuns(refresh=True) if p.getClassName() == class_name]
+
+
+class TestSyntheticWorkflow(BaseTest):
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        run_workflow(cls.proj, resolve_template('synthetic_ak', TINY), report=lambda message: None)
+        cls.runs = {p.getClassName(): p for p in cls.proj.getRuns(refresh=True)}
+
+    def test_every_protocol_finished(self):
+        expected = {'DeepHemnmaProtSimulate', 'ProtSplitSet', 'DeepHemnmaProtAlign', 'DeepHemnmaProtTrain',
+                    'DeepHemnmaProtInfer', 'DeepHemnmaProtSpace', 'DeepHemnmaProtGroups',
+                    'DeepHemnmaProtReconstruct', 'DeepHemnmaProtAnimate'}
+        self.assertEqual(expected, set(self.runs))
+        for protocol in self.runs.values():
+            self.assertTrue(protocol.isFinished(), protocol.getObjLabel())
+
+    def test_hemnma_estimates_follow_the_ground_truth(self):
+        aligned = particles_from_set(self.runs['DeepHemnmaProtAlign'].outputParticles)
+        self.assertEqual(60, len(aligned))
+        error = np.abs(aligned.amplitudes - aligned.extra['true_amplitudes']).mean()
+        self.assertLess(error, 40.0, 'amplitude MAE of HEMNMA on SNR-1 images (range -200..200)')
+
+    def test_space_orders_images_like_the_helix(self):
+        space = self.runs['DeepHemnmaProtSpace']
+        hemnma = particles_from_set(space.outputParticles2)
+        rho = abs(spearmanr(hemnma.extra['space'][:, 0], hemnma.extra['true_label']).correlation)
+        self.assertGreater(rho, 0.8, 'PC1 of the HEMNMA amplitudes against the helix coordinate r')
+
+    def test_groups_have_maps_and_fsc(self):
+        volumes = self.runs['DeepHemnmaProtReconstruct'].outputVolumes
+        self.assertEqual(3, volumes.getSize())
+        extra = self.proj.getPath(self.runs['DeepHemnmaProtReconstruct']._getExtraPath())
+        for number in (1, 2, 3):
+            with open(os.path.join(extra, f'group_{number:03d}_fsc.json')) as handle:
+                fsc = json.load(handle)
+            self.assertGreater(fsc['images'], 0)
+            self.assertGreater(fsc['half maps']['fsc'][1], 0.5, 'low-frequency half-map agreement')
+
+    def test_screenshots_of_space_viewer_training_curves_and_form(self):
+        from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer
+        from deephemnma.viewers.viewer_train import DeepHemnmaNetworkViewer
+        folder = screenshot_dir()
+        space_viewer = DeepHemnmaSpaceViewer(project=self.proj, protocol=self.runs['DeepHemnmaProtSpace'])
+        train_viewer = DeepHemnmaNetworkViewer(project=self.proj, protocol=self.runs['DeepHemnmaProtTrain'])
+        paths = [space_viewer.save_space(str(folder / 'space_viewer.png'), 'source'),
+                 train_viewer.save_loss(str(folder / 'training_curves.png')),
+                 self._form_screenshot(folder / 'align_form.png')]
+        for path in paths:
+            pixels = np.asarray(Image.open(path).convert('L'), dtype=float)
+            self.assertGreater(min(pixels.shape), 300, path)
+            self.assertGreater(pixels.std(), 10.0, f'{path} looks blank')
+
+    def _form_screenshot(self, path):
+        import pyworkflow.gui.project  # noqa: F401  (breaks pyworkflow.gui.form's import cycle)
+        from pyworkflow.gui.form import FormWindow
+        with virtual_display() as display:
+            window = FormWindow('HEMNMA alignment', self.runs['DeepHemnmaProtAlign'], lambda *args: None)
+            try:
+                return grab_window(window.root, path, display)
+            finally:
+                window.root.destroy()
+
+
+class TestContinuousFlexInputs(BaseTest):
+    """Particles shaped as ContinuousFlex's HEMNMA output go into this plugin's training and space protocols."""
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        from deephemnma.protocols import DeepHemnmaProtSimulate
+        simulate = cls.newProtocol(DeepHemnmaProtSimulate, count=40, box=32, pixelSize=2.6, maxShift=1.0, snr=1.0)
+        cls.launchProtocol(simulate)
+        cls.flex = cls._import(cls._continuousflex_set(simulate.outputParticles))
+
+    @classmethod
+    def _continuousflex_set(cls, simulated):
+        """Copy the simulated particles the way ContinuousFlex stores HEMNMA results: a projection Transform,
+        amplitudes as a CsvList of strings in _xmipp_nmaDisplacements and the cost in _xmipp_cost."""
+        truth = particles_from_set(simulated)
+        folder = tempfile.mkdtemp(prefix='deephemnma-flex-')
+        flex = SetOfParticles(filename=os.path.join(folder, 'flex.sqlite'))
+        flex.setSamplingRate(truth.pixel_size)
+        flex.setAlignmentProj()
+        transforms = transform_from_pose(truth.extra['true_angles'], truth.extra['true_shifts'])
+        for row, (index, path) in enumerate(truth.locations(os.getcwd())):
+            particle = Particle()
+            particle.setLocation(index + 1, os.path.abspath(path))
+            particle.setTransform(Transform(transforms[row]))
+            displacements = CsvList()
+            displacements.set([str(v) for v in truth.extra['true_amplitudes'][row]])
+            setattr(particle, AMPLITUDES_ATTR, displacements)
+            particle._xmipp_cost = Float(0.5)
+            flex.append(particle)
+        flex.write()
+        flex.close()
+        cls.truth = truth
+        return os.path.join(folder, 'flex.sqlite')
+
+    @classmethod
+    def _import(cls, sqlite):
+        prot = cls.newProtocol(ProtImportParticles, importFrom=ProtImportParticles.IMPORT_FROM_SCIPION,
+                               sqliteFile=sqlite, samplingRate=2.6, voltage=200.0, sphericalAberration=2.0,
+                               amplitudeContrast=0.1, magnification=50000)
+        cls.launchProtocol(prot)
+        return prot.outputParticles
+
+    def test_space_protocol_reads_continuousflex_amplitudes(self):
+        from deephemnma.protocols import DeepHemnmaProtSpace
+        space = self.newProtocol(DeepHemnmaProtSpace, inputParticles=self.flex, components=2)
+        self.launchProtocol(space)
+        coords = particles_from_set(space.outputParticles).extra['space']
+        amplitudes = self.truth.extra['true_amplitudes']
+        centred = amplitudes - amplitudes.mean(axis=0)
+        first_axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+        self.assertGreater(abs(np.corrcoef(coords[:, 0], centred @ first_axis)[0, 1]), 0.999)
+
+    def test_training_protocol_learns_from_continuousflex_labels(self):
+        from deephemnma.protocols import DeepHemnmaProtTrain
+        train = self.newProtocol(DeepHemnmaProtTrain, inputParticles=self.flex, epochs=1, arch=1, useGpu=False,
+                                 validationSize=0.2, testSize=0.2)
+        self.launchProtocol(train)
+        self.assertTrue(os.path.getsize(self.proj.getPath(train.outputModel.getFileName())) > 1_000_000)
+        with open(self.proj.getPath(train.training_dir(), 'training_summary.json')) as handle:
+            summary = json.load(handle)
+        self.assertEqual(1, summary['epochs_run'])
+        self.assertEqual(sum(summary['split_sizes'].values()) + summary['outliers_removed'], 40)
+        self.assertTrue(np.isfinite(summary['final']['validation_loss']))
