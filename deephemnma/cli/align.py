@@ -20,15 +20,13 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from deephemnma.core.align import COARSE_MODELS, CTF_MODES, AlignSettings, reference_from_modes
 from deephemnma.core.align_stack import align_particles
-from deephemnma.core.distributed import cleanup, init_from_env, local_device
+from deephemnma.core.distributed import cleanup, local_device, start_process
 from deephemnma.core.fileio import InputError
 from deephemnma.core.imageio import stack_info
-from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import read_particles, write_particles
 
 
@@ -86,10 +84,7 @@ def load_modes(path: str, reference: str | None, select):
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    rank = init_from_env(device.type)
+    device, rank = start_process(args.threads, args.device)
     try:
         particles = read_particles(args.particles, args.pixel_size)
         if len(particles) == 0:

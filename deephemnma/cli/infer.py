@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deephemnma.core.distributed import cleanup, init_from_env
-from deephemnma.core.machine import resolve_device
+from deephemnma.core.distributed import cleanup, start_process
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.nn import targets as tg
 from deephemnma.nn.data import ImageSource
@@ -46,10 +45,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    rank = init_from_env(device.type)
+    device, rank = start_process(args.threads, args.device)
     try:
         particles = read_particles(args.particles, args.pixel_size)
         base_dir = args.base_dir or str(Path(args.particles).resolve().parent)

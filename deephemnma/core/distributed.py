@@ -71,3 +71,15 @@ def cleanup(rank: Optional[Rank] = None) -> None:
     """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def start_process(threads: int, device_name: str):
+    """Common start of a command: torch threads (0 keeps torch's default), the device, and the torchrun rank.
+
+    Returns ``(device, rank)``.
+    """
+    from .machine import resolve_device
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    return device, init_from_env(device.type)
