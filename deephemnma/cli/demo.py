@@ -24,6 +24,8 @@ from typing import Dict
 
 import numpy as np
 
+from deephemnma.core.fileio import atomic_path
+
 TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'snr': float, 'seed': int,
@@ -72,8 +74,8 @@ def summarise(project, results: Path) -> Dict[str, object]:
         'hemnma_vs_truth': _errors(hemnma), 'network_vs_truth': _errors(predicted)}
     summary['files'] = _collect_files(project, space, results)
     summary['groups'] = _group_resolutions(project)
-    with open(results / 'summary.json', 'w') as handle:
-        json.dump(summary, handle, indent=1)
+    with atomic_path(results / 'summary.json') as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=1))
     return summary
 
 

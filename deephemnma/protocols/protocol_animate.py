@@ -8,7 +8,7 @@ from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
-from deephemnma.core.fileio import InputError
+from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.nma import RIGID_MODES, NormalModes, collectivity
 
 
@@ -94,7 +94,8 @@ class DeepHemnmaProtAnimate(EMProtocol):
         box, pixel = self._grid()
         if self.inputGroups:
             centroids = self._centroids()
-            np.savetxt(self._getExtraPath('centroids.txt'), centroids, fmt='%.6f')
+            with atomic_path(self._getExtraPath('centroids.txt')) as tmp:
+                np.savetxt(tmp, centroids, fmt='%.6f')
             write_centroids(self._getExtraPath(), modes, centroids, box, pixel)
         if self.inputSpace.get() is not None:
             space = Space.load(self.inputSpace.get().space_path())

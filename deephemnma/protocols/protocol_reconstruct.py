@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 from pwem.objects import SetOfParticles, Volume
@@ -11,6 +12,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.convert import particles_from_set
+from deephemnma.core.fileio import atomic_path
 from deephemnma.core.reconstruct import CTF_MODES
 from deephemnma.core.rotations import pose_from_transform
 
@@ -90,8 +92,8 @@ class DeepHemnmaProtReconstruct(EMProtocol):
             reference, _ = read_image(self.referenceVolume.get().getFileName())
             curves['vs reference'] = fsc(result.volume, reference, result.pixel_size)
         summary = {key: curve.as_dict() for key, curve in curves.items()}
-        with open(f'{name}_fsc.json', 'w') as handle:
-            json.dump({'images': result.count, **summary}, handle, indent=1)
+        with atomic_path(f'{name}_fsc.json') as tmp:
+            Path(tmp).write_text(json.dumps({'images': result.count, **summary}, indent=1))
         save_fsc_plot(f'{name}_fsc.png', curves)
 
     def createOutputStep(self) -> None:
