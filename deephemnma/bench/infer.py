@@ -13,13 +13,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deephemnma.bench import work_folder
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
@@ -71,11 +71,8 @@ def _bare_speed(model: TrainedModel, device: torch.device, batch: int, box: int,
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        return _measure(args, Path(args.workdir))
-    with tempfile.TemporaryDirectory(prefix='deephemnma-bench-infer-') as folder:
-        return _measure(args, Path(folder))
+    with work_folder(args.workdir, 'infer') as folder:
+        return _measure(args, folder)
 
 
 def _measure(args: argparse.Namespace, folder: Path) -> dict:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from deephemnma.bench import work_folder
 from deephemnma.core import conformations
 from deephemnma.core.ctf import CTFParams
 from deephemnma.core.deform import deform
@@ -113,11 +113,8 @@ def _concatenate(first: Particles, second: Particles) -> Particles:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        return _measure(args, Path(args.workdir))
-    with tempfile.TemporaryDirectory(prefix='deephemnma-bench-train-') as folder:
-        return _measure(args, Path(folder))
+    with work_folder(args.workdir, 'train') as folder:
+        return _measure(args, folder)
 
 
 def _measure(args: argparse.Namespace, folder: Path) -> dict:

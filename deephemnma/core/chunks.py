@@ -7,7 +7,6 @@ by rank ``c % world_size``; rank 0 merges the chunks in order.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -91,7 +90,3 @@ class ChunkStore:
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
 
-
-def settings_digest(settings: dict) -> str:
-    """A short stable digest of a settings dictionary."""
-    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -50,15 +50,6 @@ def barrier(rank: Rank) -> None:
         dist.barrier()
 
 
-def shard_indices(count: int, rank: Rank, block: int = 1) -> range:
-    """The contiguous blocks of ``[0, count)`` that belong to ``rank``: block ``b`` goes to rank ``b % world``.
-
-    Returns the block numbers (not item indices) owned by this rank.
-    """
-    blocks = (count + block - 1) // block
-    return range(rank.rank, blocks, rank.world_size)
-
-
 def local_device(device_name: str, rank: Rank) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` on GPU runs, else the named device."""
     device = torch.device(device_name)

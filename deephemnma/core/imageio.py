@@ -115,10 +115,11 @@ def _write_mrc(path: Path, data: np.ndarray, pixel_size: float, is_stack: bool) 
 class StackWriter:
     """Stream ``count`` images of ``box x box`` into ``path`` without holding them in memory.
 
-    Data goes to ``path.partial`` (preallocated, memory-mapped); :meth:`close` renames it to ``path``. If the
-    job dies, the partial file stays: a new writer with ``resume=True`` reopens it so that finished blocks are
-    kept (the caller knows which blocks it finished, e.g. with :class:`deephemnma.core.chunks.ChunkStore`).
-    An existing ``path`` is never touched until the new stack is complete.
+    Data goes to ``path.partial`` (preallocated, written with plain file writes so that resident memory stays
+    at one block); :meth:`close` renames it to ``path``. If the job dies, the partial file stays: a new writer
+    with ``resume=True`` reopens it so that finished blocks are kept (the caller knows which blocks it finished,
+    e.g. with :class:`deephemnma.core.chunks.ChunkStore`). An existing ``path`` is never touched until the new
+    stack is complete.
     """
 
     def __init__(self, path: str | os.PathLike, count: int, box: int, pixel_size: float, resume: bool = False):
@@ -127,16 +128,21 @@ class StackWriter:
         self.count, self.box, self.pixel_size = int(count), int(box), float(pixel_size)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.partial.exists():
-            self._mrc = mrcfile.mmap(self.partial, mode='r+')
-            if self._mrc.data.shape != (self.count, self.box, self.box):
-                self._mrc.close()
-                raise InputError(f'{self.partial}: partial stack of shape {self._mrc.data.shape} cannot be resumed '
-                                 f'as {self.count} images of {self.box} x {self.box}')
+            info = stack_info(self.partial)
+            if (info.count, info.box) != (self.count, self.box):
+                raise InputError(f'{self.partial}: partial stack of {info.count} images of {info.box} x {info.box} '
+                                 f'cannot be resumed as {self.count} images of {self.box} x {self.box}')
         else:
-            self._mrc = mrcfile.new_mmap(self.partial, shape=(self.count, self.box, self.box), mrc_mode=2,
-                                         overwrite=True)
-            self._mrc.set_image_stack()
-            self._mrc.voxel_size = self.pixel_size
+            self._preallocate()
+        self._offset = _header_layout(self.partial)[1]
+        self._file = open(self.partial, 'r+b')
+
+    def _preallocate(self) -> None:
+        with mrcfile.new_mmap(self.partial, shape=(self.count, self.box, self.box), mrc_mode=2,
+                              overwrite=True) as mrc:
+            mrc.set_image_stack()
+            mrc.voxel_size = self.pixel_size
+            mrc.header.rms = -1  # statistics unknown without a full pass; -1 is the MRC convention
 
     def write(self, start: int, images: np.ndarray) -> None:
         """Store ``images`` (k, box, box) at positions ``start .. start + k - 1``."""
@@ -144,24 +150,25 @@ class StackWriter:
         if images.shape[1:] != (self.box, self.box) or start < 0 or start + len(images) > self.count:
             raise ValueError(f'{self.path}: cannot write {images.shape} at {start} into a stack of '
                              f'{self.count} x {self.box} x {self.box}')
-        self._mrc.data[start:start + len(images)] = images
+        self._file.seek(self._offset + start * self.box * self.box * 4)
+        self._file.write(images.astype('<f4', copy=False).tobytes())
 
     def flush(self) -> None:
         """Push written images to disk (call before recording a block as finished)."""
-        self._mrc.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> Path:
-        """Finish the header, close and rename the partial file to its final name."""
-        self._mrc.update_header_from_data()
-        self._mrc.header.rms = -1  # statistics unknown without a full pass; -1 is the MRC convention
-        self._mrc.close()
+        """Close and rename the partial file to its final name."""
+        self.flush()
+        self._file.close()
         os.replace(self.partial, self.path)
         return self.path
 
     def abandon(self) -> None:
         """Close without renaming; the partial file stays for a resumed run."""
-        self._mrc.flush()
-        self._mrc.close()
+        self.flush()
+        self._file.close()
 
     def __enter__(self) -> 'StackWriter':
         return self

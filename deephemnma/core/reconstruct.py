@@ -254,12 +254,6 @@ class Reconstruction:
         return fsc(self.half_maps[0], self.half_maps[1], self.pixel_size)
 
 
-def batch_ranges(count: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Consecutive index arrays of at most ``batch_size`` covering ``range(count)``."""
-    for start in range(0, count, batch_size):
-        yield np.arange(start, min(start + batch_size, count))
-
-
 def reconstruct(batches: Iterable[Tuple[np.ndarray, np.ndarray]], angles: np.ndarray, shifts: np.ndarray,
                 box: int, pixel_size: float, ctf: Optional[CTFTable] = None, ctf_mode: str = 'none',
                 pad: float = 1.0, wiener: float = 0.01, shift_scale: float = 1.0,

@@ -716,22 +716,31 @@ def write_ground_truth(outputs: _Outputs, setup: SimulationSetup, config: Simula
         np.savez(tmp, mode_numbers=setup.modes.numbers, centre=setup.centre, **arrays)
 
 
-def _write_block(stack: Path, config: SimulationConfig, start: int, images: np.ndarray) -> None:
-    """Write one block into the partial stack, opening and closing the memory map around it: pages of a
-    mapped file count in the process's resident memory while it stays mapped, so keeping the map open would
-    let the resident size grow with the stack instead of staying at one chunk."""
-    writer = StackWriter(stack, config.count, config.box, config.pixel_size, resume=True)
-    try:
-        writer.write(start, images)
-    finally:
-        writer.abandon()
-
-
 def _load_finished(outputs: _Outputs, settings: dict) -> Optional[dict]:
     if not (outputs.config.exists() and outputs.stack.exists()):
         return None
     record = json.loads(outputs.config.read_text())
     return record if record.get('config') == settings else None
+
+
+def _simulate_chunks(chunks: Iterator[int], store: ChunkStore, writer: StackWriter, setup: SimulationSetup,
+                     config: SimulationConfig, params: ParticleParameters, ctf: Optional[CTFParams],
+                     noise_std: Optional[float], device: torch.device, batch_size: int) -> None:
+    """Simulate and write each pending chunk; its record is saved only once its images are on disk."""
+    for chunk in chunks:
+        rows = store.chunk_range(chunk)
+        part = slice(rows.start, rows.stop)
+        result = simulate_particles(
+            setup, params.amplitudes[part], params.angles[part], params.shifts[part], config.box,
+            config.pixel_size, None if ctf is None else _ctf_rows(ctf, part),
+            config.snr, chunk_seed(config.seed, chunk), config.noise_before_ctf, config.snr_scope, noise_std,
+            config.phase_flip, config.invert_contrast, config.oversampling, return_clean=True, device=device,
+            batch_size=batch_size)
+        writer.write(rows.start, result.images)
+        writer.flush()
+        noise = result.images - result.clean
+        store.save(chunk, {'signal_variance': result.clean.var(axis=(1, 2), dtype=np.float64),
+                           'noise_variance': noise.var(axis=(1, 2), dtype=np.float64)})
 
 
 def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, device: str | torch.device = 'cpu',
@@ -773,24 +782,13 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
     partial = outputs.stack.with_name(outputs.stack.name + '.partial')
     if len(pending) == store.num_chunks and partial.exists():
         partial.unlink()  # left by a run whose chunk records were removed: start afresh
-    for chunk in chunks:
-        rows = store.chunk_range(chunk)
-        part = slice(rows.start, rows.stop)
-        result = simulate_particles(
-            setup, params.amplitudes[part], params.angles[part], params.shifts[part], config.box,
-            config.pixel_size, None if ctf is None else _ctf_rows(ctf, part),
-            config.snr, chunk_seed(config.seed, chunk), config.noise_before_ctf, config.snr_scope, noise_std,
-            config.phase_flip, config.invert_contrast, config.oversampling, return_clean=True, device=device,
-            batch_size=batch_size)
-        _write_block(outputs.stack, config, rows.start, result.images)
-        noise = result.images - result.clean
-        store.save(chunk, {'signal_variance': result.clean.var(axis=(1, 2), dtype=np.float64),
-                           'noise_variance': noise.var(axis=(1, 2), dtype=np.float64)})
-    if partial.exists():
-        StackWriter(outputs.stack, config.count, config.box, config.pixel_size, resume=True).close()
-    elif not outputs.stack.exists():
+    if not partial.exists() and (len(pending) < store.num_chunks and (pending or not outputs.stack.exists())):
         raise InputError(f'{outputs.chunks} records finished chunks but the partial stack {partial} is gone: '
                          f'remove {outputs.chunks} to start afresh')
+    if pending or partial.exists():
+        with StackWriter(outputs.stack, config.count, config.box, config.pixel_size,
+                         resume=partial.exists()) as writer:
+            _simulate_chunks(chunks, store, writer, setup, config, params, ctf, noise_std, device, batch_size)
     stats = store.merged()
     record = {'config': settings, 'device': device.type, 'noise_std': noise_std,
               'measured_snr': float(stats['signal_variance'].mean() / stats['noise_variance'].mean())

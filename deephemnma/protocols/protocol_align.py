@@ -10,7 +10,7 @@ from pyworkflow.protocol import params
 
 from deephemnma.convert import copy_with_estimates, particles_from_set
 from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.protocols.protocol_train import gpu_command
+from deephemnma.protocols.compute import gpu_command
 
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1

@@ -9,7 +9,7 @@ from pyworkflow.protocol import params
 
 from deephemnma.convert import copy_with_estimates, particles_from_set
 from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.protocols.protocol_train import gpu_command
+from deephemnma.protocols.compute import gpu_command
 
 
 def model_box(model_path: str) -> int:

@@ -5,13 +5,13 @@ import json
 import os
 
 import numpy as np
-from pyworkflow.utils import Environ
 from pwem.objects import EMFile
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
 from deephemnma.convert import particles_from_set
+from deephemnma.protocols.compute import gpu_command
 from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import write_particles
 
@@ -20,30 +20,6 @@ PRESETS = ('fast', 'paper')
 LAYOUTS = ('combined', 'separate')
 ARCHITECTURES = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
 TYPE_PARAMS = (('learnAmplitudes', 'amplitudes'), ('learnOrientation', 'orientation'), ('learnShifts', 'shifts'))
-
-
-def check_gpus_available(gpus: list) -> None:
-    """Refuse with a clear message when GPUs are requested on a machine where torch sees none."""
-    import torch
-    if not torch.cuda.is_available():
-        raise RuntimeError(f'GPU(s) {" ".join(gpus)} requested, but torch sees no CUDA device on this machine '
-                           f'({os.uname().nodename}): set "Use GPU" to No, or run on a GPU node.')
-
-
-def gpu_command(protocol, command: str, arguments: str):
-    """``(program, arguments, env)`` of a ``deephemnma`` command on this protocol's GPUs: ``torchrun`` over
-    all listed GPUs when there are several, the command itself otherwise (CPU when "Use GPU" is off)."""
-    env = Environ(os.environ)
-    gpus = [g for g in str(protocol.getGpuList() if protocol.useGpu.get() else '').replace(',', ' ').split()]
-    device = '--device cuda' if gpus else '--device cpu'
-    if gpus:
-        check_gpus_available(gpus)
-        env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
-    if len(gpus) > 1:
-        from deephemnma import Plugin
-        return Plugin.getTorchrun(), f'--nproc_per_node={len(gpus)} -m deephemnma.cli.main {command} ' \
-                                     f'{arguments} {device}', env
-    return 'deephemnma', f'{command} {arguments} {device}', env
 
 
 def labelled_particles(particle_set, source: int):
