@@ -7,10 +7,11 @@ waiting for each (the fastest headless route; see the README).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 from pyworkflow.project import Manager, Project
 from pyworkflow.template import LocalTemplate
@@ -58,11 +59,24 @@ def run_workflow(project: Project, json_text: str, report: Callable[[str], None]
     previous = os.getcwd()
     os.chdir(project.getPath())
     try:
-        project.loadProtocols(jsonStr=json_text)
+        created = project.loadProtocols(jsonStr=json_text)
+        _restore_labels(project, created, json.loads(json_text))
         for protocol in _protocols_in_order(project):
             _launch(project, protocol, report)
     finally:
         os.chdir(previous)
+
+
+def _restore_labels(project: Project, created: Dict[str, object], entries: List[dict]) -> None:
+    """Give the protocols the labels and comments of the template: pyworkflow's ``loadProtocols`` passes them
+    to the protocol constructor, which drops them (``Step.__init__`` does not forward its keyword arguments)."""
+    for entry in entries:
+        protocol = created.get(entry['object.id'])
+        if protocol is None or 'object.label' not in entry:
+            continue
+        protocol.setObjLabel(entry['object.label'])
+        protocol.setObjComment(entry.get('object.comment', ''))
+        project.saveProtocol(protocol)
 
 
 def _protocols_in_order(project: Project) -> List:
@@ -88,10 +102,9 @@ def _log_tail(protocol, lines: int = 30) -> str:
     return '(no log)'
 
 
-def find_protocol(project: Project, class_name: str, label: Optional[str] = None):
-    """The last protocol of ``class_name`` (and ``label``, if given) in ``project``."""
-    matches = [p for p in project.getRuns(refresh=True) if p.getClassName() == class_name
-               and (label is None or p.getObjLabel() == label)]
+def find_protocol(project: Project, class_name: str):
+    """The last protocol of ``class_name`` in ``project``."""
+    matches = [p for p in project.getRuns(refresh=True) if p.getClassName() == class_name]
     if not matches:
         raise LookupError(f'no {class_name} protocol in project {project.getName()}')
     return matches[-1]

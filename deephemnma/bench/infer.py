@@ -45,7 +45,7 @@ def _model_file(folder: Path, arch: str, box: int) -> Path:
     network = DeepHemnmaNet(NetworkConfig(outputs=tg.output_sizes(tg.TYPES, 3), arch=arch))
     scaling = tg.Scaling(0.0, 1.0, np.zeros(3), np.full(3, 100.0), np.zeros(2), np.full(2, 3.0))
     path = folder / 'model.pt'
-    save_model(path, network, network.state_dict(), scaling, box, TrainConfig(arch=arch), {})
+    save_model(path, network, network.state_dict(), scaling, box, box, TrainConfig(arch=arch), {})
     return path
 
 

@@ -1,8 +1,9 @@
 """Train the network on simulated adenylate kinase particles and measure its errors on held-out images.
 
 ``--quick`` (CPU learnability check): 64 x 64 images, SNR 1, no CTF, 2,000 training + 250 validation images
-and 500 held-out images, ground-truth labels, ResNet-18, a few epochs. Without ``--quick`` (paper-like, for a
-GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus, phase-flipped), 14,000 training + 2,000
+and 500 held-out images, ground-truth labels, ResNet-18 on the images Fourier-cropped to 32 px, in-plane
+rotation augmentation, as many epochs as fit in 15 minutes at the speed measured on a few steps. Without
+``--quick`` (paper-like, for a GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus, phase-flipped), 14,000 training + 2,000
 validation + 2,000 held-out images, ground-truth labels, ResNet-34. Images of the paper's conformations
 (helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations, shifts in [-5, 5] px, simulated
 with ``deephemnma.core.simulate`` and fixed seeds.
@@ -40,10 +41,10 @@ from deephemnma.nn.targets import Labels
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 from deephemnma.nn.train import TrainConfig, amp_supported, load_model, preset_config, run_training
 
-QUICK = dict(box=64, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18', epochs=None,
-             batch_size=32, lr=1e-3, dropout=0.1, max_rotation=0.0, budget_s=840)
-FULL = dict(box=128, snr=0.1, ctf=True, train=14000, validation=2000, heldout=2000, arch='resnet34', epochs=60,
-            batch_size=256, lr=1e-3, dropout=0.5, max_rotation=180.0, budget_s=None)
+QUICK = dict(box=64, network_box=32, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18',
+             epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900)
+FULL = dict(box=128, network_box=0, snr=0.1, ctf=True, train=14000, validation=2000, heldout=2000, arch='resnet34',
+            epochs=60, batch_size=256, lr=1e-3, dropout=0.5, max_rotation=180.0, amp=True, budget_s=None)
 MAX_SHIFT_PX = 5.0
 
 
@@ -56,6 +57,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--lr', type=float, help='override the maximum learning rate')
     parser.add_argument('--dropout', type=float, help='override the MLP dropout')
     parser.add_argument('--max-rotation', type=float, help='override the in-plane rotation augmentation (deg)')
+    parser.add_argument('--network-box', type=int, help='override the network input size (px; 0: the images\')')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
     parser.add_argument('--workdir', help='keep the simulated data and the model here (default: temporary)')
@@ -71,22 +73,24 @@ def _pixel_size(setup, amplitudes: np.ndarray, box: int) -> float:
 
 
 def _epochs_for_budget(config: TrainConfig, box: int, count: int, budget_s: float, device: torch.device) -> int:
-    """Epochs that fit in ``budget_s`` seconds at the training speed measured on a few steps (3 to 40)."""
+    """Epochs that fit in ``budget_s`` seconds at the speed of a few timed training steps of ``config``
+    (network input size, mixed precision), with 15 % for validation and checkpoints; at least 3."""
     network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 3, 'orientation': 4, 'shifts': 2},
                                           arch=config.arch)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)
-    images = torch.randn(config.batch_size, 1, box, box, device=device)
+    images = torch.randn(config.batch_size, 1, config.network_box or box, config.network_box or box, device=device)
+    use_amp = config.amp and amp_supported(device)
     elapsed = 0.0
-    for step in range(4):
+    for step in range(5):
         begin = time.time()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_supported(device)):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = sum(v.float().abs().mean() for v in network(images).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        elapsed += (time.time() - begin) if step else 0.0
-    per_epoch = elapsed / 3 * count / config.batch_size
-    return int(min(40, max(3, budget_s // per_epoch)))
+        elapsed += (time.time() - begin) if step > 1 else 0.0
+    per_epoch = 1.15 * elapsed / 3 * count / config.batch_size
+    return int(max(3, budget_s // per_epoch))
 
 
 def simulate_set(setup, count: int, box: int, pixel_size: float, snr: float, ctf: bool, seed: int,
@@ -124,7 +128,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     size = dict(QUICK if args.quick else FULL)
     size['epochs'] = args.epochs or size['epochs']
     size['train'] = args.train_images or size['train']
-    for key in ('batch_size', 'lr', 'dropout', 'max_rotation'):
+    for key in ('batch_size', 'lr', 'dropout', 'max_rotation', 'network_box'):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
     device = resolve_device(args.device)
@@ -138,13 +142,12 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     heldout = simulate_set(setup, size['heldout'], size['box'], pixel_size, size['snr'], size['ctf'],
                            args.seed + 2, device, folder, 'heldout')
     simulation_seconds = time.time() - start
-    if size['epochs'] is None:
-        size['epochs'] = _epochs_for_budget(preset_config('fast', arch=size['arch'], batch_size=size['batch_size']),
-                                            size['box'], size['train'], size['budget_s'], device)
-    config = preset_config('fast', arch=size['arch'], epochs=size['epochs'], batch_size=size['batch_size'],
+    config = preset_config('fast', arch=size['arch'], epochs=size['epochs'] or 1, batch_size=size['batch_size'],
                            lr=size['lr'], dropout=size['dropout'], max_rotation_deg=size['max_rotation'],
-                           patience=0, outlier_threshold=0.0, validation=size['validation'], test=0,
-                           seed=args.seed, num_workers=0)
+                           network_box=size['network_box'], amp=size['amp'], patience=0, outlier_threshold=0.0,
+                           validation=size['validation'], test=0, seed=args.seed, num_workers=0)
+    if size['epochs'] is None:
+        config.epochs = _epochs_for_budget(config, size['box'], size['train'], size['budget_s'], device)
     load_before = os.getloadavg()[0]
     train_start = time.time()
     trainer, _ = run_training(_concatenate(fit, validation), config, folder / 'model', device, progress=False)
@@ -161,7 +164,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     figures.update(rmsd_errors(estimated, truth, setup.structure.coords, setup.modes.vectors, pixel_size))
     speed_key = 'train_images_per_second_gpu' if device.type == 'cuda' else 'train_images_per_second_cpu'
     return {'mode': 'quick' if args.quick else 'full', 'labels': 'ground truth', 'box': size['box'],
-            'pixel_size': pixel_size, 'snr': size['snr'], 'ctf': size['ctf'], 'arch': size['arch'],
+            'network_box': trainer.network_box, 'pixel_size': pixel_size, 'snr': size['snr'], 'ctf': size['ctf'],
+            'arch': size['arch'],
             'train_images': size['train'], 'validation_images': size['validation'],
             'heldout_images': size['heldout'], 'epochs': len(trainer.history),
             'best_epoch': max(trainer.best_epoch.values()) + 1, **figures,

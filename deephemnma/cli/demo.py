@@ -29,7 +29,8 @@ from deephemnma.core.fileio import atomic_path
 TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'snr': float, 'seed': int,
-                    'angstep': float, 'arch': int, 'epochs': int, 'mincount': int}
+                    'angstep': float, 'arch': int, 'epochs': int, 'batch': int, 'netbox': int, 'dropout': float,
+                    'mincount': int}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -64,6 +64,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                        help='in-plane rotation augmentation (deg; labels rotated consistently; 0: off)')
     group.add_argument('--max-translation', type=float, dest='max_translation_px',
                        help='translation augmentation (px; shift labels moved consistently; 0: off)')
+    parser.add_argument('--network-box', type=int, default=0,
+                        help='image size (px) the network sees: images are Fourier-cropped to it (faster training '
+                             'and prediction; shifts stay in the original pixels); 0: the images\' size')
     parser.add_argument('--outlier-threshold', type=float, default=3.2,
                         help='Mahalanobis distance of the amplitudes above which images are removed (0: keep all)')
     parser.add_argument('--validation', type=float, default=0.1, help='validation particles (fraction or count)')
@@ -84,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         step_epochs=args.step_epochs, weight_decay=args.weight_decay, dropout=args.dropout,
         patience=args.patience, amp=False if args.no_amp else None, max_rotation_deg=args.max_rotation_deg,
         max_translation_px=args.max_translation_px, outlier_threshold=args.outlier_threshold,
+        network_box=args.network_box,
         validation=args.validation, test=args.test, seed=args.seed, num_workers=args.num_workers,
         ram_limit_gb=args.ram_limit_gb)
 

