@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import deephemnma
 from deephemnma import cli as cli_package
+from deephemnma.core.machine import flush_denormals
 
 _NOT_COMMANDS = {'main'}
 
@@ -66,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, '_command', None):
         parser.print_help()
         return 1
+    flush_denormals()  # before torch starts its worker threads, which inherit the setting
     result = args._command.main(args)
     return int(result or 0)
 

@@ -12,6 +12,7 @@ Examples::
     deephemnma train -i hemnma/images.xmd -o train_out                      # fast preset, combined network
     deephemnma train -i particles.star -o paper --preset paper --layout separate   # the paper's settings
     deephemnma train -i particles.star -o out --types amplitudes --epochs 100 --batch-size 256
+    deephemnma train -i particles.star -o cpu_out --arch resnet18 --network-box 32 --batch-size 64 --epochs 200
     torchrun --nproc_per_node=4 -m deephemnma.cli.main train -i particles.star -o out --device cuda
 """
 from __future__ import annotations
