@@ -4,13 +4,13 @@ Creates a Scipion project from the plugin's ``synthetic_ak`` template (simulate 
 train -> predict the other half -> PCA space -> groups along PC1 -> group reconstructions -> centroids and
 animation), runs every protocol headless, and prints the accuracy against the ground truth (the paper's metrics)
 and where the project and the result files are. The space plot, the group maps and their FSC curves are copied to
-``OUT/results``. The default sizes finish in about 3 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000
---box 128 --pixel 0.65 --epochs 400 --arch 0``) are the paper-scale run on a GPU.
+``OUT/results``. The default sizes finish in about 7 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000
+--box 128 --pixel 0.65 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
 
 Examples::
 
     deephemnma demo --out deephemnma-demo
-    deephemnma demo --out big --count 40000 --box 128 --pixel 0.65 --maxshift 5 --epochs 100 --arch 0 --mincount 900 --gpus 0
+    deephemnma demo --out big --count 40000 --box 128 --pixel 0.65 --epochs 100 --arch 0 --netbox 0 --gpus 0
 """
 from __future__ import annotations
 
