@@ -12,3 +12,5 @@ SCORE_ATTR = '_xmipp_cost'
 EXTRA_PREFIX = '_deephemnma_'
 #: Prefix of the simulator's ground-truth attributes (e.g. '_deephemnma_true_amplitudes').
 TRUE_PREFIX = EXTRA_PREFIX + 'true_'
+#: Smallest image size (px) the network may be given (the ResNet stem and pooling need at least this).
+MIN_NETWORK_BOX = 16

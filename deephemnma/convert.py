@@ -104,6 +104,13 @@ def particles_from_set(particle_set: SetOfParticles, require_alignment: bool = F
     return result
 
 
+def absolute_image_paths(particles: Particles) -> Particles:
+    """``particles`` with every image location ``index@path`` given an absolute path (changed in place)."""
+    particles.image = np.array([f'{index}@{os.path.abspath(path)}'
+                                for index, path in (location.split('@', 1) for location in particles.image)])
+    return particles
+
+
 def _row_values(particle: Particle) -> dict:
     index, filename = particle.getLocation()
     ctf = particle.getCTF() if particle.hasCTF() else None

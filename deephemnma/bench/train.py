@@ -3,10 +3,10 @@
 ``--quick`` (CPU learnability check): 64 x 64 images, SNR 1, no CTF, 2,000 training + 250 validation images
 and 500 held-out images, ground-truth labels, ResNet-18 on the images Fourier-cropped to 32 px, in-plane
 rotation augmentation, as many epochs as fit in 15 minutes at the speed measured on a few steps. Without
-``--quick`` (paper-like, for a GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus, phase-flipped), 14,000 training + 2,000
-validation + 2,000 held-out images, ground-truth labels, ResNet-34. Images of the paper's conformations
-(helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations, shifts in [-5, 5] px, simulated
-with ``deephemnma.core.simulate`` and fixed seeds.
+``--quick`` (paper-like, for a GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus,
+phase-flipped), 14,000 training + 2,000 validation + 2,000 held-out images, ground-truth labels, ResNet-34.
+Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations,
+shifts in [-5, 5] px, simulated with ``deephemnma.core.simulate`` and fixed seeds.
 
 Figures: ``amp_rel_mae`` and ``shift_rel_mae`` (held-out MAE over the MAE of predicting the training mean),
 ``angle_median_deg`` (median geodesic angle), the paper's mean axis angle, MAEs, RMSDs of the atoms for each
@@ -31,15 +31,17 @@ from deephemnma.bench import work_folder
 from deephemnma.core import conformations
 from deephemnma.core.ctf import CTFParams
 from deephemnma.core.deform import deform
-from deephemnma.core.imageio import read_stack, write_stack
+from deephemnma.core.imageio import write_stack
 from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import Particles, stack_locations
 from deephemnma.core.simulate import paper_ak_setup, sample_angles, sample_shifts, simulate_particles, stream
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.nn.infer import Predictor
-from deephemnma.nn.targets import Labels
+from deephemnma.nn.data import ImageSource
+from deephemnma.nn.infer import Predictor, predict_source
+from deephemnma.nn.targets import decode, output_sizes
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.train import TrainConfig, amp_supported, load_model, preset_config, run_training
+from deephemnma.nn.train import TrainConfig, amp_supported, labels_from_particles, load_model, preset_config, \
+    run_training
 
 QUICK = dict(box=64, network_box=32, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18',
              epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900)
@@ -75,8 +77,7 @@ def _pixel_size(setup, amplitudes: np.ndarray, box: int) -> float:
 def _epochs_for_budget(config: TrainConfig, box: int, count: int, budget_s: float, device: torch.device) -> int:
     """Epochs that fit in ``budget_s`` seconds at the speed of a few timed training steps of ``config``
     (network input size, mixed precision), with 15 % for validation and checkpoints; at least 3."""
-    network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 3, 'orientation': 4, 'shifts': 2},
-                                          arch=config.arch)).to(device)
+    network = DeepHemnmaNet(NetworkConfig(outputs=output_sizes(config.types, 3), arch=config.arch)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)
     images = torch.randn(config.batch_size, 1, config.network_box or box, config.network_box or box, device=device)
     use_amp = config.amp and amp_supported(device)
@@ -154,12 +155,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     train_seconds = time.time() - train_start
     images_seen = trainer.steps_per_epoch * trainer.global_batch * len(trainer.history)
     model = load_model(folder / 'model' / 'model.pt', device)
-    predictor = Predictor(model, device)
-    stack = read_stack(folder / 'heldout.mrcs')
-    estimated = [predictor.predict(stack[s:s + 256]) for s in range(0, len(stack), 256)]
-    estimated = Labels(*(np.concatenate([getattr(e, name) for e in estimated])
-                         for name in ('angles', 'shifts', 'amplitudes')))
-    truth = Labels(heldout.angles, heldout.shifts, heldout.amplitudes)
+    raw = predict_source(Predictor(model, device), ImageSource(heldout.image), 256, progress=False)
+    estimated, truth = decode(raw, model.scaling), labels_from_particles(heldout)
     figures = parameter_errors(estimated, truth, model.scaling.amplitude_mean, model.scaling.shift_mean)
     figures.update(rmsd_errors(estimated, truth, setup.structure.coords, setup.modes.vectors, pixel_size))
     speed_key = 'train_images_per_second_gpu' if device.type == 'cuda' else 'train_images_per_second_cpu'

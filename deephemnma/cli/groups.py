@@ -18,12 +18,13 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 
 from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, group_members,
-                                    polygon_labels, read_polygons, write_labels)
+from deephemnma.core.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, centroids,
+                                    group_members, polygon_labels, read_polygons, write_labels)
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.core.reduction import Space
 from deephemnma.core.spaceplot import save_space_plot
@@ -48,12 +49,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0)
 
 
-def compute_labels(space: Space, args: argparse.Namespace) -> np.ndarray:
-    """Group labels of every point of the space."""
+def _read_polygons(args: argparse.Namespace) -> Dict[str, np.ndarray]:
+    if not args.polygons:
+        raise InputError('--method polygons needs --polygons FILE')
+    return read_polygons(args.polygons)
+
+
+def compute_labels(space: Space, args: argparse.Namespace,
+                   polygons: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+    """Group labels of every point of the space (``polygons``: those of ``--polygons``, if already read)."""
     if args.method == 'polygons':
-        if not args.polygons:
-            raise InputError('--method polygons needs --polygons FILE')
-        return polygon_labels(space.coords, list(read_polygons(args.polygons).values()))
+        if polygons is None:
+            polygons = _read_polygons(args)
+        return polygon_labels(space.coords, list(polygons.values()))
     return automatic_labels(space.coords, args.method, args.groups, args.axis - 1, args.min_count, args.trim,
                             args.equal_counts, args.seed)
 
@@ -64,18 +72,17 @@ def main(args: argparse.Namespace) -> int:
     mine = np.nonzero(space.sources == source)[0]
     if mine.size == 0:
         raise InputError(f"the space has no points from '{source}' (it has: {', '.join(space.source_names())})")
-    labels_all = compute_labels(space, args)
+    polygons = _read_polygons(args) if args.method == 'polygons' else None
+    labels_all = compute_labels(space, args, polygons)
     mine = mine[np.argsort(space.source_index[mine], kind='stable')]
     labels = labels_all[mine]
     members = group_members(labels)
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     write_labels(folder / 'labels.txt', labels)
-    amplitudes = space.amplitudes[mine]
-    centroid_rows = np.stack([amplitudes[m].mean(axis=0) for m in members])
+    centroid_rows = centroids(space.amplitudes[mine], labels)
     with atomic_path(folder / 'centroids.txt', suffix='.txt') as tmp:
         np.savetxt(tmp, centroid_rows, fmt='%.6f', header='mean amplitudes of each group (one row per group)')
-    polygons = read_polygons(args.polygons) if args.method == 'polygons' else None
     coloured = np.where(labels_all >= 0, labels_all, np.nan)
     save_space_plot(folder / 'groups.png', space.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
                     title=f'{len(members)} groups ({args.method})', polygons=polygons)

@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deephemnma.core.distributed import Rank, cleanup, init_from_env, local_device
+from deephemnma.core.distributed import Rank, cleanup, local_device, start_process
 from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.fsc import fsc
 from deephemnma.core.groups import group_members, read_labels
 from deephemnma.core.imageio import read_image, stack_info, write_map
-from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import Particles, read_particles
 from deephemnma.core.reconstruct import (CTF_MODES, Reconstruction, ctf_table, particle_batches, rank_positions,
                                          reconstruct)
@@ -104,14 +103,11 @@ def write_outputs(folder: Path, name: str, result: Reconstruction, reference: Op
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     source = Path(args.particles)
     particles = read_particles(source, args.pixel_size)
     _check_particles(particles, str(source))
     base_dir = Path(args.base_dir) if args.base_dir else source.parent
-    device = resolve_device(args.device)
-    rank = init_from_env(device.type)
+    device, rank = start_process(args.threads, args.device)
     device = local_device(str(device), rank)
     reference = read_image(args.reference)[0] if args.reference else None
     folder = Path(args.output)

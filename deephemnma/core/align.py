@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .ctf import CTFParams, ctf_2d
+from .deform import deform
 from .projection import AtomModel, bead_vectors, crop_rfft, fourier_indices, project_fourier, residue_beads
 from .rotations import euler_to_matrix, matrix_to_euler
 
@@ -200,7 +201,6 @@ class FourierBand:
     cols: torch.Tensor       # (F,) index into the cropped grid columns
     fy: torch.Tensor         # (F,) cycles per pixel
     fx: torch.Tensor
-    weights: torch.Tensor    # (F,) 2 for kx > 0 (Hermitian pair), 1 on the kx = 0 column
 
     @classmethod
     def make(cls, box: int, radius: float, device: torch.device) -> 'FourierBand':
@@ -210,12 +210,10 @@ class FourierBand:
                                 indexing='ij')
         ky, kx = iy[rr].double(), ix[cc].double()
         inside = (ky ** 2 + kx ** 2 <= radius ** 2) & ((ky != 0) | (kx != 0))
-        weights = torch.where(kx > 0, 2.0, 1.0)
-        # On the kx = 0 column only half of the rows are independent (Hermitian symmetry).
+        # On the kx = 0 column only half of the rows are independent (Hermitian symmetry), so every kept
+        # frequency stands for a Hermitian pair and all carry the same weight in correlations.
         inside = inside & ((kx > 0) | (ky > 0))
-        weights = torch.where(kx == 0, 2.0, weights)
-        return cls(box, radius, rr[inside], cc[inside], (ky[inside] / box).float(), (kx[inside] / box).float(),
-                   weights[inside].float())
+        return cls(box, radius, rr[inside], cc[inside], (ky[inside] / box).float(), (kx[inside] / box).float())
 
     @property
     def size(self) -> int:
@@ -255,10 +253,10 @@ def prepare_images(images: torch.Tensor, ctf_params: Optional[CTFParams], pixel_
     return PreparedImages(transforms, factor)
 
 
-def ncc(model: torch.Tensor, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Normalised cross-correlation of complex ``(..., F)`` arrays with frequency ``weights`` (F,)."""
-    num = (weights * (model.conj() * images).real).sum(-1)
-    den = torch.sqrt((weights * model.abs() ** 2).sum(-1) * (weights * images.abs() ** 2).sum(-1) + 1e-30)
+def ncc(model: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of complex ``(..., F)`` arrays (band frequencies, one per Hermitian pair)."""
+    num = (model.conj() * images).real.sum(-1)
+    den = torch.sqrt((model.abs() ** 2).sum(-1) * (images.abs() ** 2).sum(-1) + 1e-30)
     return num / den
 
 
@@ -310,7 +308,7 @@ class Aligner:
 
     def deformed(self, amplitudes: torch.Tensor) -> torch.Tensor:
         """Coordinates (B, N, 3) of the reference displaced by amplitudes (B, M)."""
-        return self.coords[None] + torch.einsum('bm,mnk->bnk', amplitudes, self.vectors)
+        return deform(self.coords, self.vectors, amplitudes)
 
     def project_band(self, amplitudes: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
                      band: FourierBand) -> torch.Tensor:
@@ -380,11 +378,11 @@ class Aligner:
         # Model drawn at -s: correlate with images multiplied by exp(-2 pi i k.s).
         phase = torch.polar(torch.ones(len(shifts), band.size, device=self.device, dtype=self.dtype),
                             -2.0 * math.pi * (shifts[:, :1] * band.fx[None] + shifts[:, 1:] * band.fy[None]))
-        weighted = images * ctf * band.weights                                       # (B, F)
+        weighted = images * ctf                                                      # (B, F)
         shifted = weighted[:, None, :] * phase[None]                                  # (B, S, F)
         columns = torch.cat([shifted.real, shifted.imag], dim=-1).reshape(batch * len(shifts), -1).T
-        ctf_power = (ctf ** 2 * band.weights).T                                       # (F, B)
-        image_norm = torch.sqrt((band.weights * images.abs() ** 2).sum(-1))           # (B,)
+        ctf_power = (ctf ** 2).T                                                      # (F, B)
+        image_norm = torch.sqrt((images.abs() ** 2).sum(-1))                          # (B,)
         pool = min(64, len(lib.templates))
         best_scores = torch.full((batch, 0), -2.0, device=self.device, dtype=self.dtype)
         best_index = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
@@ -437,7 +435,6 @@ class Aligner:
     def refine(self, prepared: PreparedImages, candidates: Candidates) -> Candidates:
         """Joint refinement of amplitudes, rotations and shifts, coarse to fine; returns the best per image."""
         s = self.settings
-        batch, count = candidates.shifts.shape[:2]
         current = candidates
         for stage, (resolution, steps, keep) in enumerate(zip(s.refine_resolutions, s.refine_steps,
                                                               s.refine_keep)):
@@ -473,14 +470,14 @@ class Aligner:
             optimiser.zero_grad(set_to_none=True)
             amplitudes, rotations, shifts = current()
             model = self.project_band(amplitudes, rotations, shifts, band) * ctf
-            loss = -ncc(model, images, band.weights).sum()
+            loss = -ncc(model, images).sum()
             loss.backward()
             optimiser.step()
             schedule.step()
         with torch.no_grad():
             amplitudes, rotations, shifts = current()
             model = self.project_band(amplitudes, rotations, shifts, band) * ctf
-            scores = ncc(model, images, band.weights)
+            scores = ncc(model, images)
         return Candidates(rotations.reshape(batch, count, 3, 3), shifts.reshape(batch, count, 2),
                           amplitudes.reshape(batch, count, -1), scores.reshape(batch, count))
 

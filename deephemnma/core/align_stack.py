@@ -17,11 +17,11 @@ import torch
 
 from .align import AlignReference, AlignSettings, Aligner
 from .chunks import ChunkStore
-from .ctf import CTFParams
 from .distributed import Rank
 from .fileio import InputError
 from .imageio import read_stack
 from .metadata import Particles
+from .reconstruct import ctf_table
 
 
 class StackReader:
@@ -45,18 +45,6 @@ class StackReader:
         return np.stack(images)
 
 
-def ctf_of(particles: Particles, positions: range) -> Optional[CTFParams]:
-    """The CTF parameters of the particles at ``positions`` (None without CTF metadata)."""
-    if not particles.has_ctf:
-        return None
-    index = np.asarray(positions)
-    angle = particles.defocus_angle[index] if particles.defocus_angle is not None else np.zeros(len(index))
-    return CTFParams(defocus_u=torch.as_tensor(particles.defocus_u[index]),
-                     defocus_v=torch.as_tensor(particles.defocus_v[index]),
-                     defocus_angle=torch.as_tensor(angle), voltage=particles.voltage, cs=particles.cs,
-                     amplitude_contrast=particles.amplitude_contrast)
-
-
 def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings, box: int,
                     work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
                     chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
@@ -70,6 +58,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
         raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
     aligner = Aligner(reference, box, particles.pixel_size, settings, device)
     reader = StackReader(particles, base_dir)
+    ctf = ctf_table(particles)
     store = ChunkStore(work_folder, len(particles), chunk_size,
                        {'settings': settings.__dict__, 'local': local, 'box': box, 'modes': reference.mode_numbers,
                         'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
@@ -82,7 +71,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
             initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
             if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
                 initial['amplitudes'] = particles.amplitudes[index]
-        return aligner.align(images, ctf_of(particles, positions), initial)
+        return aligner.align(images, None if ctf is None else ctf.params(np.asarray(positions)), initial)
 
     store.run(compute, rank, progress)
     if not rank.is_main:

@@ -45,10 +45,15 @@ def deformed_coordinates(modes: NormalModes, amplitudes: np.ndarray) -> np.ndarr
 def conformation_maps(modes: NormalModes, amplitudes: np.ndarray, box: int, pixel_size: float,
                       bfactor: float = 0.0) -> List[np.ndarray]:
     """Maps ``(box, box, box)`` of the reference deformed by each amplitude row (centred on the reference)."""
-    centre = modes.structure.coords.mean(axis=0)
+    return _coordinate_maps(modes, deformed_coordinates(modes, amplitudes), box, pixel_size, bfactor)
+
+
+def _coordinate_maps(modes: NormalModes, coordinates: np.ndarray, box: int, pixel_size: float,
+                     bfactor: float = 0.0) -> List[np.ndarray]:
+    """Maps of deformed coordinates ``(n, N, 3)`` of the reference's atoms (centred on the reference)."""
+    centre = modes.structure.centre()
     elements = modes.structure.elements
-    return [atoms_to_map(coords - centre, elements, box, pixel_size, bfactor)
-            for coords in deformed_coordinates(modes, amplitudes)]
+    return [atoms_to_map(coords - centre, elements, box, pixel_size, bfactor) for coords in coordinates]
 
 
 def write_centroids(folder: str | os.PathLike, modes: NormalModes, centroid_amplitudes: np.ndarray,
@@ -58,7 +63,7 @@ def write_centroids(folder: str | os.PathLike, modes: NormalModes, centroid_ampl
     folder = Path(folder)
     written = []
     coordinates = deformed_coordinates(modes, centroid_amplitudes)
-    maps = conformation_maps(modes, centroid_amplitudes, box, pixel_size) if box and pixel_size else None
+    maps = _coordinate_maps(modes, coordinates, box, pixel_size) if box and pixel_size else None
     for number, coords in enumerate(coordinates, start=1):
         path = folder / f'centroid_{number:03d}.pdb'
         write_structure(path, modes.structure.with_coords(coords))
@@ -83,7 +88,7 @@ def write_axis_animation(path: str | os.PathLike, modes: NormalModes, amplitudes
 def projection_frames(modes: NormalModes, coordinates: np.ndarray, box: int, pixel_size: float,
                       view: Sequence[float] = (0.0, 90.0, 0.0)) -> np.ndarray:
     """Projections ``(frames, box, box)`` of each conformation at one view (Euler angles, degrees)."""
-    centre = modes.structure.coords.mean(axis=0)
+    centre = modes.structure.centre()
     model = AtomModel.from_elements(list(modes.structure.elements))
     rotation = torch.as_tensor(euler_to_matrix(np.asarray(view, dtype=np.float64)), dtype=torch.float64)
     frames = []

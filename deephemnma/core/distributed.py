@@ -67,7 +67,7 @@ def cleanup(rank: Optional[Rank] = None) -> None:
 def start_process(threads: int, device_name: str):
     """Common start of a command: torch threads (0 keeps torch's default), the device, and the torchrun rank.
 
-    Returns ``(device, rank)``.
+    Returns ``(device, rank)``; ``local_device(str(device), rank)`` is this rank's own device.
     """
     from .machine import resolve_device
     if threads:

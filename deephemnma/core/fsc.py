@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .filters import rfft_weights
+
 
 @dataclass(frozen=True)
 class FSCCurve:
@@ -64,15 +66,6 @@ def shell_index(box: int, device: torch.device = torch.device('cpu')) -> torch.T
     return torch.round(radius).long()
 
 
-def _rfft_weights(box: int) -> torch.Tensor:
-    """Multiplicity of each rfft column in the full spectrum (the x = 0 and Nyquist planes count once)."""
-    weights = torch.full((box // 2 + 1,), 2.0, dtype=torch.float64)
-    weights[0] = 1.0
-    if box % 2 == 0:
-        weights[-1] = 1.0
-    return weights
-
-
 def fsc(map_a: np.ndarray, map_b: np.ndarray, pixel_size: float = 1.0,
         mask: Optional[np.ndarray] = None) -> FSCCurve:
     """FSC between two maps of equal cubic shape (optionally both multiplied by ``mask`` first)."""
@@ -86,7 +79,8 @@ def fsc(map_a: np.ndarray, map_b: np.ndarray, pixel_size: float = 1.0,
     box = a.shape[0]
     fa, fb = torch.fft.rfftn(a), torch.fft.rfftn(b)
     shells = shell_index(box)
-    weights = _rfft_weights(box)[None, None, :].expand_as(shells)
+    # Multiplicity of each rfft column in the full spectrum (the x = 0 and Nyquist planes count once).
+    weights = rfft_weights(box, dtype=torch.float64)[0][None, None, :].expand_as(shells)
     keep = shells <= box // 2
     index, w = shells[keep], weights[keep]
     count = box // 2 + 1

@@ -128,13 +128,13 @@ class StackWriter:
         self.count, self.box, self.pixel_size = int(count), int(box), float(pixel_size)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.partial.exists():
-            info = stack_info(self.partial)
+            info, self._offset, _ = _header_layout(self.partial)
             if (info.count, info.box) != (self.count, self.box):
                 raise InputError(f'{self.partial}: partial stack of {info.count} images of {info.box} x {info.box} '
                                  f'cannot be resumed as {self.count} images of {self.box} x {self.box}')
         else:
             self._preallocate()
-        self._offset = _header_layout(self.partial)[1]
+            self._offset = _header_layout(self.partial)[1]
         self._file = open(self.partial, 'r+b')
 
     def _preallocate(self) -> None:

@@ -167,8 +167,8 @@ def find_reference(xmd: Path) -> Path:
     raise InputError(f'{xmd}: no reference structure given and none of {", ".join(REFERENCE_NAMES)} next to it')
 
 
-def read_modes(xmd: Union[str, os.PathLike], reference: Union[Structure, str, os.PathLike, None] = None,
-               cutoff: float = float('nan')) -> NormalModes:
+def read_modes(xmd: Union[str, os.PathLike], reference: Union[Structure, str, os.PathLike, None] = None
+               ) -> NormalModes:
     """Read a modes.xmd and its vector files into NormalModes defined on ``reference``.
 
     ``reference``: the structure (or its file) whose atoms the vector lines follow; by default a reference
@@ -190,7 +190,7 @@ def read_modes(xmd: Union[str, os.PathLike], reference: Union[Structure, str, os
     eigenvalues = np.array([r.eigenvalue for r in rows])
     return NormalModes(vectors=vectors[~rigid], eigenvalues=eigenvalues[~rigid], numbers=numbers[~rigid],
                        collectivity=kappa[~rigid], rigid_eigenvalues=eigenvalues[rigid],
-                       rigid_vectors=vectors[rigid], structure=structure, cutoff=cutoff, method='file')
+                       rigid_vectors=vectors[rigid], structure=structure, cutoff=float('nan'), method='file')
 
 
 def enabled_numbers(xmd: Union[str, os.PathLike]) -> List[int]:

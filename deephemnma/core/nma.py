@@ -105,10 +105,6 @@ class NormalModes:
         """Boolean mask of the modes whose collectivity reaches ``threshold`` (ContinuousFlex's rule)."""
         return self.collectivity >= threshold
 
-    def collective(self, threshold: float = DEFAULT_COLLECTIVITY_THRESHOLD) -> 'NormalModes':
-        """Only the modes whose collectivity reaches ``threshold``."""
-        return self.select(self.numbers[self.enabled(threshold)])
-
     def displace(self, amplitudes: Sequence[float]) -> np.ndarray:
         """Coordinates (N, 3) Angstrom of ``x0 + sum_k q_k v_k`` for one amplitude vector (M,)."""
         q = np.asarray(amplitudes, dtype=np.float64)
@@ -215,13 +211,13 @@ def count_components(num_atoms: int, pairs: np.ndarray) -> int:
     return int(connected_components(graph, directed=False)[0])
 
 
-def check_network(coords: np.ndarray, cutoff: float, pairs: Optional[np.ndarray] = None) -> np.ndarray:
+def check_network(coords: np.ndarray, cutoff: float) -> np.ndarray:
     """Pairs of the network; InputError when it has fewer than 3 atoms or is not connected."""
     if len(coords) < 3:
         raise InputError(f'{len(coords)} atom(s): an elastic network needs at least 3 atoms')
     if cutoff <= 0:
         raise InputError(f'cutoff {cutoff} A must be positive')
-    pairs = contact_pairs(coords, cutoff) if pairs is None else pairs
+    pairs = contact_pairs(coords, cutoff)
     parts = count_components(len(coords), pairs)
     if parts > 1:
         raise InputError(f'the cutoff of {cutoff:.2f} A leaves the elastic network in {parts} disconnected parts: '

@@ -67,10 +67,6 @@ class AtomModel:
                 raise ValueError(f'AtomModel: {len(self.atom_variances)} atom variances for {len(self.types)} atoms')
 
     @property
-    def num_atoms(self) -> int:
-        return int(self.types.numel())
-
-    @property
     def num_types(self) -> int:
         return int(self.amplitudes.shape[0])
 
@@ -270,8 +266,8 @@ class DirectProjector:
     result to float32 rounding, checked in the tests) arranged for forward-only speed: real arithmetic with
     ``cos``/``sin`` tables, the atoms sorted by type once, and the rows ``+ky`` and ``-ky`` both obtained from
     one real product ``[cos; sin](ky) @ [cos, sin](kx)`` over ``ky >= 0`` per type (half the work of the
-    complex product over all rows). ``coords`` (N, 3) Angstrom centred and ``vectors`` (M, N, 3) are stored in that sorted
-    order (:attr:`coords`, :attr:`vectors`), so deform with them before calling :meth:`project`. Work arrays
+    complex product over all rows). ``coords`` (N, 3) Angstrom centred and ``vectors`` (M, N, 3) are stored in
+    that sorted order (:attr:`coords`, :attr:`vectors`), so deform with them before calling :meth:`project`. Work arrays
     are reused between calls, so one projector must not be used by several threads at once.
     """
 

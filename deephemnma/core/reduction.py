@@ -17,8 +17,8 @@ fit them on a subset (``fit_on``) or a sample and transform the rest where the m
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -67,7 +67,6 @@ class Space:
     estimator: object
     mean: np.ndarray
     scale: np.ndarray
-    params: Dict[str, object] = field(default_factory=dict)
 
     @property
     def n_components(self) -> int:
@@ -193,9 +192,7 @@ def fit_space(amplitude_sets: Mapping[str, np.ndarray], method: str = 'pca', n_c
         indices.append(np.arange(len(sets[name])))
         amplitudes.append(sets[name])
     return Space(method, np.concatenate(space_coords), np.concatenate(sources).astype(str),
-                 np.concatenate(indices), np.concatenate(amplitudes), estimator, mean, scale,
-                 {'n_components': n_components, 'fit_on': fit_on, 'standardise': standardise,
-                  'neighbours': neighbours, 'perplexity': perplexity, 'seed': seed})
+                 np.concatenate(indices), np.concatenate(amplitudes), estimator, mean, scale)
 
 
 def neighbour_average(points: np.ndarray, values: np.ndarray, queries: np.ndarray, neighbours: int) -> np.ndarray:

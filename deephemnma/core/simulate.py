@@ -107,7 +107,7 @@ class SimulationSetup:
         if modes.num_atoms != len(structure):
             raise InputError(f'the modes are defined on {modes.num_atoms} atoms but the reference has '
                              f'{len(structure)} atoms: they do not belong to this reference')
-        centre = structure.coords.mean(axis=0)
+        centre = structure.centre()
         centred = structure.with_coords(structure.coords - centre)
         modes = dataclasses.replace(modes, structure=centred)
         return cls(centred, modes, AtomModel.from_elements(list(centred.elements), bfactor), centre)
@@ -231,7 +231,6 @@ class SimulatedImages(NamedTuple):
 class _Imaging:
     box: int
     pixel_size: float
-    ctf: Optional[CTFParams]
     oversampling: int
     phase_flip: bool
     invert_contrast: bool
@@ -313,10 +312,16 @@ def noise_std_for_snr(setup: SimulationSetup, amplitudes: np.ndarray, angles: np
     """The total noise standard deviation (projection units) that gives ``snr`` on average over these images:
     ``sqrt(mean signal variance / snr)``."""
     _check_snr(snr)
-    imaging = _Imaging(box, pixel_size, None, oversampling, False, False, torch.device(device))
+    imaging = _Imaging(box, pixel_size, oversampling, False, False, torch.device(device))
     batched = None if ctf is None else ctf.batched(len(amplitudes), imaging.device, imaging.dtype)
-    variances = _signal_variances(setup, imaging, np.asarray(amplitudes), np.asarray(angles), np.asarray(shifts),
-                                  batched, batch_size)
+    return _calibrated_noise_std(setup, imaging, np.asarray(amplitudes), np.asarray(angles), np.asarray(shifts),
+                                 batched, snr, batch_size)
+
+
+def _calibrated_noise_std(setup: SimulationSetup, imaging: _Imaging, amplitudes, angles, shifts,
+                          batched_ctf: Optional[CTFParams], snr: float, batch_size: int) -> float:
+    """``sqrt(mean signal variance / snr)`` over these images (``batched_ctf``: one row per image, or None)."""
+    variances = _signal_variances(setup, imaging, amplitudes, angles, shifts, batched_ctf, batch_size)
     return float(np.sqrt(variances.mean() / snr))
 
 
@@ -352,15 +357,14 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
         raise InputError(f'oversampling {oversampling} must be a positive integer')
     if snr is not None:
         _check_snr(snr)
-    imaging = _Imaging(box, pixel_size, ctf, int(oversampling), phase_flip, invert_contrast, torch.device(device))
+    imaging = _Imaging(box, pixel_size, int(oversampling), phase_flip, invert_contrast, torch.device(device))
     batched_ctf = None if ctf is None else ctf.batched(count, imaging.device, imaging.dtype)
     if snr is not None and snr_scope == 'dataset' and noise_std is None:
         calibration = slice(0, min(count, CALIBRATION_COUNT))
-        variances = _signal_variances(setup, imaging, amplitudes[calibration], angles[calibration],
-                                      shifts[calibration], None if ctf is None else _ctf_rows(batched_ctf,
-                                                                                                calibration),
-                                      batch_size)
-        noise_std = float(np.sqrt(variances.mean() / snr))
+        noise_std = _calibrated_noise_std(setup, imaging, amplitudes[calibration], angles[calibration],
+                                          shifts[calibration],
+                                          None if batched_ctf is None else _ctf_rows(batched_ctf, calibration),
+                                          snr, batch_size)
     generator = torch.Generator(device=imaging.device).manual_seed(int(seed))
     images = np.empty((count, box, box), dtype=np.float32)
     clean = np.empty_like(images) if return_clean else None

@@ -63,10 +63,6 @@ class Structure:
     def __len__(self) -> int:
         return len(self.coords)
 
-    @property
-    def num_atoms(self) -> int:
-        return len(self.coords)
-
     def subset(self, indices: np.ndarray) -> 'Structure':
         """The atoms at ``indices`` (integer array or boolean mask), in that order."""
         indices = np.asarray(indices)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deephemnma.constants import MIN_NETWORK_BOX
 from deephemnma.core.distributed import Rank, barrier, local_device
 from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.filters import fourier_crop
@@ -45,7 +46,7 @@ CURVES_PNG = 'loss_curves.png'
 SPLIT_FILE = 'split.npz'
 SUMMARY_FILE = 'training_summary.json'
 MODEL_FORMAT = 'deephemnma-model-1'
-MIN_NETWORK_BOX = 16
+PROGRESS_EVERY = 10  # steps between updates of the progress bar's loss (each one waits for the GPU)
 
 
 def amp_supported(device: torch.device) -> bool:
@@ -344,7 +345,7 @@ class Trainer:
         batches = self._epoch_batches(epoch)
         phi_all, t_all = self._epoch_augmentation(epoch)
         mine = slice(self.rank.rank, None, self.rank.world_size)
-        totals = {t: 0.0 for t in self.config.types}
+        totals = torch.zeros(len(self.config.types), dtype=torch.float64, device=self.device)
         iterator = self._iterate(batches)
         if self.progress:
             from tqdm import tqdm
@@ -362,9 +363,8 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            for t, value in per_type.items():
-                totals[t] += float(value.detach())
-            if self.progress:
+            totals += self._stacked(per_type)  # stays on the device: no synchronisation per step
+            if self.progress and step % PROGRESS_EVERY == 0:
                 iterator.set_postfix(loss=f'{float(loss.detach()):.4f}')
         return self._reduce_mean(totals, len(batches))
 
@@ -372,21 +372,26 @@ class Trainer:
     def _validate(self) -> Dict[str, float]:
         self.model.eval()
         indices = self.data.split['validation'][self.rank.rank::self.rank.world_size]
-        totals = {t: 0.0 for t in self.config.types}
+        totals = torch.zeros(len(self.config.types), dtype=torch.float64, device=self.device)
         batch = max(self.per_rank_batch, 64)
         for start in range(0, len(indices), batch):
             chunk = indices[start:start + batch]
             inputs, targets = self._inputs(self.data.read(chunk), chunk, None, None)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 outputs = self.network(inputs)
-            for t, value in tg.losses(outputs, targets).items():
-                totals[t] += float(value) * len(chunk)
+            totals += self._stacked(tg.losses(outputs, targets)) * len(chunk)
         return self._reduce_mean(totals, len(indices))
 
-    def _reduce_mean(self, totals: Dict[str, float], count: int) -> Dict[str, float]:
-        values = torch.tensor([totals[t] for t in self.config.types] + [float(count)], dtype=torch.float64)
+    def _stacked(self, per_type: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The losses of the parameter types, in the configuration's order, as one float64 vector."""
+        return torch.stack([per_type[t].detach() for t in self.config.types]).double()
+
+    def _reduce_mean(self, totals: torch.Tensor, count: int) -> Dict[str, float]:
+        """Sums of the losses of this rank -> means over all ranks (on the device: NCCL reduces CUDA tensors)."""
+        values = torch.cat([totals, torch.tensor([float(count)], dtype=torch.float64, device=totals.device)])
         if self.rank.world_size > 1:
             dist.all_reduce(values)
+        values = values.cpu()
         denominator = max(values[-1].item(), 1.0)
         return {t: values[i].item() / denominator for i, t in enumerate(self.config.types)}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import List
 
 from pyworkflow.utils import Environ
 
@@ -14,11 +15,17 @@ def check_gpus_available(gpus: list) -> None:
                            f'({os.uname().nodename}): set "Use GPU" to No, or run on a GPU node.')
 
 
+def gpu_ids(protocol) -> List[str]:
+    """The GPU ids a protocol is set to use: its "GPU IDs" list (commas or spaces) when "Use GPU" is on, none
+    otherwise."""
+    return str(protocol.getGpuList() if protocol.useGpu.get() else '').replace(',', ' ').split()
+
+
 def gpu_command(protocol, command: str, arguments: str):
     """``(program, arguments, env)`` of a ``deephemnma`` command on this protocol's GPUs: ``torchrun`` over
     all listed GPUs when there are several, the command itself otherwise (CPU when "Use GPU" is off)."""
     env = Environ(os.environ)
-    gpus = [g for g in str(protocol.getGpuList() if protocol.useGpu.get() else '').replace(',', ' ').split()]
+    gpus = gpu_ids(protocol)
     device = '--device cuda' if gpus else '--device cpu'
     if gpus:
         check_gpus_available(gpus)

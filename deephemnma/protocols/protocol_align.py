@@ -8,9 +8,10 @@ import numpy as np
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import copy_with_estimates, particles_from_set
+from deephemnma.convert import absolute_image_paths, copy_with_estimates, particles_from_set
 from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.protocols.compute import gpu_command
+from deephemnma.core.nma import RIGID_MODES
+from deephemnma.protocols.compute import gpu_command, gpu_ids
 
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1
@@ -90,7 +91,7 @@ class DeepHemnmaProtAlign(EMProtocol):
         text = self.modeList.get() or ''
         if text.strip():
             return parse_mode_list(text)
-        return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > 6]
+        return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > RIGID_MODES]
 
     def _referencePath(self) -> str:
         return os.path.abspath(self.inputModes.get().getPdb().getFileName())
@@ -104,9 +105,8 @@ class DeepHemnmaProtAlign(EMProtocol):
                         score=float(mode.getScore() or np.nan), eigenvalue=float('nan'))
                 for mode in self.inputModes.get()]
         write_modes_xmd(self._getExtraPath('modes.xmd'), rows)
-        particles = particles_from_set(self.inputParticles.get(), require_alignment=bool(self.localOnly.get()))
-        particles.image = np.array([f'{loc.split("@", 1)[0]}@{os.path.abspath(loc.split("@", 1)[1])}'
-                                    for loc in particles.image])
+        particles = absolute_image_paths(particles_from_set(self.inputParticles.get(),
+                                                            require_alignment=bool(self.localOnly.get())))
         write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
                                            else 'particles.star'), particles)
 
@@ -171,17 +171,17 @@ class DeepHemnmaProtAlign(EMProtocol):
         missing = sorted(set(selected) - available)
         if missing:
             errors.append(f'Mode(s) {missing} are not in the input set (available: {sorted(available)}).')
-        rigid = [n for n in selected if n <= 6]
+        rigid = [n for n in selected if n <= RIGID_MODES]
         if rigid:
-            errors.append(f'Modes {rigid} are rigid-body motions (1-6); alignment already finds the pose.')
+            errors.append(f'Modes {rigid} are rigid-body motions (1-{RIGID_MODES}); alignment already finds the '
+                          'pose.')
         errors += self._checkReference(modes, selected, particle_set)
         if self.backend.get() == BACKEND_XMIPP:
             from deephemnma.core.align_xmipp import program_path
             if program_path() is None:
                 errors.append('xmipp_nma_alignment is not on the PATH: install Xmipp or choose the DeepHEMNMA '
                               'engine.')
-        if self.useGpu.get() and self.backend.get() == BACKEND_ENGINE and \
-                not str(self.getGpuList()).replace(',', ' ').split():
+        if self.useGpu.get() and self.backend.get() == BACKEND_ENGINE and not gpu_ids(self):
             errors.append('"Use GPU" is on but the GPU list is empty.')
         return errors
 

@@ -69,8 +69,7 @@ class DeepHemnmaProtAnimate(EMProtocol):
         self._insertFunctionStep(self.createOutputStep)
 
     def _modes(self) -> NormalModes:
-        numbers = [int(n) for n in self._numbers()]
-        return normal_modes_from_set(self.inputModes.get(), numbers or None)
+        return normal_modes_from_set(self.inputModes.get(), self._numbers() or None)
 
     def _numbers(self):
         text = self.modeNumbers.get() or ''

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 from pwem.objects import SetOfParticles
@@ -81,8 +82,11 @@ class DeepHemnmaProtGroups(EMProtocol):
         self._insertFunctionStep(self.groupStep)
         self._insertFunctionStep(self.createOutputStep)
 
-    def _labels(self) -> np.ndarray:
-        coords = space_coordinates(self.inputParticles.get())
+    def _labels(self, coords: Optional[np.ndarray] = None) -> np.ndarray:
+        """The group of every particle, from the space coordinates ``coords`` (read from the input set when
+        not given)."""
+        if coords is None:
+            coords = space_coordinates(self.inputParticles.get())
         method = METHODS[self.method.get()]
         if method == 'polygons':
             return polygon_labels(coords, list(read_polygons(self.polygonsFile.get()).values()))
@@ -92,10 +96,10 @@ class DeepHemnmaProtGroups(EMProtocol):
 
     def groupStep(self) -> None:
         from deephemnma.core.spaceplot import save_space_plot
-        labels = self._labels()
+        coords = space_coordinates(self.inputParticles.get())
+        labels = self._labels(coords)
         group_members(labels)  # refuses empty groups with a clear message
         write_labels(self._getExtraPath(LABELS_FILE), labels)
-        coords = space_coordinates(self.inputParticles.get())
         if coords.shape[1] >= 2:
             polygons = read_polygons(self.polygonsFile.get()) if METHODS[self.method.get()] == 'polygons' else None
             save_space_plot(self._getExtraPath('groups.png'), coords, 'score', values=labels.astype(float),

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import copy_with_estimates, particles_from_set
+from deephemnma.convert import absolute_image_paths, copy_with_estimates, particles_from_set
 from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.protocols.compute import gpu_command
+from deephemnma.protocols.compute import gpu_command, gpu_ids
 
 
 def model_box(model_path: str) -> int:
@@ -54,10 +53,7 @@ class DeepHemnmaProtInfer(EMProtocol):
         return self.inputTraining.get().model_path()
 
     def convertInputStep(self) -> None:
-        particles = particles_from_set(self.inputParticles.get())
-        particles.image = np.array([f'{loc.split("@", 1)[0]}@{os.path.abspath(loc.split("@", 1)[1])}'
-                                    for loc in particles.image])
-        write_particles(self._input_path(), particles)
+        write_particles(self._input_path(), absolute_image_paths(particles_from_set(self.inputParticles.get())))
 
     def inferStep(self) -> None:
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
@@ -88,7 +84,7 @@ class DeepHemnmaProtInfer(EMProtocol):
                               'resize them (same pixel size and preprocessing as for training).')
         if self.batchSize.get() < 1:
             errors.append('The batch size must be at least 1.')
-        if self.useGpu.get() and not str(self.getGpuList()).replace(',', ' ').split():
+        if self.useGpu.get() and not gpu_ids(self):
             errors.append('"Use GPU" is on but the GPU list is empty.')
         return errors
 

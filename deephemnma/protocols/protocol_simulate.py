@@ -201,13 +201,18 @@ class DeepHemnmaProtSimulate(EMProtocol):
         device = resolve_device(self.device.get() or Plugin.getDefaultDevice())
         simulate_to_disk(self._config(), self._simulationPath(), device=device)
 
+    def _record(self) -> dict:
+        """The simulation's record (simulation.json: configuration, files, measured SNR, ...)."""
+        with open(self._simulationPath('simulation.json')) as handle:
+            return json.load(handle)
+
     def createOutputStep(self) -> None:
-        record = json.loads(open(self._simulationPath('simulation.json')).read())
+        record = self._record()
         files = record['files']
         truth = np.load(self._simulationPath(files['ground_truth']))
         config = SimulationConfig.from_dict(record['config'])
         structure = AtomStruct(filename=self._simulationPath(files['reference']))
-        modes = self._createModes(structure)
+        modes = self._createModes(structure, record)
         particles = Particles(
             image=stack_locations(self._simulationPath(files['stack']), config.count), pixel_size=config.pixel_size,
             angles=truth['angles'] if self.trueAlignmentAsTransform.get() else None,
@@ -225,10 +230,9 @@ class DeepHemnmaProtSimulate(EMProtocol):
             if source.hasValue():
                 self._defineSourceRelation(source, output)
 
-    def _createModes(self, structure: AtomStruct) -> SetOfNormalModes:
+    def _createModes(self, structure: AtomStruct, record: dict) -> SetOfNormalModes:
         from deephemnma.core.modes_io import read_modes_xmd
-        xmd = self._simulationPath(json.loads(open(self._simulationPath('simulation.json')).read())['files']
-                                   ['modes_xmipp'])
+        xmd = self._simulationPath(record['files']['modes_xmipp'])
         modes = SetOfNormalModes(filename=self._getPath('modes.sqlite'))
         selected = set(_mode_numbers(self.modeNumbers.get()))
         folder = os.path.dirname(xmd)
@@ -283,7 +287,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
     def _summary(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):
             return ['Output not ready yet.']
-        record = json.loads(open(self._simulationPath('simulation.json')).read())
+        record = self._record()
         config = record['config']
         lines = [f"{config['count']} images of {config['box']} px at {config['pixel_size']} A/px; "
                  f"{record['num_atoms']} atoms; modes {' '.join(map(str, record['mode_numbers']))} "
@@ -299,7 +303,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
     def _methods(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):
             return []
-        config = json.loads(open(self._simulationPath('simulation.json')).read())['config']
+        config = self._record()['config']
         noise = (f"noise added before ({config['noise_before_ctf']:.0%}) and after the CTF at an SNR of "
                  f"{config['snr']}" if config['snr'] is not None else 'no noise')
         ctf = (f"a CTF of {config['voltage']:g} kV, Cs {config['cs']:g} mm, defocus {config['defocus_min']:g}-"

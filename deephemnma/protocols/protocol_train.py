@@ -9,12 +9,11 @@ from pwem.objects import EMFile
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
-from deephemnma.convert import particles_from_set
-from deephemnma.protocols.compute import gpu_command
+from deephemnma.constants import AMPLITUDES_ATTR, MIN_NETWORK_BOX, TRUE_PREFIX
+from deephemnma.convert import absolute_image_paths, particles_from_set
+from deephemnma.protocols.compute import gpu_command, gpu_ids
 from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import write_particles
-from deephemnma.nn.train import MIN_NETWORK_BOX
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
 PRESETS = ('fast', 'paper')
@@ -35,12 +34,7 @@ def labelled_particles(particle_set, source: int):
         particles.angles = particles.extra['true_angles']
         particles.shifts = particles.extra['true_shifts']
         particles.amplitudes = np.atleast_2d(particles.extra['true_amplitudes'].T).T
-    locations = []
-    for location in particles.image:
-        index, path = location.split('@', 1)
-        locations.append(f'{index}@{os.path.abspath(path)}')
-    particles.image = np.array(locations)
-    return particles
+    return absolute_image_paths(particles)
 
 
 class DeepHemnmaProtTrain(EMProtocol):
@@ -151,13 +145,18 @@ class DeepHemnmaProtTrain(EMProtocol):
         self._defineSourceRelation(self.inputParticles, model)
 
     # ------------------------------------------------------------------ information
+    def _read_json(self, name: str) -> dict:
+        path = os.path.join(self.training_dir(), name)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as handle:
+            return json.load(handle)
+
     def training_summary(self) -> dict:
-        path = os.path.join(self.training_dir(), 'training_summary.json')
-        return json.loads(open(path).read()) if os.path.exists(path) else {}
+        return self._read_json('training_summary.json')
 
     def test_metrics(self) -> dict:
-        path = os.path.join(self.training_dir(), 'test_metrics.json')
-        return json.loads(open(path).read()) if os.path.exists(path) else {}
+        return self._read_json('test_metrics.json')
 
     def _validate(self):
         errors = []
@@ -186,7 +185,7 @@ class DeepHemnmaProtTrain(EMProtocol):
         if network_box and (network_box < MIN_NETWORK_BOX or (box and network_box > box)):
             errors.append(f'The network input size must lie between {MIN_NETWORK_BOX} px and the image size '
                           f'({box} px), or be 0.')
-        if self.useGpu.get() and not str(self.getGpuList()).replace(',', ' ').split():
+        if self.useGpu.get() and not gpu_ids(self):
             errors.append('"Use GPU" is on but the GPU list is empty.')
         return errors
 

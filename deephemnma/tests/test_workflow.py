@@ -22,14 +22,10 @@ from deephemnma.convert import particles_from_set
 from deephemnma.core.rotations import transform_from_pose
 from deephemnma.core.simulate import ak_reference_path
 from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
-from deephemnma.workflow import resolve_template, run_workflow
+from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
 #: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
 TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0}
-
-
-def _protocols(project, class_name):
-    return [p for p in project.getRuns(refresh=True) if p.getClassName() == class_name]
 
 
 class TestSyntheticWorkflow(BaseTest):
@@ -185,28 +181,26 @@ class TestOwnParticlesTemplate(BaseTest):
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
-    def _run(self, class_name):
-        return next(p for p in self.runs if p.getClassName() == class_name)
-
     def test_every_protocol_finished(self):
         self.assertEqual(13, len(self.runs), 'the simulation and the 12 protocols of the template')
-        self.assertEqual('HEMNMA on the training subset', self._run('DeepHemnmaProtAlign').getObjLabel())
+        align = find_protocol(self.proj, 'DeepHemnmaProtAlign')
+        self.assertEqual('HEMNMA on the training subset', align.getObjLabel())
         for protocol in self.runs:
             self.assertTrue(protocol.isFinished(), protocol.getClassName())
 
     def test_training_subset_and_predicted_rest_cover_the_particles(self):
-        aligned = self._run('DeepHemnmaProtAlign').outputParticles
-        predicted = self._run('DeepHemnmaProtInfer').outputParticles
+        aligned = find_protocol(self.proj, 'DeepHemnmaProtAlign').outputParticles
+        predicted = find_protocol(self.proj, 'DeepHemnmaProtInfer').outputParticles
         self.assertEqual(self.TRAINING, aligned.getSize())
         self.assertEqual(self.COUNT - self.TRAINING, predicted.getSize())
         self.assertFalse(set(aligned.getIdSet()) & set(predicted.getIdSet()))
 
     def test_imported_ctf_reaches_the_alignment(self):
-        aligned = particles_from_set(self._run('DeepHemnmaProtAlign').outputParticles)
+        aligned = particles_from_set(find_protocol(self.proj, 'DeepHemnmaProtAlign').outputParticles)
         self.assertTrue(aligned.has_ctf and np.allclose(aligned.defocus_u, 5000.0))
         error = np.abs(aligned.amplitudes - aligned.extra['true_amplitudes']).mean()
         self.assertLess(error, 60.0, 'amplitude MAE of HEMNMA on SNR-1 images (range -200..200)')
 
     def test_groups_reconstructed(self):
-        volumes = self._run('DeepHemnmaProtReconstruct').outputVolumes
+        volumes = find_protocol(self.proj, 'DeepHemnmaProtReconstruct').outputVolumes
         self.assertEqual(3, volumes.getSize())

@@ -24,6 +24,7 @@ from deephemnma.protocols.protocol_animate import DeepHemnmaProtAnimate
 from deephemnma.protocols.protocol_groups import DeepHemnmaProtGroups, space_coordinates
 from deephemnma.protocols.protocol_reconstruct import DeepHemnmaProtReconstruct
 from deephemnma.protocols.protocol_space import DeepHemnmaProtSpace
+from deephemnma.viewers._images import show_image
 
 SELECTION_TOOLS = ('lasso', 'polygon')
 
@@ -179,17 +180,8 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         return paths
 
     # ------------------------------------------------------------------ GUI
-    def _show_image(self, path: str):
-        import matplotlib.pyplot as plt
-        figure = plt.figure()
-        figure.figimage(plt.imread(path))
-        figure.set_size_inches(figure.images[0].get_array().shape[1] / 100,
-                               figure.images[0].get_array().shape[0] / 100)
-        plt.show(block=False)
-        return []
-
     def _show_space(self, _param=None):
-        return self._show_image(self.save_space(self.protocol._getExtraPath('viewer_space.png')))
+        return show_image(self.save_space(self.protocol._getExtraPath('viewer_space.png')))
 
     def _show_selection(self, _param=None):
         import matplotlib.pyplot as plt
@@ -204,7 +196,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         return []
 
     def _show_fsc(self, _param=None):
-        return self._show_image(self.save_fsc(self.protocol._getExtraPath('viewer_fsc.png')))
+        return show_image(self.save_fsc(self.protocol._getExtraPath('viewer_fsc.png')))
 
     def _show_maps(self, _param=None):
         files = self.map_files()
@@ -213,5 +205,5 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
             subprocess.Popen([chimerax] + files)
             return []
         for path in self.save_maps(self.protocol._getExtraPath()):
-            self._show_image(path)
+            show_image(path)
         return []

@@ -14,9 +14,11 @@ from deephemnma.core import rotations
 from deephemnma.core.fileio import atomic_path
 from deephemnma.core.metadata import read_particles
 from deephemnma.nn.targets import Labels
-from deephemnma.nn.train import CURVES_PNG, HISTORY_CSV, plot_history, read_history
+from deephemnma.nn.train import (CURVES_PNG, HISTORY_CSV, labels_from_particles, plot_history,
+                                 read_history)
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
+from deephemnma.viewers._images import show_image
 
 
 def save_scatter(path: str, estimated: Labels, truth: Labels, title: str) -> str:
@@ -52,10 +54,6 @@ def save_scatter(path: str, estimated: Labels, truth: Labels, title: str) -> str
         figure.savefig(tmp, format='png', dpi=90)
     plt.close(figure)
     return path
-
-
-def _labels(particles) -> Labels:
-    return Labels(particles.angles, particles.shifts, particles.amplitudes)
 
 
 class DeepHemnmaNetworkViewer(EmProtocolViewer):
@@ -96,34 +94,27 @@ class DeepHemnmaNetworkViewer(EmProtocolViewer):
             estimated = os.path.join(folder, 'test_predictions.star')
             if not os.path.exists(estimated):
                 return None
-            return (_labels(read_particles(estimated)), _labels(read_particles(os.path.join(folder,
-                                                                                            'particles_test.star'))),
+            predicted = labels_from_particles(read_particles(estimated))
+            labels = labels_from_particles(read_particles(os.path.join(folder, 'particles_test.star')))
+            return (predicted, labels,
                     'held-out test set vs its labels')
         truth = particles_from_set(protocol.inputParticles.get())
         if 'true_amplitudes' not in truth.extra:
             return None
         true_labels = Labels(truth.extra.get('true_angles'), truth.extra.get('true_shifts'),
                              np.atleast_2d(truth.extra['true_amplitudes'].T).T)
-        return _labels(read_particles(protocol.predictions_path())), true_labels, 'prediction vs ground truth'
+        predicted = labels_from_particles(read_particles(protocol.predictions_path()))
+        return predicted, true_labels, 'prediction vs ground truth'
 
     def save_scatter(self, path: str) -> Optional[str]:
         data = self.scatter_data()
         return None if data is None else save_scatter(path, *data)
 
-    def _show_image(self, path: str):
-        import matplotlib.pyplot as plt
-        figure = plt.figure()
-        figure.figimage(plt.imread(path))
-        shape = figure.images[0].get_array().shape
-        figure.set_size_inches(shape[1] / 100, shape[0] / 100)
-        plt.show(block=False)
-        return []
-
     def _show_loss(self, _param=None):
-        return self._show_image(self.save_loss(self.protocol._getExtraPath('viewer_' + CURVES_PNG)))
+        return show_image(self.save_loss(self.protocol._getExtraPath('viewer_' + CURVES_PNG)))
 
     def _show_scatter(self, _param=None):
         path = self.save_scatter(self.protocol._getExtraPath('viewer_predicted_vs_true.png'))
         if path is None:
             return [self.errorMessage('No true parameters are known for these particles.', title='Nothing to show')]
-        return self._show_image(path)
+        return show_image(path)
