@@ -166,9 +166,10 @@ def read_structure(path: str | os.PathLike, chains: Optional[Sequence[str]] = No
     if not columns['coords']:
         what = f'chain(s) {", ".join(chains)}' if chains else 'the file'
         raise InputError(f'{path}: no atoms selected in {what}')
+    remarks = [line[len('REMARK'):].strip() for line in st.raw_remarks if line.startswith('REMARK')]
     return Structure(**{k: np.array(v, dtype=object) if k in ('elements', 'atom_names', 'residue_names',
                                                                'chain_ids', 'insertion_codes') else np.array(v)
-                        for k, v in columns.items()})
+                        for k, v in columns.items()}, remarks=remarks)
 
 
 def select_chains(structure: Structure, chains: Sequence[str]) -> Structure:

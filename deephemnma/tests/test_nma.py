@@ -9,6 +9,7 @@ import scipy.ndimage
 import torch
 
 from deephemnma.core.deform import amplitude_path, animate, deform, mode_direction
+from deephemnma.core.align import pseudoatom_sigma
 from deephemnma.core.density import atoms_to_map
 from deephemnma.core.fileio import InputError
 from deephemnma.core.modes_io import enabled_numbers, read_modes, read_modes_xmd, write_modes
@@ -220,6 +221,8 @@ def test_pseudoatoms_from_map(tmp_path, atoms):
     assert (tmp_path / 'pseudo.pdb').read_text().splitlines()[1].split()[2] == f'{pseudo.sigma:.6f}'
     back = read_pseudoatoms(tmp_path / 'pseudo.pdb')
     assert back.sigma == pytest.approx(pseudo.sigma) and len(back) == len(pseudo)
+    # the aligner's reference of modes read from such a file keeps the pseudoatoms' Gaussians
+    assert pseudoatom_sigma(read_structure(tmp_path / 'pseudo.pdb')) == pytest.approx(pseudo.sigma)
     modes = compute_modes(back.to_structure(), n_modes=3, percentile=95)
     assert modes.eigenvalues.min() > 0
     with pytest.raises(InputError, match='cubic'):
