@@ -28,12 +28,9 @@ from deephemnma.core.align import AlignSettings, Aligner, reference_from_modes
 from deephemnma.core.conformations import helix
 from deephemnma.core.ctf import CTFParams
 from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
-from deephemnma.core.simulate import (paper_ak_setup, sample_angles, sample_shifts, simulate_particles,
-                                      stream)
+from deephemnma.core.simulate import (paper_ak_setup, paper_ctf, sample_angles, sample_shifts,
+                                      simulate_particles, stream)
 
-#: The paper's microscope: 200 kV, Cs 2 mm, 0.5 um underfocus (amplitude contrast 0.1).
-PAPER_CTF = dict(voltage=200.0, cs=2.0, amplitude_contrast=0.1)
-PAPER_DEFOCUS = 5000.0
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -56,8 +53,7 @@ class Dataset:
     shifts: np.ndarray
 
     def ctf(self, count: int) -> CTFParams:
-        return CTFParams(defocus_u=torch.full((count,), PAPER_DEFOCUS),
-                         defocus_v=torch.full((count,), PAPER_DEFOCUS), **PAPER_CTF)
+        return paper_ctf(count)
 
 
 def make_dataset(setup, count: int, box: int, pixel_size: float, snr: Optional[float], seed: int) -> Dataset:
@@ -65,9 +61,8 @@ def make_dataset(setup, count: int, box: int, pixel_size: float, snr: Optional[f
     amplitudes = helix(count, stream(seed, 'conformations')).amplitudes
     angles = sample_angles(count, stream(seed, 'angles'))
     shifts = sample_shifts(count, stream(seed, 'shifts'), 5.0)
-    ctf = CTFParams(defocus_u=PAPER_DEFOCUS, defocus_v=PAPER_DEFOCUS, **PAPER_CTF)
-    simulated = simulate_particles(setup, amplitudes, angles, shifts, box, pixel_size, ctf, snr, seed=seed,
-                                   phase_flip=True)
+    simulated = simulate_particles(setup, amplitudes, angles, shifts, box, pixel_size, paper_ctf(), snr,
+                                   seed=seed, phase_flip=True)
     return Dataset(simulated.images, amplitudes, angles, shifts)
 
 

@@ -135,7 +135,7 @@ def _images_per_second(setup: S.SimulationSetup, count: int, device: str, batch_
     rng = np.random.default_rng(0)
     amplitudes = conf.helix(count, rng).amplitudes
     angles, shifts = S.sample_angles(count, rng), S.sample_shifts(count, rng)
-    ctf = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1)
+    ctf = S.paper_ctf()
     run = (lambda n: S.simulate_particles(setup, amplitudes[:n], angles[:n], shifts[:n], PAPER_BOX, PAPER_PIXEL,
                                           ctf=ctf, snr=0.1, noise_std=1.0, device=device, batch_size=batch_size))
     run(min(count, batch_size))  # warm-up (allocations, kernels)
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
                              PAPER_PIXEL)
 
     amplitudes, angles, shifts = conf.helix(256, rng).amplitudes, S.sample_angles(256, rng), S.sample_shifts(256, rng)
-    ctf = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1)
+    ctf = S.paper_ctf()
     noisy = S.simulate_particles(setup, amplitudes, angles, shifts, PAPER_BOX, PAPER_PIXEL, ctf=ctf, snr=0.1,
                                  seed=2, return_clean=True)
     noise = noisy.images - noisy.clean

@@ -4,8 +4,10 @@
 and 500 held-out images, ground-truth labels, ResNet-18 on the images Fourier-cropped to 32 px, in-plane
 rotation augmentation, as many epochs as fit in 15 minutes at the speed measured on a few steps. Without
 ``--quick`` (paper-like, for a GPU): 128 x 128, SNR 0.1, CTF (200 kV, Cs 2 mm, 0.5 um underfocus,
-phase-flipped), 14,000 training + 2,000 validation + 2,000 held-out images, ground-truth labels, ResNet-34.
-Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations,
+phase-flipped), 14,000 training + 2,000 validation + 2,000 held-out images, ResNet-34, trained on the labels
+that this project's HEMNMA engine estimates for the training and validation images (``--labels truth``: the
+ground truth instead); the engine's own errors on the held-out images are reported beside the network's
+(``hemnma_*``). Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations,
 shifts in [-5, 5] px, simulated with ``deephemnma.core.simulate`` and fixed seeds.
 
 Figures: ``amp_rel_mae`` and ``shift_rel_mae`` (held-out MAE over the MAE of predicting the training mean),
@@ -16,6 +18,7 @@ Examples::
 
     deephemnma bench train --quick
     deephemnma bench train --device cuda
+    deephemnma bench train --device cuda --labels truth --epochs 30
 """
 from __future__ import annotations
 
@@ -29,12 +32,14 @@ import torch
 
 from deephemnma.bench import work_folder
 from deephemnma.core import conformations
-from deephemnma.core.ctf import CTFParams
+from deephemnma.core.align import AlignSettings, reference_from_modes
+from deephemnma.core.align_stack import align_particles
 from deephemnma.core.deform import deform
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import Particles, stack_locations
-from deephemnma.core.simulate import paper_ak_setup, sample_angles, sample_shifts, simulate_particles, stream
+from deephemnma.core.simulate import (PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf, sample_angles,
+                                      sample_shifts, simulate_particles, stream)
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
 from deephemnma.nn.data import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
@@ -44,9 +49,12 @@ from deephemnma.nn.train import TrainConfig, amp_supported, labels_from_particle
     run_training
 
 QUICK = dict(box=64, network_box=32, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18',
-             epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900)
+             epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900,
+             labels='truth')
 FULL = dict(box=128, network_box=0, snr=0.1, ctf=True, train=14000, validation=2000, heldout=2000, arch='resnet34',
-            epochs=60, batch_size=256, lr=1e-3, dropout=0.5, max_rotation=180.0, amp=True, budget_s=None)
+            epochs=60, batch_size=256, lr=1e-3, dropout=0.5, max_rotation=180.0, amp=True, budget_s=None,
+            labels='hemnma')
+
 MAX_SHIFT_PX = 5.0
 
 
@@ -60,6 +68,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dropout', type=float, help='override the MLP dropout')
     parser.add_argument('--max-rotation', type=float, help='override the in-plane rotation augmentation (deg)')
     parser.add_argument('--network-box', type=int, help='override the network input size (px; 0: the images\')')
+    parser.add_argument('--labels', choices=('truth', 'hemnma'),
+                        help='training labels: the ground truth or this project\'s HEMNMA estimates '
+                             '(default: truth with --quick, hemnma without)')
+    parser.add_argument('--align-batch', type=int, default=1024, help='images per HEMNMA batch on a GPU (64 on CPU)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
     parser.add_argument('--workdir', help='keep the simulated data and the model here (default: temporary)')
@@ -100,21 +112,36 @@ def simulate_set(setup, count: int, box: int, pixel_size: float, snr: float, ctf
     amplitudes = conformations.helix(count, stream(seed, 'conformations')).amplitudes
     angles = sample_angles(count, stream(seed, 'angles'))
     shifts = sample_shifts(count, stream(seed, 'shifts'), MAX_SHIFT_PX)
-    params = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1) \
-        if ctf else None
+    params = paper_ctf() if ctf else None
     images = simulate_particles(setup, amplitudes, angles, shifts, box, pixel_size, ctf=params, snr=snr,
                                 seed=seed, phase_flip=ctf, device=device).images
     stack = folder / f'{name}.mrcs'
     write_stack(stack, images, pixel_size)
-    return Particles(image=stack_locations(str(stack), count), pixel_size=pixel_size, angles=angles,
-                     shifts=shifts, amplitudes=amplitudes)
+    particles = Particles(image=stack_locations(str(stack), count), pixel_size=pixel_size, angles=angles,
+                          shifts=shifts, amplitudes=amplitudes)
+    if ctf:
+        particles.defocus_u = particles.defocus_v = np.full(count, PAPER_DEFOCUS)
+        particles.voltage, particles.cs = PAPER_MICROSCOPE['voltage'], PAPER_MICROSCOPE['cs']
+        particles.amplitude_contrast = PAPER_MICROSCOPE['amplitude_contrast']
+    return particles
+
+
+def hemnma_labels(setup, particles: Particles, box: int, folder: Path, device: torch.device,
+                  batch: int) -> Particles:
+    """``particles`` with the angles, shifts and amplitudes this project's HEMNMA engine estimates (global
+    search, the coarse two-beads-per-residue reference with the all-atom modes restricted to it)."""
+    reference = reference_from_modes(setup.modes, 'residues2')
+    return align_particles(particles, reference, AlignSettings(), box, folder, device=device,
+                           chunk_size=batch if device.type == 'cuda' else 64)
 
 
 def _concatenate(first: Particles, second: Particles) -> Particles:
-    join = (lambda a, b: np.concatenate([a, b]))
+    join = (lambda a, b: None if a is None else np.concatenate([a, b]))
     return Particles(image=join(first.image, second.image), pixel_size=first.pixel_size,
                      angles=join(first.angles, second.angles), shifts=join(first.shifts, second.shifts),
-                     amplitudes=join(first.amplitudes, second.amplitudes))
+                     amplitudes=join(first.amplitudes, second.amplitudes),
+                     defocus_u=join(first.defocus_u, second.defocus_u), defocus_v=join(first.defocus_v, second.defocus_v),
+                     voltage=first.voltage, cs=first.cs, amplitude_contrast=first.amplitude_contrast)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -129,7 +156,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     size = dict(QUICK if args.quick else FULL)
     size['epochs'] = args.epochs or size['epochs']
     size['train'] = args.train_images or size['train']
-    for key in ('batch_size', 'lr', 'dropout', 'max_rotation', 'network_box'):
+    for key in ('batch_size', 'lr', 'dropout', 'max_rotation', 'network_box', 'labels'):
         if getattr(args, key) is not None:
             size[key] = getattr(args, key)
     device = resolve_device(args.device)
@@ -143,6 +170,19 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     heldout = simulate_set(setup, size['heldout'], size['box'], pixel_size, size['snr'], size['ctf'],
                            args.seed + 2, device, folder, 'heldout')
     simulation_seconds = time.time() - start
+    training_set = _concatenate(fit, validation)
+    hemnma: dict = {}
+    if size['labels'] == 'hemnma':
+        align_start = time.time()
+        training_set = hemnma_labels(setup, training_set, size['box'], folder / 'align_train', device,
+                                     args.align_batch)
+        aligned_heldout = hemnma_labels(setup, heldout, size['box'], folder / 'align_heldout', device,
+                                        args.align_batch)
+        align_seconds = time.time() - align_start
+        hemnma = {'align_seconds': align_seconds,
+                  'align_images_per_second': (len(training_set) + len(heldout)) / align_seconds,
+                  'train_label_errors': parameter_errors(labels_from_particles(training_set),
+                                                         labels_from_particles(_concatenate(fit, validation)))}
     config = preset_config('fast', arch=size['arch'], epochs=size['epochs'] or 1, batch_size=size['batch_size'],
                            lr=size['lr'], dropout=size['dropout'], max_rotation_deg=size['max_rotation'],
                            network_box=size['network_box'], amp=size['amp'], patience=0, outlier_threshold=0.0,
@@ -151,7 +191,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
         config.epochs = _epochs_for_budget(config, size['box'], size['train'], size['budget_s'], device)
     load_before = os.getloadavg()[0]
     train_start = time.time()
-    trainer, _ = run_training(_concatenate(fit, validation), config, folder / 'model', device, progress=False)
+    trainer, _ = run_training(training_set, config, folder / 'model', device, progress=False)
     train_seconds = time.time() - train_start
     images_seen = trainer.steps_per_epoch * trainer.global_batch * len(trainer.history)
     model = load_model(folder / 'model' / 'model.pt', device)
@@ -159,8 +199,14 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     estimated, truth = decode(raw, model.scaling), labels_from_particles(heldout)
     figures = parameter_errors(estimated, truth, model.scaling.amplitude_mean, model.scaling.shift_mean)
     figures.update(rmsd_errors(estimated, truth, setup.structure.coords, setup.modes.vectors, pixel_size))
+    if hemnma:
+        engine = labels_from_particles(aligned_heldout)
+        engine_figures = parameter_errors(engine, truth, model.scaling.amplitude_mean, model.scaling.shift_mean)
+        engine_figures.update(rmsd_errors(engine, truth, setup.structure.coords, setup.modes.vectors, pixel_size))
+        hemnma['heldout'] = engine_figures
     speed_key = 'train_images_per_second_gpu' if device.type == 'cuda' else 'train_images_per_second_cpu'
-    return {'mode': 'quick' if args.quick else 'full', 'labels': 'ground truth', 'box': size['box'],
+    return {'mode': 'quick' if args.quick else 'full',
+            'labels': 'HEMNMA (this engine)' if hemnma else 'ground truth', 'box': size['box'],
             'network_box': trainer.network_box, 'pixel_size': pixel_size, 'snr': size['snr'], 'ctf': size['ctf'],
             'arch': size['arch'],
             'train_images': size['train'], 'validation_images': size['validation'],
@@ -168,5 +214,6 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
             'best_epoch': max(trainer.best_epoch.values()) + 1, **figures,
             speed_key: images_seen / train_seconds, 'train_seconds': train_seconds,
             'simulation_seconds': simulation_seconds, 'total_seconds': time.time() - start,
+            'hemnma': hemnma or None,
             'amp': trainer.use_amp, 'load_average_1min_start': load_before,
             'load_average_1min_end': os.getloadavg()[0], 'config': config.to_dict()}

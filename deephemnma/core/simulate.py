@@ -161,6 +161,16 @@ def _ak_modes(cutoff: float, coarse: Optional[str], last_mode: int) -> Tuple[Str
         structure = coarse_grain(structure, coarse)
     return structure, compute_modes(structure, n_modes=last_mode - 6, cutoff=cutoff)
 
+#: The DeepHEMNMA paper's microscope (200 kV, Cs 2 mm, amplitude contrast 0.1) and defocus (0.5 um underfocus, A).
+PAPER_MICROSCOPE = dict(voltage=200.0, cs=2.0, amplitude_contrast=0.1)
+PAPER_DEFOCUS = 5000.0
+
+
+def paper_ctf(count: Optional[int] = None) -> CTFParams:
+    """The paper's CTF: scalars, or ``(count,)`` tensors when ``count`` is given."""
+    defocus = PAPER_DEFOCUS if count is None else torch.full((count,), PAPER_DEFOCUS)
+    return CTFParams(defocus_u=defocus, defocus_v=defocus, **PAPER_MICROSCOPE)
+
 
 def paper_ak_setup(mode_numbers: Sequence[int] = (7, 8, 9), cutoff: float = 10.0, coarse: Optional[str] = None,
                    bfactor: float = 0.0) -> SimulationSetup:

@@ -157,10 +157,21 @@ class PreparedData:
     targets: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def read(self, indices: np.ndarray) -> torch.Tensor:
-        """Raw images ``(k, box, box)`` float32 of dataset items ``indices``."""
+        """Raw images ``(k, box, box)`` float32 of dataset items ``indices`` (on the held images' device)."""
         if self.in_memory is not None:
-            return self.in_memory[torch.as_tensor(self.memory_index[indices])]
+            return self.in_memory[torch.as_tensor(self.memory_index[indices], device=self.in_memory.device)]
         return torch.from_numpy(self.source.read(indices))
+
+    def hold_on_gpu(self, device: torch.device, max_fraction: float = 0.25) -> bool:
+        """Move the images held in memory to the GPU ``device`` when they take at most ``max_fraction`` of its
+        free memory (batches are then gathered there, with no host-to-device copy per step)."""
+        if self.in_memory is None or device.type != 'cuda':
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.in_memory.numel() * self.in_memory.element_size() > max_fraction * free:
+            return False
+        self.in_memory = self.in_memory.to(device)
+        return True
 
 
 def prepare_data(source: ImageSource, labels: tg.Labels, keys: np.ndarray, config: TrainConfig) -> PreparedData:
@@ -265,6 +276,7 @@ class Trainer:
                                                    dropout=config.dropout, norm=config.norm)).to(self.device)
         if self.device.type == 'cuda':
             self.network = self.network.to(memory_format=torch.channels_last)
+            data.hold_on_gpu(self.device)
         self.model = self.network
         if rank.world_size > 1:
             if self.device.type == 'cuda':

@@ -22,7 +22,7 @@ class TestProtocolNMA(BaseTest):
     def setUpClass(cls):
         setupTestProject(cls)
         from pwem.protocols import ProtImportPdb, ProtImportVolumes
-        cls.folder = Path(tempfile.mkdtemp(prefix='deephemnma-nma-'))
+        cls.folder = Path(tempfile.mkdtemp(prefix='nma-data-', dir=cls.proj.getPath()))
         cls.ak = cls._importPdb(ProtImportPdb, AK)
         atoms = read_structure(AK)
         write_structure(cls.folder / 'three.pdb', atoms.subset([0, 50, 100]))

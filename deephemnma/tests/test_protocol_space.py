@@ -68,7 +68,7 @@ class TestSpaceProtocols(BaseTest):
     @classmethod
     def setUpClass(cls):
         setupTestProject(cls)
-        cls.data = tempfile.mkdtemp(prefix='deephemnma-space-')
+        cls.data = tempfile.mkdtemp(prefix='space-data-', dir=cls.proj.getPath())
         cls.imported = cls._import(_write_particles(cls.data))
         _, cls.amplitudes, _, _, _, cls.r = _simulated()
         cls.space_prot = cls._space()
@@ -151,7 +151,7 @@ class TestSpaceProtocols(BaseTest):
     def _viewer_checks(self, space_prot, groups, recon):
         from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer, launch_selection
         viewer = DeepHemnmaSpaceViewer(project=self.proj, protocol=space_prot)
-        folder = tempfile.mkdtemp(prefix='deephemnma-viewer-')
+        folder = tempfile.mkdtemp(prefix='viewer-', dir=self.proj.getPath())
         for colour in ('density', 'source'):
             path = viewer.save_space(os.path.join(folder, f'{colour}.png'), colour)
             self.assertGreater(os.path.getsize(path), 3000)

@@ -111,7 +111,7 @@ class TestContinuousFlexInputs(BaseTest):
         """Copy the simulated particles the way ContinuousFlex stores HEMNMA results: a projection Transform,
         amplitudes as a CsvList of strings in _xmipp_nmaDisplacements and the cost in _xmipp_cost."""
         truth = particles_from_set(simulated)
-        folder = tempfile.mkdtemp(prefix='deephemnma-flex-')
+        folder = tempfile.mkdtemp(prefix='flex-', dir=cls.proj.getPath())
         flex = SetOfParticles(filename=os.path.join(folder, 'flex.sqlite'))
         flex.setSamplingRate(truth.pixel_size)
         flex.setAlignmentProj()
