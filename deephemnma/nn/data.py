@@ -30,14 +30,20 @@ from deephemnma.core.metadata import parse_location
 # ----------------------------------------------------------------------------------------------
 # images
 # ----------------------------------------------------------------------------------------------
-def resolve_location(location: str, base_dir: Optional[str | os.PathLike] = None) -> Tuple[int, str]:
+def resolve_location(location: str, base_dir: Optional[str | os.PathLike] = None,
+                     resolved: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
     """``'12@stack.mrcs'`` -> ``(11, '/abs/stack.mrcs')`` (0-based index). A relative stack path is taken
     relative to ``base_dir`` (e.g. the folder of the metadata file) when it exists there, else to the
-    current folder (Scipion's project folder)."""
+    current folder (Scipion's project folder). ``resolved`` caches the stack names already resolved."""
     index, path = parse_location(str(location), base_dir or '.')
+    name = str(location).split('@', 1)[-1]
+    if resolved is not None and name in resolved:
+        return index, resolved[name]
     if not path.exists():
         _, from_cwd = parse_location(str(location), '.')
         path = from_cwd if from_cwd.exists() else path
+    if resolved is not None:
+        resolved[name] = os.path.abspath(path)
     return index, os.path.abspath(path)
 
 
@@ -45,7 +51,8 @@ class ImageSource:
     """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
 
     def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
-        parsed = [resolve_location(loc, base_dir) for loc in locations]
+        resolved: Dict[str, str] = {}
+        parsed = [resolve_location(loc, base_dir, resolved) for loc in locations]
         paths = sorted({p for _, p in parsed})
         self.stacks: List[np.ndarray] = []
         for path in paths:
@@ -76,7 +83,9 @@ class ImageSource:
             where = np.nonzero(stack_ids == s)[0]
             rows = self.index_in_stack[indices[where]]
             order = np.argsort(rows, kind='stable')  # read the memory map in increasing order
-            out[where[order]] = self.stacks[s][rows[order]]
+            rows = rows[order]
+            consecutive = bool(np.all(np.diff(rows) == 1))  # one slice: a single copy out of the map
+            out[where[order]] = self.stacks[s][rows[0]:rows[-1] + 1] if consecutive else self.stacks[s][rows]
         return out
 
     def nbytes(self, count: int) -> int:

@@ -44,9 +44,13 @@ class Predictor:
             raise InputError(f'{source}: images of {box} px but the model was trained on {self.model.box} px; '
                              'resize the images (or train a model on this size)')
 
-    @torch.no_grad()
     def raw(self, images: torch.Tensor) -> Dict[str, np.ndarray]:
         """Network outputs per type (orientation normalised to unit quaternions) as float32 arrays."""
+        return {t: value.cpu().numpy() for t, value in self.raw_on_device(images).items()}
+
+    @torch.no_grad()
+    def raw_on_device(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """As :meth:`raw`, as float32 tensors left on the device (no synchronisation with a GPU)."""
         scaling = self.model.scaling
         batch = images.to(self.device, non_blocking=True).float()[:, None]
         batch = fourier_crop((batch - scaling.image_mean) / scaling.image_std, self.model.network_box)
@@ -57,9 +61,7 @@ class Predictor:
         result = {}
         for t, value in outputs.items():
             value = value.float()
-            if t == 'orientation':
-                value = tg.normalise_quaternions(value)
-            result[t] = value.cpu().numpy()
+            result[t] = tg.normalise_quaternions(value) if t == 'orientation' else value
         return result
 
     def predict(self, images: np.ndarray | torch.Tensor) -> tg.Labels:
@@ -107,16 +109,16 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
     if progress and rank.is_main:
         from tqdm import tqdm
         bar = tqdm(total=sum(len(b) for _, b in plan), unit='img', desc='inference', dynamic_ncols=True)
-    parts: List[Dict[str, np.ndarray]] = []
+    parts: List[Dict[str, torch.Tensor]] = []
     results: Dict[str, np.ndarray] = {}
     for position, (images, _) in enumerate(iterator):
-        parts.append(predictor.raw(images))
+        parts.append(predictor.raw_on_device(images))  # a GPU runs ahead until the chunk is complete
         if bar is not None:
             bar.update(len(images))
         number = plan[position][0]
         last_of_chunk = position + 1 == len(plan) or plan[position + 1][0] != number
         if last_of_chunk:
-            merged = {t: np.concatenate([p[t] for p in parts]) for t in parts[0]}
+            merged = {t: torch.cat([p[t] for p in parts]).cpu().numpy() for t in parts[0]}
             parts = []
             if store is None:
                 results = merged

@@ -99,6 +99,14 @@ class TestImageSource(unittest.TestCase):
         with self.assertRaises(ValueError):
             data.ImageSource(['4@a.mrcs'], base_dir=folder)
 
+    def test_runs_repeats_and_any_order_read_the_right_images(self):
+        folder = Path(self.enterContext(tempfile.TemporaryDirectory()))
+        images = np.random.default_rng(0).normal(size=(10, 8, 8)).astype(np.float32)
+        write_stack(folder / 'a.mrcs', images, 1.0)
+        source = data.ImageSource([f'{i + 1}@a.mrcs' for i in range(10)], base_dir=folder)
+        for indices in ([3, 4, 5], [0, 0, 2], [5, 4, 3], [1, 9, 2, 2], list(range(10))):
+            np.testing.assert_array_equal(source.read(indices), images[indices])
+
 
 if __name__ == '__main__':
     unittest.main()
