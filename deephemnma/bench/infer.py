@@ -24,7 +24,7 @@ from deephemnma.core.imageio import write_stack
 from deephemnma.core.machine import resolve_device
 from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import ImageSource
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, DeepHemnmaNet, NetworkConfig
 from deephemnma.nn.train import TrainConfig, TrainedModel, amp_supported, load_model, save_model

@@ -7,8 +7,8 @@ rotation augmentation, as many epochs as fit in 15 minutes at the speed measured
 phase-flipped), 14,000 training + 2,000 validation + 2,000 held-out images, ResNet-34, trained on the labels
 that this project's HEMNMA engine estimates for the training and validation images (``--labels truth``: the
 ground truth instead); the engine's own errors on the held-out images are reported beside the network's
-(``hemnma_*``). Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform orientations,
-shifts in [-5, 5] px, simulated with ``deephemnma.core.simulate`` and fixed seeds.
+(``hemnma``). Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform
+orientations, shifts in [-5, 5] px, simulated with ``deephemnma.core.simulate`` and fixed seeds.
 
 Figures: ``amp_rel_mae`` and ``shift_rel_mae`` (held-out MAE over the MAE of predicting the training mean),
 ``angle_median_deg`` (median geodesic angle), the paper's mean axis angle, MAEs, RMSDs of the atoms for each
@@ -41,7 +41,7 @@ from deephemnma.core.metadata import Particles, stack_locations
 from deephemnma.core.simulate import (PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf, sample_angles,
                                       sample_shifts, simulate_particles, stream)
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.nn.data import ImageSource
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
 from deephemnma.nn.targets import decode, output_sizes
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
@@ -140,7 +140,8 @@ def _concatenate(first: Particles, second: Particles) -> Particles:
     return Particles(image=join(first.image, second.image), pixel_size=first.pixel_size,
                      angles=join(first.angles, second.angles), shifts=join(first.shifts, second.shifts),
                      amplitudes=join(first.amplitudes, second.amplitudes),
-                     defocus_u=join(first.defocus_u, second.defocus_u), defocus_v=join(first.defocus_v, second.defocus_v),
+                     defocus_u=join(first.defocus_u, second.defocus_u),
+                     defocus_v=join(first.defocus_v, second.defocus_v),
                      voltage=first.voltage, cs=first.cs, amplitude_contrast=first.amplitude_contrast)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from deephemnma.core.distributed import cleanup, local_device, start_process
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import ImageSource
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.train import load_model
 

@@ -35,6 +35,7 @@ from deephemnma.core.metadata import Particles, read_particles
 from deephemnma.core.reconstruct import (CTF_MODES, Reconstruction, ctf_table, particle_batches, rank_positions,
                                          reconstruct)
 from deephemnma.core.spaceplot import save_fsc_plot
+from deephemnma.core.stacks import ImageSource
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -68,15 +69,15 @@ def run_reconstruction(particles: Particles, base_dir: Path, ctf_mode: str, pad:
                        pose_box: Optional[int], pixel_size: Optional[float], batch_size: int,
                        device: torch.device, rank: Rank, label: str = '') -> Reconstruction:
     """Reconstruct the given particles (this rank's share of the batches when run under torchrun)."""
-    locations = list(particles.locations(base_dir))
-    info = stack_info(locations[0][1])
+    source = ImageSource(particles.image, base_dir)
+    info = stack_info(source.paths[0])
     size = pixel_size or info.pixel_size
     scale = info.box / pose_box if pose_box else 1.0
     ctf = ctf_table(particles) if ctf_mode != 'none' else None
     if ctf_mode != 'none' and ctf is None:
         raise InputError(f"CTF mode '{ctf_mode}' needs defocus values in the particle file")
-    positions = rank_positions(len(locations), batch_size, rank.rank, rank.world_size)
-    progress = tqdm(particle_batches(locations, batch_size, positions),
+    positions = rank_positions(len(source), batch_size, rank.rank, rank.world_size)
+    progress = tqdm(particle_batches(source, batch_size, positions),
                     total=(len(positions) + batch_size - 1) // batch_size, desc=f'reconstruct {label}'.strip(),
                     unit='batch', disable=not rank.is_main)
     return reconstruct(progress, particles.angles, particles.shifts, info.box, size, ctf, ctf_mode, pad, wiener,

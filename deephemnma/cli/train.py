@@ -28,7 +28,7 @@ from deephemnma.core.distributed import cleanup, start_process
 from deephemnma.core.fileio import atomic_path
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import ImageSource
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.evaluate import parameter_errors
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, NORMS

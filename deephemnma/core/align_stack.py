@@ -9,7 +9,6 @@ on the chunk it belongs to, never on the number of processes.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
@@ -19,30 +18,9 @@ from .align import AlignReference, AlignSettings, Aligner
 from .chunks import ChunkStore
 from .distributed import Rank
 from .fileio import InputError
-from .imageio import read_stack
 from .metadata import Particles
 from .reconstruct import ctf_table
-
-
-class StackReader:
-    """Reads images of a :class:`Particles` set by position, keeping the stacks memory-mapped."""
-
-    def __init__(self, particles: Particles, base_dir: str | os.PathLike = '.'):
-        self.locations = list(particles.locations(base_dir))
-        self._stacks: Dict[Path, np.ndarray] = {}
-
-    def read(self, positions: range) -> np.ndarray:
-        """Images ``(len(positions), box, box)`` float32."""
-        images = []
-        for position in positions:
-            index, path = self.locations[position]
-            if path not in self._stacks:
-                self._stacks[path] = read_stack(path)
-            stack = self._stacks[path]
-            if index >= len(stack):
-                raise InputError(f'{path}: image {index + 1} asked but the stack holds {len(stack)} images')
-            images.append(np.asarray(stack[index], dtype=np.float32))
-        return np.stack(images)
+from .stacks import ImageSource
 
 
 def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings, box: int,
@@ -57,14 +35,14 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     if local and not particles.has_alignment:
         raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
     aligner = Aligner(reference, box, particles.pixel_size, settings, device)
-    reader = StackReader(particles, base_dir)
+    reader = ImageSource(particles.image, base_dir)
     ctf = ctf_table(particles)
     store = ChunkStore(work_folder, len(particles), chunk_size,
                        {'settings': settings.__dict__, 'local': local, 'box': box, 'modes': reference.mode_numbers,
                         'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:
-        images = torch.as_tensor(reader.read(positions))
+        images = torch.as_tensor(reader.read(np.asarray(positions)))
         initial = None
         if local:
             index = np.asarray(positions)

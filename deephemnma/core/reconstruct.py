@@ -309,33 +309,17 @@ def array_batches(images: np.ndarray, batch_size: int = 256,
         yield np.arange(start, start + len(chosen)), np.asarray(images[chosen], dtype=np.float32)
 
 
-def particle_batches(locations: Sequence[Tuple[int, str]], batch_size: int = 256,
+def particle_batches(source, batch_size: int = 256,
                      positions: Optional[np.ndarray] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    """``(positions, images)`` batches read from memory-mapped stacks; ``locations`` are ``(index, stack path)``.
+    """``(positions, images)`` batches of a :class:`~deephemnma.core.stacks.ImageSource`.
 
-    ``positions`` (default: all) are the entries of ``locations`` to read, e.g. one torchrun rank's share.
-    Only one batch of images is in memory at a time; a location beyond the end of its stack is an InputError.
+    ``positions`` (default: all) are the items to read, e.g. one torchrun rank's share; only one batch of
+    images is in memory at a time.
     """
-    from .imageio import read_stack
-    order = np.arange(len(locations)) if positions is None else np.asarray(positions, dtype=np.int64)
-    stacks: dict = {}
+    order = np.arange(len(source)) if positions is None else np.asarray(positions, dtype=np.int64)
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
-        images = None
-        for slot, position in enumerate(chosen):
-            index, path = locations[position]
-            key = str(path)
-            if key not in stacks:
-                stacks[key] = read_stack(path)
-            stack = stacks[key]
-            if index >= len(stack):
-                raise InputError(f'{path}: image {index + 1} requested but the stack holds {len(stack)} images')
-            if images is None:
-                images = np.empty((len(chosen),) + stack.shape[1:], dtype=np.float32)
-            if stack.shape[1:] != images.shape[1:]:
-                raise InputError(f'{path}: images of {stack.shape[1:]} pixels mixed with {images.shape[1:]}')
-            images[slot] = stack[index]
-        yield chosen, images
+        yield chosen, source.read(chosen)
 
 
 def rank_positions(count: int, batch_size: int, rank: int, world_size: int) -> np.ndarray:

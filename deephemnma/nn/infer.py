@@ -22,7 +22,8 @@ from deephemnma.core.filters import fourier_crop
 from deephemnma.core.machine import flush_denormals
 from deephemnma.core.metadata import Particles
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import BatchReader, ImageSource
+from deephemnma.core.stacks import ImageSource
+from deephemnma.nn.data import BatchReader
 from deephemnma.nn.train import TrainedModel, amp_supported
 
 

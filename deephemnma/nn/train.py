@@ -34,8 +34,9 @@ from deephemnma.core.distributed import Rank, barrier, local_device
 from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.filters import fourier_crop
 from deephemnma.core.machine import flush_denormals
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import Augmentation, BatchReader, ImageSource, image_statistics, inlier_mask, \
+from deephemnma.nn.data import Augmentation, BatchReader, image_statistics, inlier_mask, \
     split_by_particle, transform_images, transform_quaternions, transform_shifts
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 

@@ -73,13 +73,14 @@ class DeepHemnmaProtReconstruct(EMProtocol):
         from deephemnma.core.machine import resolve_device
         from deephemnma.core.reconstruct import ctf_table, particle_batches, reconstruct
         from deephemnma.core.spaceplot import save_fsc_plot
+        from deephemnma.core.stacks import ImageSource
         particle_set = self.inputSets[number - 1].get()
         particles = particles_from_set(particle_set, require_alignment=True)
-        locations = list(particles.locations(os.getcwd()))
-        info = stack_info(locations[0][1])
+        source = ImageSource(particles.image, os.getcwd())
+        info = stack_info(source.paths[0])
         scale = info.box / self.poseBox.get() if self.poseBox.get() else 1.0
         mode = CTF_MODES[self.ctfMode.get()]
-        result = reconstruct(particle_batches(locations, self.batchSize.get()), particles.angles, particles.shifts,
+        result = reconstruct(particle_batches(source, self.batchSize.get()), particles.angles, particles.shifts,
                              info.box, particle_set.getSamplingRate(), ctf_table(particles) if mode != 'none'
                              else None, mode, self.pad.get(), self.wiener.get(), scale,
                              resolve_device(self.device.get()))

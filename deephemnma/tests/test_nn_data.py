@@ -10,6 +10,7 @@ from scipy.spatial.distance import mahalanobis
 from deephemnma.core import rotations
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn import data
 
 torch.set_num_threads(1)
@@ -88,22 +89,22 @@ class TestSplitsAndOutliers(unittest.TestCase):
         self.assertTrue(data.inlier_mask(values, 0).all())
 
 
-class TestImageSource(unittest.TestCase):
+class TestImageSource(unittest.TestCase):  # deephemnma.core.stacks
     def test_reads_several_stacks_in_requested_order(self):
         folder = Path(self.enterContext(tempfile.TemporaryDirectory()))
         first = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
         write_stack(folder / 'a.mrcs', first, 1.0)
         write_stack(folder / 'b.mrcs', -first, 1.0)
-        source = data.ImageSource(['2@b.mrcs', '1@a.mrcs', '3@a.mrcs'], base_dir=folder)
+        source = ImageSource(['2@b.mrcs', '1@a.mrcs', '3@a.mrcs'], base_dir=folder)
         np.testing.assert_array_equal(source.read([2, 0, 1]), np.stack([first[2], -first[1], first[0]]))
         with self.assertRaises(ValueError):
-            data.ImageSource(['4@a.mrcs'], base_dir=folder)
+            ImageSource(['4@a.mrcs'], base_dir=folder)
 
     def test_runs_repeats_and_any_order_read_the_right_images(self):
         folder = Path(self.enterContext(tempfile.TemporaryDirectory()))
         images = np.random.default_rng(0).normal(size=(10, 8, 8)).astype(np.float32)
         write_stack(folder / 'a.mrcs', images, 1.0)
-        source = data.ImageSource([f'{i + 1}@a.mrcs' for i in range(10)], base_dir=folder)
+        source = ImageSource([f'{i + 1}@a.mrcs' for i in range(10)], base_dir=folder)
         for indices in ([3, 4, 5], [0, 0, 2], [5, 4, 3], [1, 9, 2, 2], list(range(10))):
             np.testing.assert_array_equal(source.read(indices), images[indices])
 

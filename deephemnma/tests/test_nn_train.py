@@ -16,7 +16,7 @@ from deephemnma.core.filters import fourier_crop
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.metadata import Particles, stack_locations
 from deephemnma.nn import train
-from deephemnma.nn.data import ImageSource
+from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
 
 torch.set_num_threads(1)

@@ -1,0 +1,79 @@
+"""Random access to particle images named by locations (``index@stack``), from memory-mapped stacks.
+
+The one image reader of the alignment, the reconstruction, training and prediction: only the images asked
+for are read, in any order; every stack is opened (and checked against the locations) once.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .fileio import InputError
+from .imageio import read_stack
+from .metadata import parse_location
+
+
+def resolve_location(location: str, base_dir: Optional[str | os.PathLike] = None,
+                     resolved: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+    """``'12@stack.mrcs'`` -> ``(11, '/abs/stack.mrcs')`` (0-based index). A relative stack path is taken
+    relative to ``base_dir`` (e.g. the folder of the metadata file) when it exists there, else to the
+    current folder (Scipion's project folder). ``resolved`` caches the stack names already resolved."""
+    index, path = parse_location(str(location), base_dir or '.')
+    name = str(location).split('@', 1)[-1]
+    if resolved is not None and name in resolved:
+        return index, resolved[name]
+    if not path.exists():
+        _, from_cwd = parse_location(str(location), '.')
+        path = from_cwd if from_cwd.exists() else path
+    if resolved is not None:
+        resolved[name] = os.path.abspath(path)
+    return index, os.path.abspath(path)
+
+
+class ImageSource:
+    """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
+
+    def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
+        resolved: Dict[str, str] = {}
+        parsed = [resolve_location(loc, base_dir, resolved) for loc in locations]
+        paths = sorted({p for _, p in parsed})
+        self.paths: List[str] = paths
+        self.stacks: List[np.ndarray] = []
+        for path in paths:
+            if not os.path.exists(path):
+                raise InputError(f'{path}: image stack not found')
+            self.stacks.append(read_stack(path, mmap=True))
+        shapes = {s.shape[1:] for s in self.stacks}
+        if len(shapes) != 1:
+            raise InputError(f'the stacks {paths} hold images of different sizes: {sorted(shapes)}')
+        number = {p: i for i, p in enumerate(paths)}
+        self.stack_of = np.array([number[p] for _, p in parsed], dtype=np.int64)
+        self.index_in_stack = np.array([i for i, _ in parsed], dtype=np.int64)
+        for s, stack in enumerate(self.stacks):
+            mine = self.index_in_stack[self.stack_of == s]
+            if mine.size and mine.max() >= len(stack):
+                raise InputError(f'{paths[s]}: image {mine.max() + 1} requested but the stack holds '
+                                 f'{len(stack)} images')
+        self.box = int(next(iter(shapes))[0])
+
+    def __len__(self) -> int:
+        return len(self.stack_of)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Images ``(k, box, box)`` float32 of the given items, in the given order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        stack_ids = self.stack_of[indices]
+        for s in np.unique(stack_ids):
+            where = np.nonzero(stack_ids == s)[0]
+            rows = self.index_in_stack[indices[where]]
+            order = np.argsort(rows, kind='stable')  # read the memory map in increasing order
+            rows = rows[order]
+            consecutive = bool(np.all(np.diff(rows) == 1))  # one slice: a single copy out of the map
+            out[where[order]] = self.stacks[s][rows[0]:rows[-1] + 1] if consecutive else self.stacks[s][rows]
+        return out
+
+    def nbytes(self, count: int) -> int:
+        return int(count) * self.box * self.box * 4
