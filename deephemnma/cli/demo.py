@@ -139,8 +139,8 @@ def _print_summary(summary: Dict[str, object], project_path: str, results: Path)
     print('  Spearman |PC1 vs helix coordinate r|: predicted {pc1_spearman_predicted:.3f}, HEMNMA '
           '{pc1_spearman_hemnma:.3f}, all {pc1_spearman_all:.3f}'.format(**summary))
     for name in ('hemnma_vs_truth', 'network_vs_truth'):
-        print(f'  {name}: ' + ', '.join(f'{k} {v}' for k, v in summary[name].items()))
+        print(f'  {name}: ' + ', '.join(f'{k} {v:g}' for k, v in summary[name].items()))
     for group in summary['groups']:
-        print('  {group}: {images} images, half-map FSC 0.5 at {halfmap_fsc05_angstrom} A, '
-              '0.143 at {halfmap_fsc0143_angstrom} A'.format(**group))
+        print('  {group}: {images} images, half-map FSC 0.5 at {halfmap_fsc05_angstrom:.2f} A, '
+              '0.143 at {halfmap_fsc0143_angstrom:.2f} A'.format(**group))
     print(json.dumps({k: v for k, v in summary.items() if k != 'files'}))
