@@ -117,13 +117,10 @@ def simulate_set(setup, count: int, box: int, pixel_size: float, snr: float, ctf
                                 seed=seed, phase_flip=ctf, device=device).images
     stack = folder / f'{name}.mrcs'
     write_stack(stack, images, pixel_size)
-    particles = Particles(image=stack_locations(str(stack), count), pixel_size=pixel_size, angles=angles,
-                          shifts=shifts, amplitudes=amplitudes)
-    if ctf:
-        particles.defocus_u = particles.defocus_v = np.full(count, PAPER_DEFOCUS)
-        particles.voltage, particles.cs = PAPER_MICROSCOPE['voltage'], PAPER_MICROSCOPE['cs']
-        particles.amplitude_contrast = PAPER_MICROSCOPE['amplitude_contrast']
-    return particles
+    microscope = dict(defocus_u=np.full(count, PAPER_DEFOCUS), defocus_v=np.full(count, PAPER_DEFOCUS),
+                      **PAPER_MICROSCOPE) if ctf else {}
+    return Particles(image=stack_locations(str(stack), count), pixel_size=pixel_size, angles=angles,
+                     shifts=shifts, amplitudes=amplitudes, **microscope)
 
 
 def hemnma_labels(setup, particles: Particles, box: int, folder: Path, device: torch.device,
@@ -171,7 +168,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     heldout = simulate_set(setup, size['heldout'], size['box'], pixel_size, size['snr'], size['ctf'],
                            args.seed + 2, device, folder, 'heldout')
     simulation_seconds = time.time() - start
-    training_set = _concatenate(fit, validation)
+    training_set = true_training_set = _concatenate(fit, validation)
     hemnma: dict = {}
     if size['labels'] == 'hemnma':
         align_start = time.time()
@@ -183,7 +180,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
         hemnma = {'align_seconds': align_seconds,
                   'align_images_per_second': (len(training_set) + len(heldout)) / align_seconds,
                   'train_label_errors': parameter_errors(labels_from_particles(training_set),
-                                                         labels_from_particles(_concatenate(fit, validation)))}
+                                                         labels_from_particles(true_training_set))}
     config = preset_config('fast', arch=size['arch'], epochs=size['epochs'] or 1, batch_size=size['batch_size'],
                            lr=size['lr'], dropout=size['dropout'], max_rotation_deg=size['max_rotation'],
                            network_box=size['network_box'], amp=size['amp'], patience=0, outlier_threshold=0.0,

@@ -56,11 +56,9 @@ def _read_polygons(args: argparse.Namespace) -> Dict[str, np.ndarray]:
 
 
 def compute_labels(space: Space, args: argparse.Namespace,
-                   polygons: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
-    """Group labels of every point of the space (``polygons``: those of ``--polygons``, if already read)."""
+                   polygons: Optional[Dict[str, np.ndarray]]) -> np.ndarray:
+    """Group labels of every point of the space (``polygons``: those of ``--polygons`` for that method)."""
     if args.method == 'polygons':
-        if polygons is None:
-            polygons = _read_polygons(args)
         return polygon_labels(space.coords, list(polygons.values()))
     return automatic_labels(space.coords, args.method, args.groups, args.axis - 1, args.min_count, args.trim,
                             args.equal_counts, args.seed)

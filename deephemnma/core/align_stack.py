@@ -42,14 +42,14 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
                         'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:
-        images = torch.as_tensor(reader.read(np.asarray(positions)))
+        index = np.asarray(positions)
+        images = torch.as_tensor(reader.read(index))
         initial = None
         if local:
-            index = np.asarray(positions)
             initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
             if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
                 initial['amplitudes'] = particles.amplitudes[index]
-        return aligner.align(images, None if ctf is None else ctf.params(np.asarray(positions)), initial)
+        return aligner.align(images, None if ctf is None else ctf.params(index), initial)
 
     store.run(compute, rank, progress)
     if not rank.is_main:

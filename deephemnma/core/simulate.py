@@ -161,6 +161,7 @@ def _ak_modes(cutoff: float, coarse: Optional[str], last_mode: int) -> Tuple[Str
         structure = coarse_grain(structure, coarse)
     return structure, compute_modes(structure, n_modes=last_mode - 6, cutoff=cutoff)
 
+
 #: The DeepHEMNMA paper's microscope (200 kV, Cs 2 mm, amplitude contrast 0.1) and defocus (0.5 um underfocus, A).
 PAPER_MICROSCOPE = dict(voltage=200.0, cs=2.0, amplitude_contrast=0.1)
 PAPER_DEFOCUS = 5000.0

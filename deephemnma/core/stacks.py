@@ -6,7 +6,8 @@ for are read, in any order; every stack is opened (and checked against the locat
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -15,29 +16,27 @@ from .imageio import read_stack
 from .metadata import parse_location
 
 
-def resolve_location(location: str, base_dir: Optional[str | os.PathLike] = None,
-                     resolved: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
-    """``'12@stack.mrcs'`` -> ``(11, '/abs/stack.mrcs')`` (0-based index). A relative stack path is taken
-    relative to ``base_dir`` (e.g. the folder of the metadata file) when it exists there, else to the
-    current folder (Scipion's project folder). ``resolved`` caches the stack names already resolved."""
-    index, path = parse_location(str(location), base_dir or '.')
-    name = str(location).split('@', 1)[-1]
-    if resolved is not None and name in resolved:
-        return index, resolved[name]
-    if not path.exists():
-        _, from_cwd = parse_location(str(location), '.')
-        path = from_cwd if from_cwd.exists() else path
-    if resolved is not None:
-        resolved[name] = os.path.abspath(path)
-    return index, os.path.abspath(path)
+def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:
+    """The absolute path of the stack ``name``: a relative name is taken relative to ``base_dir`` (e.g. the
+    folder of the metadata file) when it exists there, else to the current folder (Scipion's project folder)."""
+    path = Path(name) if os.path.isabs(name) else Path(base_dir or '.') / name
+    if not path.exists() and Path(name).exists():
+        path = Path(name)
+    return os.path.abspath(path)
 
 
 class ImageSource:
     """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
 
     def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
-        resolved: Dict[str, str] = {}
-        parsed = [resolve_location(loc, base_dir, resolved) for loc in locations]
+        resolved: Dict[str, str] = {}  # each stack name is resolved (file system calls) once
+        parsed = []
+        for location in locations:
+            index, path = parse_location(str(location))
+            name = str(path)
+            if name not in resolved:
+                resolved[name] = resolve_stack(name, base_dir)
+            parsed.append((index, resolved[name]))
         paths = sorted({p for _, p in parsed})
         self.paths: List[str] = paths
         self.stacks: List[np.ndarray] = []

@@ -163,16 +163,14 @@ class PreparedData:
             return self.in_memory[torch.as_tensor(self.memory_index[indices], device=self.in_memory.device)]
         return torch.from_numpy(self.source.read(indices))
 
-    def hold_on_gpu(self, device: torch.device, max_fraction: float = 0.25) -> bool:
+    def hold_on_gpu(self, device: torch.device, max_fraction: float = 0.25) -> None:
         """Move the images held in memory to the GPU ``device`` when they take at most ``max_fraction`` of its
         free memory (batches are then gathered there, with no host-to-device copy per step)."""
         if self.in_memory is None or device.type != 'cuda':
-            return False
+            return
         free, _ = torch.cuda.mem_get_info(device)
-        if self.in_memory.numel() * self.in_memory.element_size() > max_fraction * free:
-            return False
-        self.in_memory = self.in_memory.to(device)
-        return True
+        if self.in_memory.numel() * self.in_memory.element_size() <= max_fraction * free:
+            self.in_memory = self.in_memory.to(device)
 
 
 def prepare_data(source: ImageSource, labels: tg.Labels, keys: np.ndarray, config: TrainConfig) -> PreparedData:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 from pwem.objects import SetOfParticles
@@ -82,11 +81,8 @@ class DeepHemnmaProtGroups(EMProtocol):
         self._insertFunctionStep(self.groupStep)
         self._insertFunctionStep(self.createOutputStep)
 
-    def _labels(self, coords: Optional[np.ndarray] = None) -> np.ndarray:
-        """The group of every particle, from the space coordinates ``coords`` (read from the input set when
-        not given)."""
-        if coords is None:
-            coords = space_coordinates(self.inputParticles.get())
+    def _labels(self, coords: np.ndarray) -> np.ndarray:
+        """The group of every particle, from its space coordinates ``coords``."""
         method = METHODS[self.method.get()]
         if method == 'polygons':
             return polygon_labels(coords, list(read_polygons(self.polygonsFile.get()).values()))
@@ -129,7 +125,7 @@ class DeepHemnmaProtGroups(EMProtocol):
             if not path or not os.path.exists(path):
                 return [f'Polygon file not found: {path}']
             try:
-                group_members(self._labels())
+                group_members(self._labels(space_coordinates(self.inputParticles.get())))
             except InputError as error:
                 errors.append(f'The polygons select no valid groups: {error}')
         elif method == 'slices':
