@@ -122,6 +122,8 @@ def check_against_stacks(particles: Particles, source: str | os.PathLike, base_d
 # STAR tables (RELION and Xmipp share the syntax)
 # ----------------------------------------------------------------------------------------------
 Table = Dict[str, List[str]]
+#: First lines of an Xmipp metadata file.
+XMIPP_HEADER = '# XMIPP_STAR_1 *\n#'
 
 
 def read_star_tables(path: Path) -> Dict[str, Table]:
@@ -353,7 +355,7 @@ def _write_xmd(path: Path, particles: Particles, continuousflex_only: bool = Fal
         table['nmaDisplacements'] = _format_vectors(particles.amplitudes)
     table['cost'] = _format(particles.score if particles.score is not None else zeros)
     if continuousflex_only:
-        write_star_tables(path, {'noname': table}, header='# XMIPP_STAR_1 *\n#')
+        write_star_tables(path, {'noname': table}, header=XMIPP_HEADER)
         return
     if particles.has_ctf:
         table['ctfDefocusU'] = _format(particles.defocus_u)
@@ -365,7 +367,7 @@ def _write_xmd(path: Path, particles: Particles, continuousflex_only: bool = Fal
         table['ctfSamplingRate'] = [f'{particles.pixel_size:.6f}'] * n
     for name, values in particles.extra.items():
         table[name] = _format(values) if np.ndim(values) == 1 else _format_vectors(values)
-    write_star_tables(path, {'noname': table}, header='# XMIPP_STAR_1 *\n#')
+    write_star_tables(path, {'noname': table}, header=XMIPP_HEADER)
 
 
 def _read_xmd(path: Path, pixel_size: Optional[float]) -> Particles:

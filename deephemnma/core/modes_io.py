@@ -15,18 +15,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 
 from .fileio import InputError, atomic_path
+from .metadata import XMIPP_HEADER, Table, read_star_tables, write_star_tables
 from .nma import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes, collectivity
 from .structure import Structure, read_structure
 
 MODES_XMD = 'modes.xmd'
 MODES_FOLDER = 'modes'
-#: Column order in which Xmipp writes these labels.
-COLUMNS = ('_enabled', '_nmaCollectivity', '_nmaModefile', '_nmaScore', '_nmaEigenval', '_order_')
 #: Reference file names looked for next to a modes.xmd (ContinuousFlex's and ours).
 REFERENCE_NAMES = ('reference.pdb', 'atoms.pdb', 'pseudoatoms.pdb')
 
@@ -73,54 +72,39 @@ def read_vector_file(path: Union[str, os.PathLike], num_atoms: Optional[int] = N
 
 
 def write_modes_xmd(path: Union[str, os.PathLike], rows: List[ModeRow]) -> None:
-    """The metadata file as Xmipp writes it."""
-    lines = ['# XMIPP_STAR_1 * ', '# ', 'data_noname', 'loop_'] + [f' {c}' for c in COLUMNS]
-    for row in rows:
-        lines.append(f' {1 if row.enabled else -1:3d} {row.collectivity:12.6f} {row.mode_file} '
-                     f'{row.score:12.6f} {row.eigenvalue:16.8e} {row.number:6d} ')
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text('\n'.join(lines) + '\n')
+    """The metadata file as Xmipp writes it (one ``data_noname`` loop)."""
+    table: Table = {'enabled': [str(1 if row.enabled else -1) for row in rows],
+                    'nmaCollectivity': [f'{row.collectivity:.6f}' for row in rows],
+                    'nmaModefile': [row.mode_file for row in rows],
+                    'nmaScore': [f'{row.score:.6f}' for row in rows],
+                    'nmaEigenval': [f'{row.eigenvalue:.8e}' for row in rows],
+                    'order_': [str(row.number) for row in rows]}
+    write_star_tables(Path(path), {'noname': table}, header=XMIPP_HEADER)
 
 
 def read_modes_xmd(path: Union[str, os.PathLike]) -> List[ModeRow]:
     """Rows of a modes.xmd (columns found by name, any order; score and eigenvalue optional)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f'{path}: no such file')
-    columns: List[str] = []
-    values: List[List[str]] = []
-    in_loop = False
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith('#') or line.startswith('data_'):
-            continue
-        if line == 'loop_':
-            in_loop = True
-            continue
-        if line.startswith('_'):
-            columns.append(line.split()[0])
-            continue
-        if in_loop:
-            values.append(line.split())
-    required = ('_nmaModefile', '_order_')
-    missing = [c for c in required if c not in columns]
+    table = next(iter(read_star_tables(path).values()))
+    missing = [f'_{name}' for name in ('nmaModefile', 'order_') if name not in table]
     if missing:
         raise InputError(f'{path}: not a modes metadata file (missing {", ".join(missing)})')
-    rows = []
-    for fields in values:
-        if len(fields) != len(columns):
-            raise InputError(f'{path}: a row has {len(fields)} values for {len(columns)} columns')
-        record: Dict[str, str] = dict(zip(columns, fields))
-        try:
-            rows.append(ModeRow(number=int(record['_order_']), mode_file=record['_nmaModefile'],
-                                enabled=int(record.get('_enabled', '1')) == 1,
-                                collectivity=float(record.get('_nmaCollectivity', 'nan')),
-                                score=float(record.get('_nmaScore', 'nan')),
-                                eigenvalue=float(record.get('_nmaEigenval', 'nan'))))
-        except ValueError as error:
-            raise InputError(f'{path}: bad value in row {fields} ({error})') from error
-    if not rows:
+    count = len(table['order_'])
+    if not count:
         raise InputError(f'{path}: no modes listed')
+
+    def column(name: str, default: str) -> List[str]:
+        return table.get(name, [default] * count)
+
+    rows = []
+    for fields in zip(table['order_'], table['nmaModefile'], column('enabled', '1'),
+                      column('nmaCollectivity', 'nan'), column('nmaScore', 'nan'), column('nmaEigenval', 'nan')):
+        number, mode_file, enabled, kappa, score, eigenvalue = fields
+        try:
+            rows.append(ModeRow(number=int(number), mode_file=mode_file, enabled=int(float(enabled)) == 1,
+                                collectivity=float(kappa), score=float(score), eigenvalue=float(eigenvalue)))
+        except ValueError as error:
+            raise InputError(f'{path}: bad value in the row of mode {number} ({error})') from error
     return rows
 
 
