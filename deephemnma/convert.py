@@ -1,22 +1,26 @@
-"""Conversions between the core's :class:`~deephemnma.core.metadata.Particles` and Scipion's SetOfParticles.
+"""Conversions between the core's objects and Scipion's: Particles and SetOfParticles, modes and SetOfNormalModes.
 
 Scipion side only (imports pwem). A particle's pose is its projection-alignment Transform (Xmipp ZYZ angles in
 degrees, shifts in pixels; see :func:`deephemnma.core.rotations.transform_from_pose`), its amplitudes the CsvList
 attribute ``_xmipp_nmaDisplacements`` (the name ContinuousFlex's HEMNMA uses, so its outputs are read directly and
 ours go into its viewers), its score ``_xmipp_cost``, and every extra column ``NAME`` (e.g. the simulator's ground
 truth ``true_amplitudes``) the attribute ``_deephemnma_NAME``.
+
+A SetOfNormalModes holds one NormalMode per mode, its object id being the mode number (1-6: rigid-body modes), its
+file one ``vx vy vz`` line per atom of the set's reference (``getPdb()``), as ContinuousFlex's NMA writes them.
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Dict, Iterable, Optional
 
 import numpy as np
-from pwem.objects import CTFModel, Particle, SetOfParticles, Transform
+from pwem.objects import AtomStruct, CTFModel, NormalMode, Particle, SetOfNormalModes, SetOfParticles, Transform
 from pyworkflow.object import CsvList, Float
 
 from .constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
 from .core.metadata import Particles
+from .core.nma import RIGID_MODES, NormalModes, collectivity
 from .core.rotations import pose_from_transform, transform_from_pose
 
 
@@ -164,3 +168,86 @@ def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estim
     output.copyItems(input_set, updateItemCallback=update, itemDataIterator=iter(range(len(estimates))),
                      copyDisabled=True, orderBy='id')
     return output
+
+
+# ----------------------------------------------------------------------------------------------
+# Normal modes
+# ----------------------------------------------------------------------------------------------
+def write_modes_xmd_from_set(modes_set: SetOfNormalModes, path: str,
+                             enabled: Optional[Iterable[int]] = None) -> None:
+    """``modes_set`` as a modes.xmd that the core and Xmipp read (absolute mode file paths).
+
+    ``enabled``: the mode numbers to mark enabled (default: the set's own enabled flags).
+    """
+    from .core.modes_io import ModeRow, write_modes_xmd
+    chosen = set(enabled) if enabled is not None else None
+    rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
+                    enabled=int(mode.getObjId()) in chosen if chosen is not None else bool(mode.isEnabled()),
+                    collectivity=_float(mode.getCollectivity(), np.nan), score=_float(mode.getScore(), np.nan),
+                    eigenvalue=np.nan)
+            for mode in modes_set.iterItems(orderBy='id')]
+    write_modes_xmd(path, rows)
+
+
+def set_of_modes_from_xmd(xmd: str, output: SetOfNormalModes, reference: AtomStruct,
+                          enabled: Optional[Iterable[int]] = None) -> SetOfNormalModes:
+    """Fill the empty ``output`` with the modes of ``xmd`` on ``reference``.
+
+    ``enabled``: the mode numbers to mark enabled (default: the file's own flags).
+    """
+    from pathlib import Path
+
+    from .core.modes_io import read_modes_xmd, resolve_mode_file
+    chosen = set(enabled) if enabled is not None else None
+    for row in read_modes_xmd(xmd):
+        mode = NormalMode(modeFile=str(resolve_mode_file(Path(xmd), row.mode_file)),
+                          collectivity=row.collectivity, score=row.score)
+        mode.setObjId(row.number)
+        mode.setEnabled(row.number in chosen if chosen is not None else row.enabled)
+        output.append(mode)
+    output.setPdb(reference)
+    return output
+
+
+def mode_files(modes_set: SetOfNormalModes) -> Dict[int, str]:
+    """``{mode number: vector file}`` of a SetOfNormalModes."""
+    return {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
+
+
+def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_count: int) -> Optional[str]:
+    """Why modes ``numbers`` of ``modes_set`` cannot deform a reference of ``atom_count`` atoms, or None."""
+    from .core.modes_io import read_vector_file
+    files = mode_files(modes_set)
+    numbers = list(numbers)
+    missing = [n for n in numbers if n not in files]
+    if missing:
+        return f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})'
+    for number in numbers:
+        lines = len(read_vector_file(files[number]))
+        if lines != atom_count:
+            return (f'the modes come from another structure: mode {number} has {lines} atom vectors but the '
+                    f'reference has {atom_count} atoms')
+    return None
+
+
+def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterable[int]] = None) -> NormalModes:
+    """The core's modes from a SetOfNormalModes (its reference PDB and one vector file per mode).
+
+    ``numbers`` selects the modes (default: every non-rigid mode of the set); InputError names missing modes.
+    """
+    from .core.fileio import InputError
+    from .core.modes_io import read_vector_file
+    from .core.structure import read_structure
+    structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
+    files = mode_files(modes_set)
+    wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
+    problem = modes_mismatch(modes_set, wanted, len(structure))
+    if problem:
+        raise InputError(problem)
+    vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])
+    rigid = [n for n in sorted(files) if n <= RIGID_MODES]
+    rigid_vectors = np.stack([read_vector_file(files[n], len(structure)) for n in rigid]) if rigid \
+        else np.zeros((0, len(structure), 3))
+    return NormalModes(vectors=vectors, eigenvalues=np.zeros(len(wanted)), numbers=np.array(wanted),
+                       collectivity=collectivity(vectors), rigid_eigenvalues=np.zeros(len(rigid)),
+                       rigid_vectors=rigid_vectors, structure=structure, cutoff=float('nan'), method='file')

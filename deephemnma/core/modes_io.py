@@ -135,7 +135,8 @@ def write_modes(folder: Union[str, os.PathLike], modes: NormalModes,
     return xmd
 
 
-def _resolve_mode_file(xmd: Path, name: str) -> Path:
+def resolve_mode_file(xmd: Path, name: str) -> Path:
+    """A mode file named in ``xmd``: as given (Xmipp opens it from its working folder), else next to ``xmd``."""
     candidates = [Path(name), xmd.parent / name, xmd.parent / MODES_FOLDER / Path(name).name]
     for candidate in candidates:
         if candidate.exists():
@@ -166,7 +167,7 @@ def read_modes(xmd: Union[str, os.PathLike], reference: Union[Structure, str, os
     structure = reference if isinstance(reference, Structure) else read_structure(reference,
                                                                                    remove_hydrogens=False,
                                                                                    remove_waters=False)
-    vectors = np.stack([read_vector_file(_resolve_mode_file(xmd, r.mode_file), len(structure)) for r in rows])
+    vectors = np.stack([read_vector_file(resolve_mode_file(xmd, r.mode_file), len(structure)) for r in rows])
     numbers = np.array([r.number for r in rows])
     rigid = numbers <= RIGID_MODES
     kappa = np.array([r.collectivity for r in rows])

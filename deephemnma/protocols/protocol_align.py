@@ -8,7 +8,8 @@ import numpy as np
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import absolute_image_paths, copy_with_estimates, particles_from_set
+from deephemnma.convert import (absolute_image_paths, copy_with_estimates, modes_mismatch, particles_from_set,
+                                write_modes_xmd_from_set)
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.core.nma import RIGID_MODES
 from deephemnma.protocols.compute import gpu_command, gpu_ids
@@ -97,14 +98,8 @@ class DeepHemnmaProtAlign(EMProtocol):
         return os.path.abspath(self.inputModes.get().getPdb().getFileName())
 
     def convertInputStep(self) -> None:
-        from deephemnma.core.modes_io import ModeRow, write_modes_xmd
-        selected = set(self._selectedModes())
-        rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
-                        enabled=int(mode.getObjId()) in selected, collectivity=float(mode.getCollectivity() or
-                                                                                     np.nan),
-                        score=float(mode.getScore() or np.nan), eigenvalue=float('nan'))
-                for mode in self.inputModes.get()]
-        write_modes_xmd(self._getExtraPath('modes.xmd'), rows)
+        write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath('modes.xmd'),
+                                 enabled=self._selectedModes())
         particles = absolute_image_paths(particles_from_set(self.inputParticles.get(),
                                                             require_alignment=bool(self.localOnly.get())))
         write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
@@ -186,20 +181,15 @@ class DeepHemnmaProtAlign(EMProtocol):
         return errors
 
     def _checkReference(self, modes, selected: List[int], particle_set) -> List[str]:
-        from deephemnma.core.modes_io import read_vector_file
         from deephemnma.core.structure import read_structure
         pdb = modes.getPdb()
         if pdb is None or not os.path.exists(pdb.getFileName()):
             return ['The normal modes have no reference structure file.']
         structure = read_structure(pdb.getFileName(), remove_hydrogens=False, remove_waters=False)
+        problem = modes_mismatch(modes, selected, len(structure))
+        if problem:
+            return [f'{problem} (reference {os.path.basename(pdb.getFileName())}).']
         errors = []
-        for mode in modes:
-            if int(mode.getObjId()) in selected:
-                lines = len(read_vector_file(mode.getModeFile()))
-                if lines != len(structure):
-                    return [f'The modes come from another structure: mode {mode.getObjId()} has {lines} atom '
-                            f'vectors but the reference {os.path.basename(pdb.getFileName())} has '
-                            f'{len(structure)} atoms.']
         if particle_set is not None and particle_set.getSize():
             box, pixel = particle_set.getXDim(), particle_set.getSamplingRate()
             radius = float(np.linalg.norm(structure.coords - structure.centre(), axis=1).max())

@@ -2,37 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
-from pwem.objects import AtomStruct, SetOfNormalModes, Volume
+from pwem.objects import AtomStruct, Volume
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import particles_from_set
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.nma import RIGID_MODES, NormalModes, collectivity
-
-
-def normal_modes_from_set(modes_set: SetOfNormalModes, numbers=None) -> NormalModes:
-    """The core's modes from a pwem SetOfNormalModes (its reference PDB and one vector file per mode).
-
-    Mode ``i`` of the set (object id ``i``) is Xmipp mode number ``i``; modes 1-6 are rigid-body modes.
-    ``numbers`` selects the modes (default: every non-rigid mode of the set).
-    """
-    from deephemnma.core.modes_io import read_vector_file
-    from deephemnma.core.structure import read_structure
-    structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
-    files = {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
-    wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
-    missing = [n for n in wanted if n not in files]
-    if missing:
-        raise InputError(f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})')
-    vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])
-    rigid = [n for n in sorted(files) if n <= RIGID_MODES]
-    rigid_vectors = np.stack([read_vector_file(files[n], len(structure)) for n in rigid]) if rigid \
-        else np.zeros((0, len(structure), 3))
-    return NormalModes(vectors=vectors, eigenvalues=np.zeros(len(wanted)), numbers=np.array(wanted),
-                       collectivity=collectivity(vectors), rigid_eigenvalues=np.zeros(len(rigid)),
-                       rigid_vectors=rigid_vectors, structure=structure, cutoff=float('nan'), method='file')
+from deephemnma.convert import mode_files, normal_modes_from_set, particles_from_set
+from deephemnma.core.fileio import atomic_path
+from deephemnma.core.nma import RIGID_MODES, NormalModes
 
 
 class DeepHemnmaProtAnimate(EMProtocol):
@@ -132,7 +109,7 @@ class DeepHemnmaProtAnimate(EMProtocol):
             return ['The set of normal modes is empty.']
         if not self.inputGroups and self.inputSpace.get() is None:
             errors.append('Nothing to do: give groups (centroids) and/or a space (animations).')
-        available = {int(m.getObjId()) for m in modes_set.iterItems()}
+        available = set(mode_files(modes_set))
         numbers = self._numbers() or [n for n in available if n > RIGID_MODES]
         missing = [n for n in numbers if n not in available]
         if missing:

@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import List, Optional
 
 import numpy as np
-from pwem.objects import AtomStruct, NormalMode, SetOfNormalModes
+from pwem.objects import AtomStruct, SetOfNormalModes
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
+from deephemnma.convert import set_of_modes_from_xmd
 from deephemnma.core.fileio import InputError
 from deephemnma.core.nma import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes
 
@@ -155,17 +156,11 @@ class DeepHemnmaProtNMA(EMProtocol):
                   f'eigenvalues {", ".join(f"{v:.3e}" for v in modes.eigenvalues)}')
 
     def createOutputStep(self) -> None:
-        from deephemnma.core.modes_io import read_modes_xmd
         structure = AtomStruct(filename=self._getPath(REFERENCE_PDB), pseudoatoms=self._isMap())
         if self._isMap():
             structure.setVolume(self.inputVolume.get())
-        modes = SetOfNormalModes(filename=self._getPath('modes.sqlite'))
-        for row in read_modes_xmd(self._getPath('modes.xmd')):
-            mode = NormalMode(modeFile=row.mode_file, collectivity=row.collectivity, score=row.score)
-            mode.setObjId(row.number)
-            mode.setEnabled(row.enabled)
-            modes.append(mode)
-        modes.setPdb(structure)
+        modes = set_of_modes_from_xmd(self._getPath('modes.xmd'), SetOfNormalModes(filename=self._getPath(
+            'modes.sqlite')), structure)
         self._defineOutputs(outputStructure=structure, outputModes=modes)
         source = self.inputVolume if self._isMap() else self.inputStructure
         self._defineSourceRelation(source, structure)

@@ -6,12 +6,12 @@ import os
 from typing import List
 
 import numpy as np
-from pwem.objects import AtomStruct, NormalMode, SetOfNormalModes
+from pwem.objects import AtomStruct, SetOfNormalModes
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import TRUE_PREFIX
-from deephemnma.convert import fill_set_of_particles
+from deephemnma.convert import fill_set_of_particles, modes_mismatch, set_of_modes_from_xmd, write_modes_xmd_from_set
 from deephemnma.core.conformations import KINDS
 from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import Particles, stack_locations
@@ -181,23 +181,14 @@ class DeepHemnmaProtSimulate(EMProtocol):
             invert_contrast=self.invertContrast.get(), oversampling=self.oversampling.get(),
             chunk_size=self.chunkSize.get())
 
-    def _writeInputModes(self) -> None:
-        """The input SetOfNormalModes as a modes.xmd that the core reads (mode number = item id)."""
-        from deephemnma.core.modes_io import ModeRow, write_modes_xmd
-        rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
-                        enabled=bool(mode.isEnabled()), collectivity=float(mode.getCollectivity() or np.nan),
-                        score=float(mode.getScore() or np.nan), eigenvalue=float('nan'))
-                for mode in self.inputModes.get()]
-        write_modes_xmd(self._getExtraPath(INPUT_MODES_XMD), rows)
-
     def simulateStep(self) -> None:
         import torch
         from deephemnma import Plugin
         from deephemnma.core.machine import resolve_device
         from deephemnma.core.simulate import simulate_to_disk
         torch.set_num_threads(max(1, self.numberOfThreads.get()))
-        if self.inputModes.hasValue():
-            self._writeInputModes()
+        if self.inputModes.hasValue():  # mode number = item id
+            write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath(INPUT_MODES_XMD))
         device = resolve_device(self.device.get() or Plugin.getDefaultDevice())
         simulate_to_disk(self._config(), self._simulationPath(), device=device)
 
@@ -231,19 +222,9 @@ class DeepHemnmaProtSimulate(EMProtocol):
                 self._defineSourceRelation(source, output)
 
     def _createModes(self, structure: AtomStruct, record: dict) -> SetOfNormalModes:
-        from deephemnma.core.modes_io import read_modes_xmd
-        xmd = self._simulationPath(record['files']['modes_xmipp'])
-        modes = SetOfNormalModes(filename=self._getPath('modes.sqlite'))
-        selected = set(_mode_numbers(self.modeNumbers.get()))
-        folder = os.path.dirname(xmd)
-        for row in read_modes_xmd(xmd):
-            mode = NormalMode(modeFile=os.path.join(folder, 'modes', os.path.basename(row.mode_file)),
-                              collectivity=row.collectivity, score=row.score)
-            mode.setObjId(row.number)
-            mode.setEnabled(row.number in selected)
-            modes.append(mode)
-        modes.setPdb(structure)
-        return modes
+        return set_of_modes_from_xmd(self._simulationPath(record['files']['modes_xmipp']),
+                                     SetOfNormalModes(filename=self._getPath('modes.sqlite')), structure,
+                                     enabled=_mode_numbers(self.modeNumbers.get()))
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> List[str]:
@@ -272,17 +253,9 @@ class DeepHemnmaProtSimulate(EMProtocol):
     def _checkModes(self, reference, numbers: List[int]) -> List[str]:
         if not self.inputModes.hasValue():
             return []
-        from deephemnma.core.modes_io import read_vector_file
-        available = {int(mode.getObjId()): mode.getModeFile() for mode in self.inputModes.get()}
-        missing = [n for n in numbers if n not in available]
-        if missing:
-            return [f'mode(s) {missing} are not in the input modes (available: {sorted(available)})']
-        lines = len(read_vector_file(available[numbers[0]]))
-        if lines != len(reference):
-            return [f'the input modes do not match the reference: their files have {lines} atoms but the '
-                    f'reference has {len(reference)} (hydrogens and waters removed); use the structure the modes '
-                    'were computed on']
-        return []
+        problem = modes_mismatch(self.inputModes.get(), numbers, len(reference))
+        return [f'{problem} (hydrogens and waters removed); use the structure the modes were computed on'] \
+            if problem else []
 
     def _summary(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):

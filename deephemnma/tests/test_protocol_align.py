@@ -67,7 +67,7 @@ class TestProtocolAlign(BaseTest):
         mode_items = [SimpleNamespace(getObjId=lambda n=n: n, getModeFile=lambda m=m: m.getModeFile())
                       for n, m in ((7, modes[7]), (8, modes[8]))]
         all_atom_pdb = SimpleNamespace(getFileName=lambda: str(ak_reference_path()))
-        mismatched = type('Modes', (), {'__iter__': lambda self: iter(mode_items),
+        mismatched = type('Modes', (), {'iterItems': lambda self, **order: iter(mode_items),
                                         'getPdb': lambda self: all_atom_pdb})()
         errors = prot._checkReference(mismatched, [7, 8], None)
         self.assertTrue(any('come from another structure' in e for e in errors), errors)

@@ -63,7 +63,7 @@ class TestProtocolSimulate(BaseTest):
         mismatched.inputStructure.set(imported.outputPdb)
         mismatched.inputModes.set(self.simulation.outputModes)
         errors = mismatched.validate()
-        self.assertTrue(any('do not match the reference' in e for e in errors), errors)
+        self.assertTrue(any('come from another structure' in e for e in errors), errors)
         # The matching pair (the simulation's own reference and modes) is accepted.
         matching = self.newProtocol(DeepHemnmaProtSimulate, **SMALL)
         matching.inputModes.set(self.simulation.outputModes)

@@ -124,7 +124,7 @@ class TestSpaceProtocols(BaseTest):
     def _animate_checks(self, space_prot, groups):
         from deephemnma.core.structure import read_structure
         from deephemnma.protocols import DeepHemnmaProtSimulate
-        from deephemnma.protocols.protocol_animate import normal_modes_from_set
+        from deephemnma.convert import normal_modes_from_set
         simulation = self.newProtocol(DeepHemnmaProtSimulate, count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,
                                       applyCtf=False, addNoise=False, numberOfThreads=1)
         self.launchProtocol(simulation)
