@@ -2,25 +2,20 @@
 from types import SimpleNamespace
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
 from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.core.simulate import ak_reference_path
 from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign, parse_mode_list
-from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
+from deephemnma.tests.projects import SimulatedProjectCase
 
 SIMULATION = dict(count=6, box=64, pixelSize=2.2, coarse=1, amplitudeScale=30.0, phaseFlip=True, addNoise=False,
                   trueAlignmentAsTransform=True, seed=5, chunkSize=6)
 
 
-class TestProtocolAlign(BaseTest):
-    @classmethod
-    def setUpClass(cls):
-        setupTestProject(cls)
-        cls.simulation = cls.newProtocol(DeepHemnmaProtSimulate, **SIMULATION)
-        cls.launchProtocol(cls.simulation)
+class TestProtocolAlign(SimulatedProjectCase):
+    SIMULATION = SIMULATION
 
     def _align(self, **kwargs):
         prot = self.newProtocol(DeepHemnmaProtAlign, **kwargs)

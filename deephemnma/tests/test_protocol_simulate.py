@@ -3,21 +3,17 @@ import json
 import os
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
 
 from deephemnma.constants import TRUE_PREFIX
 from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
+from deephemnma.tests.projects import SimulatedProjectCase
 
 SMALL = dict(count=12, box=48, pixelSize=1.6, coarse=1, amplitudeScale=30.0, chunkSize=5, defocusMin=6000.0,
              defocusMax=9000.0, astigmatism=300.0, snr=0.1, seed=3)
 
 
-class TestProtocolSimulate(BaseTest):
-    @classmethod
-    def setUpClass(cls):
-        setupTestProject(cls)
-        cls.simulation = cls.newProtocol(DeepHemnmaProtSimulate, **SMALL)
-        cls.launchProtocol(cls.simulation)
+class TestProtocolSimulate(SimulatedProjectCase):
+    SIMULATION = SMALL
 
     def test_outputs_carry_ctf_and_ground_truth(self):
         prot = self.simulation

@@ -123,11 +123,10 @@ class TestSpaceProtocols(BaseTest):
 
     def _animate_checks(self, space_prot, groups):
         from deephemnma.core.structure import read_structure
-        from deephemnma.protocols import DeepHemnmaProtSimulate
         from deephemnma.convert import normal_modes_from_set
-        simulation = self.newProtocol(DeepHemnmaProtSimulate, count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,
-                                      applyCtf=False, addNoise=False, numberOfThreads=1)
-        self.launchProtocol(simulation)
+        from deephemnma.tests.projects import launch_simulation
+        simulation = launch_simulation(type(self), count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,
+                                       applyCtf=False, addNoise=False, numberOfThreads=1)
         animate = self.newProtocol(DeepHemnmaProtAnimate, modeNumbers='7 8 9', frames=5, axes='1 2')
         animate.inputModes.set(simulation.outputModes)
         for n in (1, 2, 3):

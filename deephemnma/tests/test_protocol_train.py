@@ -2,25 +2,24 @@
 import os
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
 
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
 from deephemnma.core.rotations import pose_from_transform
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
-from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
+from deephemnma.tests.projects import SimulatedProjectCase, launch_simulation
 
 SIMULATION = dict(count=16, box=32, pixelSize=3.0, coarse=1, amplitudeScale=30.0, snr=1.0, seed=2)
 TRAINING = dict(labelSource=1, epochs=2, batchSize=4, arch=1, validationSize=3, testSize=2, outlierThreshold=0.0,
                 useGpu=False)
 
 
-class TestProtocolTrainInfer(BaseTest):
+class TestProtocolTrainInfer(SimulatedProjectCase):
+    SIMULATION = SIMULATION
+
     @classmethod
     def setUpClass(cls):
-        setupTestProject(cls)
-        cls.simulation = cls.newProtocol(DeepHemnmaProtSimulate, **SIMULATION)
-        cls.launchProtocol(cls.simulation)
+        super().setUpClass()
         cls.training = cls.newProtocol(DeepHemnmaProtTrain, **TRAINING)
         cls.training.inputParticles.set(cls.simulation.outputParticles)
         cls.launchProtocol(cls.training)
@@ -74,8 +73,7 @@ class TestProtocolTrainInfer(BaseTest):
         errors = ' '.join(no_labels.validate())
         self.assertIn('no 3D projection alignment', errors)
         self.assertIn('no normal-mode amplitudes', errors)
-        other = self.newProtocol(DeepHemnmaProtSimulate, **{**SIMULATION, 'count': 2, 'box': 40})
-        self.launchProtocol(other)
+        other = launch_simulation(type(self), **{**SIMULATION, 'count': 2, 'box': 40})
         wrong_size = self.newProtocol(DeepHemnmaProtInfer, useGpu=False)
         wrong_size.inputTraining.set(self.training)
         wrong_size.inputParticles.set(other.outputParticles)

