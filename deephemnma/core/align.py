@@ -29,7 +29,7 @@ import torch
 
 from .ctf import CTFParams, ctf_2d
 from .deform import deform
-from .projection import AtomModel, bead_vectors, crop_rfft, fourier_indices, project_fourier, residue_beads
+from .projection import AtomModel, FourierProjector, bead_vectors, crop_rfft, fourier_indices, residue_beads
 from .rotations import euler_to_matrix, matrix_to_euler
 
 #: Width (Angstrom) of the bead of a residue when the model has a single atom per residue (C-alpha models).
@@ -300,11 +300,19 @@ class Aligner:
         self.rotation_unit = 1.0 / max(reference.radius_of_gyration(), 1.0)
         self.shift_unit = 1.0 / self.pixel_size
         self._library: Optional[_Library] = None
+        self._projectors: Dict[float, FourierProjector] = {}
 
     # -- forward model ----------------------------------------------------------------------------
     def radius(self, resolution: float) -> float:
         """Fourier radius (pixels of the rfft grid) of ``resolution`` Angstrom."""
         return self.box * self.pixel_size / resolution
+
+    def projector(self, band: FourierBand) -> FourierProjector:
+        """The forward model on the cropped grid of ``band`` (made once per band radius)."""
+        if band.radius not in self._projectors:
+            self._projectors[band.radius] = FourierProjector(self.model, self.box, self.pixel_size, band.radius,
+                                                             self.device, self.dtype)
+        return self._projectors[band.radius]
 
     def deformed(self, amplitudes: torch.Tensor) -> torch.Tensor:
         """Coordinates (B, N, 3) of the reference displaced by amplitudes (B, M)."""
@@ -313,9 +321,7 @@ class Aligner:
     def project_band(self, amplitudes: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
                      band: FourierBand) -> torch.Tensor:
         """Model transforms (B, F) on ``band`` (no CTF)."""
-        full = project_fourier(self.deformed(amplitudes), self.model, rotations, shifts, self.box, self.pixel_size,
-                               radius=band.radius)
-        return band.take(full)
+        return band.take(self.projector(band)(self.deformed(amplitudes), rotations, shifts))
 
     # -- global search ------------------------------------------------------------------------------
     def library(self) -> _Library:
@@ -336,9 +342,7 @@ class Aligner:
                 coords = self.deformed(amplitudes[None])[0]
                 for start in range(0, len(rotations), s.template_chunk):
                     chunk = rotations[start:start + s.template_chunk]
-                    full = project_fourier(coords, self.model, chunk, None, self.box, self.pixel_size,
-                                           radius=band.radius)
-                    values = band.take(full)
+                    values = band.take(self.projector(band)(coords, chunk, None))
                     parts.append(torch.cat([values.real, values.imag], dim=1))
                     powers.append(values.abs() ** 2)
                 rot_all.append(rotations)

@@ -14,7 +14,7 @@ A recorded shift ``s`` (pixels, Xmipp) brings the particle back to the centre, s
 ``-s``. Image scale: pixel values are projected potential per area, i.e. ``sum of a_i`` (Angstrom) per atom
 divided by the pixel area (Angstrom^2): the image sums to ``sum_j w_j sum_i a_i / pixel_size^2``.
 
-Two entry points compute this: :func:`project_fourier` (complex, differentiable, any atom model: the aligner) and
+Two classes compute this: :class:`FourierProjector` (complex, differentiable, any atom model: the aligner) and
 :class:`DirectProjector` (real arithmetic, forward only, one model on one grid: the simulator's fast path).
 """
 from __future__ import annotations
@@ -134,54 +134,73 @@ def crop_rfft(transforms: torch.Tensor, radius: float) -> torch.Tensor:
     return transforms[..., rows, :][..., :len(ix)]
 
 
+class FourierProjector:
+    """Complex, differentiable projections of one atom model on one (cropped) rfft grid: the aligner's forward model.
+
+    The frequency grid, the projected form factors, the atoms of each type and their blur factors depend only on
+    the model, ``box`` (pixels), ``pixel_size`` (Angstrom) and ``radius`` (Fourier pixels, see
+    :func:`fourier_indices`), so they are computed once here and reused by every call (an optimisation step, a
+    chunk of library templates).
+    """
+
+    def __init__(self, model: AtomModel, box: int, pixel_size: float, radius: Optional[float] = None,
+                 device: torch.device = torch.device('cpu'), dtype: torch.dtype = torch.float32,
+                 atom_chunk: int = 8192):
+        self.box, self.pixel_size, self.dtype = int(box), float(pixel_size), dtype
+        self.device = torch.device(device)
+        iy, ix = fourier_indices(self.box, radius, self.device)
+        self.fy = iy.to(dtype) / self.box        # cycles per pixel, (H,)
+        self.fx = ix.to(dtype) / self.box        # (W,)
+        k2 = (self.fy[:, None] ** 2 + self.fx[None, :] ** 2) / self.pixel_size ** 2
+        factors = form_factors(model, k2).to(dtype) / self.pixel_size ** 2   # (T, H, W), per pixel area
+        model = model.to(self.device, dtype)
+        types = model.types.cpu()
+        #: (factor (H, W), atom indices (n,), magnitude along x (1, n, W), along y (1, H, n)) per atom group.
+        self.groups = []
+        for t in range(model.num_types):
+            members = torch.nonzero(types == t).reshape(-1)
+            for start in range(0, len(members), atom_chunk):
+                idx = members[start:start + atom_chunk].to(self.device)
+                magnitude_x, magnitude_y = _atom_magnitudes(model, idx, self.fx / self.pixel_size,
+                                                            self.fy / self.pixel_size)
+                self.groups.append((factors[t], idx, magnitude_x, magnitude_y))
+
+    def __call__(self, coords: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
+                 ctf: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Unnormalised DFT (as ``torch.fft.rfft2`` would give) of the projections, complex ``(B, H, W)``.
+
+        ``coords`` (N, 3) or (B, N, 3) Angstrom, centred; ``rotations`` (B, 3, 3) Xmipp matrices; ``shifts``
+        (B, 2) pixels (Xmipp: particle drawn at ``-shift``) or None; ``ctf`` (B, H, W) on this grid, multiplied
+        in. Differentiable in ``coords``, ``rotations`` and ``shifts``.
+        """
+        batch = rotations.shape[0]
+        coords = coords.to(self.device, self.dtype)
+        if coords.ndim == 2:
+            coords = coords.unsqueeze(0).expand(batch, -1, -1)
+        # Image-plane coordinates in pixels from pixel 0: (A r)_x, (A r)_y plus the centre.
+        planar = torch.einsum('bij,bnj->bni', rotations[:, :2, :], coords) / self.pixel_size + self.box // 2
+        if shifts is not None:
+            planar = planar - shifts.to(self.device, self.dtype)[:, None, :]
+        real = torch.zeros(batch, len(self.fy), len(self.fx), dtype=self.dtype, device=self.device)
+        imag = torch.zeros_like(real)
+        for factor, idx, magnitude_x, magnitude_y in self.groups:
+            # exp(-i a) exp(-i b) = (cos a cos b - sin a sin b) - i (sin a cos b + cos a sin b), in real bmms.
+            angle_x = (2.0 * math.pi) * planar[:, idx, 0, None] * self.fx                  # (B, n, W)
+            angle_y = (2.0 * math.pi) * self.fy[:, None] * planar[:, None, idx, 1]          # (B, H, n)
+            cos_x, sin_x = magnitude_x * torch.cos(angle_x), magnitude_x * torch.sin(angle_x)
+            cos_y, sin_y = magnitude_y * torch.cos(angle_y), magnitude_y * torch.sin(angle_y)
+            real = real + factor * (torch.bmm(cos_y, cos_x) - torch.bmm(sin_y, sin_x))
+            imag = imag - factor * (torch.bmm(sin_y, cos_x) + torch.bmm(cos_y, sin_x))
+        total = torch.complex(real, imag)
+        return total if ctf is None else total * ctf.to(self.device, self.dtype)
+
+
 def project_fourier(coords: torch.Tensor, model: AtomModel, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
                     box: int, pixel_size: float, radius: Optional[float] = None,
                     ctf: Optional[torch.Tensor] = None, atom_chunk: int = 8192) -> torch.Tensor:
-    """Unnormalised DFT (as ``torch.fft.rfft2`` would give) of the projections, on a (cropped) rfft grid.
-
-    ``coords`` (N, 3) or (B, N, 3) Angstrom, centred; ``rotations`` (B, 3, 3) Xmipp matrices; ``shifts``
-    (B, 2) pixels (Xmipp: particle drawn at ``-shift``) or None; ``radius`` crops to ``|i| <= radius`` Fourier
-    pixels (see :func:`fourier_indices`); ``ctf`` (B, H, W) on that same grid, multiplied in. Returns complex
-    ``(B, H, W)``. Differentiable in ``coords``, ``rotations`` and ``shifts``.
-    """
-    device, dtype = rotations.device, rotations.dtype
-    batch = rotations.shape[0]
-    coords = coords.to(device, dtype)
-    if coords.ndim == 2:
-        coords = coords.unsqueeze(0).expand(batch, -1, -1)
-    # Image-plane coordinates in pixels from the centre pixel: (A r)_x, (A r)_y.
-    planar = torch.einsum('bij,bnj->bni', rotations[:, :2, :], coords) / pixel_size
-    if shifts is not None:
-        planar = planar - shifts.to(device, dtype)[:, None, :]
-    iy, ix = fourier_indices(box, radius, device)
-    fy = iy.to(dtype) / box
-    fx = ix.to(dtype) / box
-    k2 = (fy[:, None] ** 2 + fx[None, :] ** 2) / pixel_size ** 2
-    factors = form_factors(model, k2).to(dtype)
-    model_dev = model.to(device, dtype)
-    centre = box // 2
-    real = torch.zeros(batch, len(iy), len(ix), dtype=dtype, device=device)
-    imag = torch.zeros_like(real)
-    for t in range(model.num_types):
-        members = torch.nonzero(model_dev.types == t).reshape(-1)
-        for start in range(0, len(members), atom_chunk):
-            idx = members[start:start + atom_chunk]
-            x = planar[:, idx, 0] + centre
-            y = planar[:, idx, 1] + centre
-            magnitude_x, magnitude_y = _atom_magnitudes(model_dev, idx, fx / pixel_size, fy / pixel_size)
-            # exp(-i a) exp(-i b) = (cos a cos b - sin a sin b) - i (sin a cos b + cos a sin b), in real bmms.
-            angle_x = (2.0 * math.pi) * x[..., None] * fx                                  # (B, n, W)
-            angle_y = (2.0 * math.pi) * fy[:, None] * y[:, None, :]                        # (B, H, n)
-            cos_x, sin_x = magnitude_x * torch.cos(angle_x), magnitude_x * torch.sin(angle_x)
-            cos_y, sin_y = magnitude_y * torch.cos(angle_y), magnitude_y * torch.sin(angle_y)
-            factor = factors[t]
-            real = real + factor * (torch.bmm(cos_y, cos_x) - torch.bmm(sin_y, sin_x))
-            imag = imag - factor * (torch.bmm(sin_y, cos_x) + torch.bmm(cos_y, sin_x))
-    total = torch.complex(real, imag)
-    total = total / pixel_size ** 2
-    if ctf is not None:
-        total = total * ctf.to(device, dtype)
-    return total
+    """One call of a :class:`FourierProjector` made for it, on the device and in the dtype of ``rotations``."""
+    projector = FourierProjector(model, box, pixel_size, radius, rotations.device, rotations.dtype, atom_chunk)
+    return projector(coords, rotations, shifts, ctf)
 
 
 def _atom_magnitudes(model: AtomModel, idx: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor):
