@@ -32,7 +32,7 @@ setup(
     extras_require={'test': ['pytest>=7'], 'umap': ['umap-learn']},
     entry_points={
         'pyworkflow.plugin': ['deephemnma = deephemnma'],
-        'console_scripts': ['deephemnma = deephemnma.cli.main:main'],
+        'console_scripts': ['deephemnma = deephemnma.cli.main:console'],
     },
     classifiers=['Programming Language :: Python :: 3',
                  'License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)'],

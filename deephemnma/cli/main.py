@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import deephemnma
 from deephemnma import cli as cli_package
+from deephemnma.core.fileio import InputError
 from deephemnma.core.machine import flush_denormals
 
 _NOT_COMMANDS = {'main'}
@@ -59,7 +60,7 @@ def build_parser(selected: Optional[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Parse ``argv`` and run the chosen command; returns the process exit code."""
+    """Parse ``argv`` and run the chosen command; returns the process exit code (bad input raises InputError)."""
     argv = sys.argv[1:] if argv is None else argv
     selected = next((a for a in argv if not a.startswith('-')), None)
     parser = build_parser(selected if selected in command_names() else None)
@@ -72,5 +73,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     return int(result or 0)
 
 
+def console() -> int:
+    """The ``deephemnma`` program: :func:`main`, with bad input (a missing or malformed file, an impossible
+    setting) reported as one line naming the file and the problem, and exit status 2."""
+    try:
+        return main()
+    except InputError as error:
+        print(f'deephemnma: error: {error}', file=sys.stderr)
+        return 2
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(console())

@@ -15,13 +15,14 @@ import argparse
 
 from tqdm import tqdm
 
+from deephemnma.core.fileio import InputError
 from deephemnma.core.imageio import read_image, write_map
 from deephemnma.core.machine import resolve_device
 from deephemnma.core.pseudoatoms import DEFAULT_SIGMA_VOXELS, DEFAULT_TARGET_ERROR, map_correlation, map_to_pseudoatoms
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('map', help='cubic 3D map (MRC)')
+    parser.add_argument('map', help='cubic 3D map (MRC, or SPIDER .vol)')
     parser.add_argument('-o', '--output', required=True, help='pseudoatom PDB (or .cif) to write')
     parser.add_argument('--sigma', type=float, help=f'Gaussian standard deviation in Angstrom '
                                                     f'(default {DEFAULT_SIGMA_VOXELS} voxel)')
@@ -38,6 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     volume, header_pixel = read_image(args.map)
     pixel_size = args.pixel_size or header_pixel
+    if not pixel_size:
+        raise InputError(f'{args.map}: the map header gives no voxel size; give it with --pixel-size')
     bar = tqdm(desc='pseudoatoms', unit=' rounds')
 
     def progress(count: int, error: float) -> None:

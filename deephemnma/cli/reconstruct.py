@@ -72,6 +72,8 @@ def run_reconstruction(particles: Particles, base_dir: Path, ctf_mode: str, pad:
     source = ImageSource(particles.image, base_dir)
     info = stack_info(source.paths[0])
     size = pixel_size or info.pixel_size
+    if not size:
+        raise InputError(f'{source.paths[0]}: the stack header gives no pixel size; give it with --pixel-size')
     scale = info.box / pose_box if pose_box else 1.0
     ctf = ctf_table(particles) if ctf_mode != 'none' else None
     if ctf_mode != 'none' and ctf is None:

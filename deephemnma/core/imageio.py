@@ -1,13 +1,19 @@
-"""MRC image stacks (.mrcs/.mrc) and 3D maps with mrcfile: memory-mapped reading, safe streaming writing.
+"""Image stacks and 3D maps: memory-mapped reading of MRC (with mrcfile) and SPIDER files, safe streaming writing.
 
 Stacks are ``(n, box, box)`` arrays (image index, row y, column x); maps are ``(box, box, box)`` arrays
-indexed ``[z, y, x]``. Pixel sizes are in Angstrom. Reading never loads a whole stack: the data block is
-memory-mapped, so stacks larger than RAM are read image by image. Writing goes to a temporary name first
-(``NAME.partial`` for streamed stacks, which a resumed job reopens) and is renamed only when complete.
+indexed ``[z, y, x]``. Pixel sizes are in Angstrom (0 where a SPIDER header does not give one). Reading never
+loads a whole stack: the data is memory-mapped, so stacks larger than RAM are read image by image.
+
+SPIDER (``.stk``, ``.spi``, ``.xmp``, ``.vol``: Xmipp's and ContinuousFlex's own formats) is read, either byte
+order: a header of LABBYT bytes (1-based float words: 1 NZ, 2 NY, 5 IFORM, 12 NX, 22 LABBYT, 24 ISTACK, 26 MAXIM,
+38 pixel size), then the data; a stack repeats header + image after its overall header. Written files are MRC:
+to a temporary name first (``NAME.partial`` for streamed stacks, which a resumed job reopens), renamed only when
+complete.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -28,6 +34,73 @@ class StackInfo:
     box: int
     pixel_size: float
     dtype: np.dtype
+
+
+#: File name endings read as SPIDER; every other name is read as MRC.
+SPIDER_SUFFIXES = ('.stk', '.spi', '.xmp', '.vol', '.spider')
+_SPIDER_IMAGE_FORMS = (1.0, 3.0)  # IFORM of real 2D images and 3D volumes
+
+
+#: Format hints that Scipion and Xmipp append to file names (``particles.mrc:mrcs``, ``map.vol:spi``).
+_FORMAT_HINT = re.compile(r':(mrc|mrcs|spi|stk|vol|xmp|spider)$', re.IGNORECASE)
+
+
+def image_file(name: str | os.PathLike) -> Path:
+    """The file of an image name, without a trailing Scipion/Xmipp format hint such as ``:mrcs``."""
+    return Path(_FORMAT_HINT.sub('', str(name)))
+
+
+def is_spider(path: str | os.PathLike) -> bool:
+    return image_file(path).suffix.lower() in SPIDER_SUFFIXES
+
+
+@dataclass(frozen=True)
+class _SpiderLayout:
+    info: StackInfo
+    header_floats: int          # LABBYT / 4
+    shape: Tuple[int, int, int]  # (nz, ny, nx) of one image or volume
+    stacked: bool
+
+
+def _spider_layout(path: Path) -> _SpiderLayout:
+    """What a SPIDER header says, in whichever byte order makes it consistent; checks the file size."""
+    if not path.exists():
+        raise InputError(f'{path}: no such image file')
+    with open(path, 'rb') as handle:
+        raw = handle.read(1024)
+    if len(raw) < 1024:
+        raise InputError(f'{path}: not a SPIDER file (shorter than its 1024-byte header)')
+    for order in ('<', '>'):
+        words = np.frombuffer(raw, dtype=f'{order}f4').astype(np.float64)
+        nz, ny, form, nx, labbyt = words[0], words[1], words[4], words[11], words[21]
+        if (form in _SPIDER_IMAGE_FORMS and nx >= 1 and ny >= 1 and nz >= 1 and labbyt >= 1024
+                and labbyt % 4 == 0 and all(v == int(v) for v in (nx, ny, nz))):
+            break
+    else:
+        raise InputError(f'{path}: not a SPIDER image file of real 2D images or 3D volumes (header not understood)')
+    stacked = words[23] > 0
+    count = int(words[25]) if stacked else 1
+    shape = (int(nz), int(ny), int(nx))
+    per_image = shape[0] * shape[1] * shape[2] * 4 + (int(labbyt) if stacked else 0)
+    expected = int(labbyt) + count * per_image
+    if path.stat().st_size < expected:
+        raise InputError(f'{path}: truncated file: the SPIDER header announces {count} image(s) of '
+                         f'{shape[1]} x {shape[2]} ({expected} bytes) but the file has {path.stat().st_size} bytes')
+    info = StackInfo(count, shape[2], max(float(words[37]), 0.0),
+                     np.dtype(f'{order}f4'))
+    return _SpiderLayout(info, int(labbyt) // 4, shape, stacked)
+
+
+def _read_spider(path: Path) -> Tuple[np.ndarray, _SpiderLayout]:
+    """A read-only memory map of a SPIDER file's data: ``(n, nz, ny, nx)`` (image headers skipped)."""
+    layout = _spider_layout(path)
+    nz, ny, nx = layout.shape
+    data = np.memmap(path, dtype=layout.info.dtype, mode='r')
+    body = data[layout.header_floats:]
+    if layout.stacked:
+        per_image = layout.header_floats + nz * ny * nx
+        body = body[:layout.info.count * per_image].reshape(layout.info.count, per_image)[:, layout.header_floats:]
+    return body.reshape(-1, nz, ny, nx), layout
 
 
 def _open_header(path: Path):
@@ -64,7 +137,18 @@ def _header_layout(path: Path) -> Tuple[StackInfo, int, Tuple[int, int, int]]:
 
 def stack_info(path: str | os.PathLike) -> StackInfo:
     """Header facts of an image stack, after checking that the file holds all the data it announces."""
-    return _header_layout(Path(path))[0]
+    path = image_file(path)
+    return _spider_stack(path)[1] if is_spider(path) else _header_layout(path)[0]
+
+
+def _spider_stack(path: Path) -> Tuple[np.ndarray, StackInfo]:
+    """A SPIDER stack of 2D images (or the slices of one 2D image) as ``(n, box, box)`` and its description."""
+    data, layout = _read_spider(path)
+    if layout.shape[0] != 1:
+        raise InputError(f'{path}: a SPIDER volume, not a stack of 2D images')
+    if layout.shape[1] != layout.shape[2]:
+        raise InputError(f'{path}: images are not square ({layout.shape[1]} x {layout.shape[2]} pixels)')
+    return data[:, 0], layout.info
 
 
 def read_stack(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
@@ -72,15 +156,21 @@ def read_stack(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
 
     The array has the stored dtype (float32 for MRC mode 2); convert batches with ``np.asarray(x, np.float32)``.
     """
-    path = Path(path)
-    info, offset, shape = _header_layout(path)
-    data = np.memmap(path, dtype=info.dtype, mode='r', offset=offset, shape=shape)
+    path = image_file(path)
+    if is_spider(path):
+        data = _spider_stack(path)[0]
+    else:
+        info, offset, shape = _header_layout(path)
+        data = np.memmap(path, dtype=info.dtype, mode='r', offset=offset, shape=shape)
     return data if mmap else np.array(data)
 
 
 def read_image(path: str | os.PathLike) -> Tuple[np.ndarray, float]:
     """A 3D map (or 2D image) and its pixel size (Angstrom); a stack of one image gives that image."""
-    path = Path(path)
+    path = image_file(path)
+    if is_spider(path):
+        data, layout = _read_spider(path)
+        return np.array(data[0, 0] if layout.shape[0] == 1 else data[0], dtype=np.float32), layout.info.pixel_size
     _header_layout(path)
     try:
         with mrcfile.open(path, mode='r', permissive=False) as mrc:

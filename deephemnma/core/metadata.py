@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .fileio import InputError, atomic_path
+from .imageio import image_file, stack_info
 
 OptionalArray = Optional[np.ndarray]
 
@@ -86,7 +87,8 @@ _PER_PARTICLE = ('angles', 'shifts', 'amplitudes', 'defocus_u', 'defocus_v', 'de
 
 
 def parse_location(location: str, base_dir: str | os.PathLike = '.') -> Tuple[int, Path]:
-    """``'12@stack.mrcs'`` -> ``(11, base_dir/stack.mrcs)``; a bare path means its first image."""
+    """``'12@stack.mrcs'`` -> ``(11, base_dir/stack.mrcs)``; a bare path means its first image; a format hint
+    (``'12@stack.mrc:mrcs'``) is dropped."""
     if '@' in location:
         index_text, path_text = location.split('@', 1)
         try:
@@ -97,7 +99,7 @@ def parse_location(location: str, base_dir: str | os.PathLike = '.') -> Tuple[in
         index, path_text = 0, location
     if index < 0:
         raise InputError(f"bad image location '{location}': image numbers start at 1")
-    path = Path(path_text)
+    path = image_file(path_text)
     return index, path if path.is_absolute() else Path(base_dir) / path
 
 
@@ -108,7 +110,6 @@ def stack_locations(stack_name: str, count: int) -> np.ndarray:
 
 def check_against_stacks(particles: Particles, source: str | os.PathLike, base_dir: str | os.PathLike = '.') -> None:
     """Raise a clear error when an image index lies beyond the end of its stack (count mismatch)."""
-    from .imageio import stack_info
     counts: Dict[Path, int] = {}
     for index, path in particles.locations(base_dir):
         if path not in counts:

@@ -117,7 +117,7 @@ class DeepHemnmaProtNMA(EMProtocol):
     def _mapData(self):
         from deephemnma.core.imageio import read_image
         volume = self.inputVolume.get()
-        data, _ = read_image(volume.getFileName().replace(':mrc', ''))
+        data, _ = read_image(volume.getFileName())
         return data, volume.getSamplingRate()
 
     def pseudoatomsStep(self) -> None:

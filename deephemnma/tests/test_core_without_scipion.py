@@ -66,3 +66,12 @@ def test_protocols_register_without_xmipp_and_continuousflex():
     for name in ('Simulate', 'NMA', 'Align', 'Train', 'Infer', 'Space', 'Groups', 'Reconstruct', 'Animate'):
         assert f'DeepHemnmaProt{name}' in protocols.split()
     assert len(viewers.split()) >= 3
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path):
+    missing = tmp_path / 'missing.star'
+    result = subprocess.run([sys.executable, '-m', 'deephemnma.cli.main', 'reconstruct', '-i', str(missing), '-o',
+                             str(tmp_path / 'maps')], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'deephemnma: error: {missing}: no such metadata file'
+    assert not (tmp_path / 'maps').exists()

@@ -177,3 +177,68 @@ def test_subset_keeps_rows_together():
     assert list(part.image) == [particles.image[4], particles.image[1]]
     np.testing.assert_array_equal(part.amplitudes, particles.amplitudes[[4, 1]])
     np.testing.assert_array_equal(part.extra['true_r'], particles.extra['true_r'][[4, 1]])
+
+
+def _spider_header(nz, ny, nx, stack_count=0, image_number=0, order='<'):
+    """A SPIDER header (float words, 1-based: 1 NZ, 2 NY, 5 IFORM, 12 NX, 22 LABBYT, 24 ISTACK, 26 MAXIM, 27 IMGNUM)
+    of 1024 bytes, the header size of images at least 256 pixels wide or narrower than 256 / 4."""
+    words = np.zeros(256)
+    words[[0, 1, 4, 11, 21, 22]] = nz, ny, 3 if nz > 1 else 1, nx, 1024, nx * 4
+    words[23], words[25], words[26] = (1, stack_count, image_number) if stack_count else (0, 0, image_number)
+    return words.astype(f'{order}f4').tobytes()
+
+
+@pytest.mark.parametrize('order', ['<', '>'])
+def test_spider_stacks_images_and_volumes(tmp_path, order):
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(4, 16, 16)).astype(np.float32)
+    stack = tmp_path / 'images.stk'
+    stack.write_bytes(_spider_header(1, 16, 16, stack_count=4, order=order) + b''.join(
+        _spider_header(1, 16, 16, image_number=i + 1, order=order) + image.astype(f'{order}f4').tobytes()
+        for i, image in enumerate(images)))
+    info = stack_info(stack)
+    assert (info.count, info.box, info.pixel_size) == (4, 16, 0.0)
+    np.testing.assert_array_equal(read_stack(stack)[[3, 1]], images[[3, 1]])
+    np.testing.assert_array_equal(read_image(stack)[0], images[0])
+    volume = rng.normal(size=(8, 16, 16)).astype(np.float32)
+    (tmp_path / 'map.vol').write_bytes(_spider_header(8, 16, 16, order=order) + volume.astype(f'{order}f4').tobytes())
+    np.testing.assert_array_equal(read_image(tmp_path / 'map.vol')[0], volume)
+    with pytest.raises(InputError, match='a SPIDER volume, not a stack'):
+        read_stack(tmp_path / 'map.vol')
+    stack.write_bytes(stack.read_bytes()[:-100])
+    with pytest.raises(InputError, match='truncated file'):
+        read_stack(stack)
+    (tmp_path / 'text.spi').write_bytes(b'not an image' * 100)
+    with pytest.raises(InputError, match='not a SPIDER image file'):
+        read_stack(tmp_path / 'text.spi')
+
+
+def test_spider_files_written_by_xmipp(tmp_path):
+    """Xmipp's own writer (xmippLib, from the pyxmipp3 wheel that scipion-em installs): .stk, .spi and .vol."""
+    import xmippLib
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(5, 24, 24)).astype(np.float32)
+    for number, image in enumerate(images, start=1):
+        writer = xmippLib.Image()
+        writer.setData(image)
+        writer.write(f'{number}@{tmp_path / "particles.stk"}')
+    np.testing.assert_array_equal(read_stack(tmp_path / 'particles.stk'), images)
+    writer = xmippLib.Image()
+    writer.setData(images[2])
+    writer.write(str(tmp_path / 'one.spi'))
+    np.testing.assert_array_equal(read_stack(tmp_path / 'one.spi'), images[2:3])
+    volume = rng.normal(size=(10, 12, 12)).astype(np.float32)
+    writer = xmippLib.Image()
+    writer.setData(volume)
+    writer.write(str(tmp_path / 'map.vol'))
+    np.testing.assert_array_equal(read_image(tmp_path / 'map.vol')[0], volume)
+
+
+def test_image_source_reads_spider_stacks_and_format_hints(tmp_path):
+    from deephemnma.core.stacks import ImageSource
+    images = np.arange(3 * 16 * 16, dtype=np.float32).reshape(3, 16, 16)
+    (tmp_path / 'particles.stk').write_bytes(_spider_header(1, 16, 16, stack_count=3) + b''.join(
+        _spider_header(1, 16, 16, image_number=i + 1) + image.tobytes() for i, image in enumerate(images)))
+    write_stack(tmp_path / 'more.mrc', images[::-1], 1.0)
+    source = ImageSource(['3@particles.stk', '1@more.mrc:mrcs', '1@particles.stk:stk'], tmp_path)
+    np.testing.assert_array_equal(source.read([0, 1, 2]), images[[2, 2, 0]])
