@@ -60,6 +60,7 @@ class _SpiderLayout:
     header_floats: int          # LABBYT / 4
     shape: Tuple[int, int, int]  # (nz, ny, nx) of one image or volume
     stacked: bool
+    total_floats: int           # the file's words that the header accounts for (trailing bytes ignored)
 
 
 def _spider_layout(path: Path) -> _SpiderLayout:
@@ -86,20 +87,19 @@ def _spider_layout(path: Path) -> _SpiderLayout:
     if path.stat().st_size < expected:
         raise InputError(f'{path}: truncated file: the SPIDER header announces {count} image(s) of '
                          f'{shape[1]} x {shape[2]} ({expected} bytes) but the file has {path.stat().st_size} bytes')
-    info = StackInfo(count, shape[2], max(float(words[37]), 0.0),
-                     np.dtype(f'{order}f4'))
-    return _SpiderLayout(info, int(labbyt) // 4, shape, stacked)
+    info = StackInfo(count, shape[2], max(float(words[37]), 0.0), np.dtype(f'{order}f4'))
+    return _SpiderLayout(info, int(labbyt) // 4, shape, stacked, expected // 4)
 
 
 def _read_spider(path: Path) -> Tuple[np.ndarray, _SpiderLayout]:
     """A read-only memory map of a SPIDER file's data: ``(n, nz, ny, nx)`` (image headers skipped)."""
     layout = _spider_layout(path)
     nz, ny, nx = layout.shape
-    data = np.memmap(path, dtype=layout.info.dtype, mode='r')
+    data = np.memmap(path, dtype=layout.info.dtype, mode='r', shape=(layout.total_floats,))
     body = data[layout.header_floats:]
     if layout.stacked:
         per_image = layout.header_floats + nz * ny * nx
-        body = body[:layout.info.count * per_image].reshape(layout.info.count, per_image)[:, layout.header_floats:]
+        body = body.reshape(layout.info.count, per_image)[:, layout.header_floats:]
     return body.reshape(-1, nz, ny, nx), layout
 
 

@@ -242,3 +242,9 @@ def test_image_source_reads_spider_stacks_and_format_hints(tmp_path):
     write_stack(tmp_path / 'more.mrc', images[::-1], 1.0)
     source = ImageSource(['3@particles.stk', '1@more.mrc:mrcs', '1@particles.stk:stk'], tmp_path)
     np.testing.assert_array_equal(source.read([0, 1, 2]), images[[2, 2, 0]])
+
+
+def test_spider_trailing_bytes_are_ignored(tmp_path):
+    image = np.arange(256, dtype=np.float32).reshape(16, 16)
+    (tmp_path / 'odd.spi').write_bytes(_spider_header(1, 16, 16) + image.tobytes() + b'\x00\x01')
+    np.testing.assert_array_equal(read_stack(tmp_path / 'odd.spi')[0], image)
