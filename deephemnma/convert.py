@@ -12,6 +12,7 @@ file one ``vx vy vz`` line per atom of the set's reference (``getPdb()``), as Co
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 import numpy as np
@@ -195,8 +196,6 @@ def set_of_modes_from_xmd(xmd: str, output: SetOfNormalModes, reference: AtomStr
 
     ``enabled``: the mode numbers to mark enabled (default: the file's own flags).
     """
-    from pathlib import Path
-
     from .core.modes_io import read_modes_xmd, resolve_mode_file
     chosen = set(enabled) if enabled is not None else None
     for row in read_modes_xmd(xmd):
@@ -214,14 +213,19 @@ def mode_files(modes_set: SetOfNormalModes) -> Dict[int, str]:
     return {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
 
 
+def _missing_modes(files: Dict[int, str], numbers: Iterable[int]) -> Optional[str]:
+    missing = [n for n in numbers if n not in files]
+    return f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})' if missing else None
+
+
 def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_count: int) -> Optional[str]:
     """Why modes ``numbers`` of ``modes_set`` cannot deform a reference of ``atom_count`` atoms, or None."""
     from .core.modes_io import read_vector_file
     files = mode_files(modes_set)
     numbers = list(numbers)
-    missing = [n for n in numbers if n not in files]
+    missing = _missing_modes(files, numbers)
     if missing:
-        return f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})'
+        return missing
     for number in numbers:
         lines = len(read_vector_file(files[number]))
         if lines != atom_count:
@@ -233,7 +237,8 @@ def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_cou
 def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterable[int]] = None) -> NormalModes:
     """The core's modes from a SetOfNormalModes (its reference PDB and one vector file per mode).
 
-    ``numbers`` selects the modes (default: every non-rigid mode of the set); InputError names missing modes.
+    ``numbers`` selects the modes (default: every non-rigid mode of the set); InputError names missing modes
+    and mode files whose atom count differs from the reference's.
     """
     from .core.fileio import InputError
     from .core.modes_io import read_vector_file
@@ -241,9 +246,9 @@ def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterabl
     structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
     files = mode_files(modes_set)
     wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
-    problem = modes_mismatch(modes_set, wanted, len(structure))
-    if problem:
-        raise InputError(problem)
+    missing = _missing_modes(files, wanted)
+    if missing:
+        raise InputError(missing)
     vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])
     rigid = [n for n in sorted(files) if n <= RIGID_MODES]
     rigid_vectors = np.stack([read_vector_file(files[n], len(structure)) for n in rigid]) if rigid \

@@ -123,12 +123,11 @@ def simulate_set(setup, count: int, box: int, pixel_size: float, snr: float, ctf
                      shifts=shifts, amplitudes=amplitudes, **microscope)
 
 
-def hemnma_labels(setup, particles: Particles, box: int, folder: Path, device: torch.device,
-                  batch: int) -> Particles:
+def hemnma_labels(setup, particles: Particles, folder: Path, device: torch.device, batch: int) -> Particles:
     """``particles`` with the angles, shifts and amplitudes this project's HEMNMA engine estimates (global
     search, the coarse two-beads-per-residue reference with the all-atom modes restricted to it)."""
     reference = reference_from_modes(setup.modes, 'residues2')
-    return align_particles(particles, reference, AlignSettings(), box, folder, device=device,
+    return align_particles(particles, reference, AlignSettings(), folder, device=device,
                            chunk_size=batch if device.type == 'cuda' else 64)
 
 
@@ -172,10 +171,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     hemnma: dict = {}
     if size['labels'] == 'hemnma':
         align_start = time.time()
-        training_set = hemnma_labels(setup, training_set, size['box'], folder / 'align_train', device,
-                                     args.align_batch)
-        aligned_heldout = hemnma_labels(setup, heldout, size['box'], folder / 'align_heldout', device,
-                                        args.align_batch)
+        training_set = hemnma_labels(setup, training_set, folder / 'align_train', device, args.align_batch)
+        aligned_heldout = hemnma_labels(setup, heldout, folder / 'align_heldout', device, args.align_batch)
         align_seconds = time.time() - align_start
         hemnma = {'align_seconds': align_seconds,
                   'align_images_per_second': (len(training_set) + len(heldout)) / align_seconds,

@@ -24,9 +24,8 @@ from tqdm import tqdm
 
 from deephemnma.core.align import COARSE_MODELS, CTF_MODES, AlignSettings, reference_from_modes
 from deephemnma.core.align_stack import align_particles
-from deephemnma.core.distributed import cleanup, local_device, start_process
+from deephemnma.core.distributed import cleanup, start_process
 from deephemnma.core.fileio import InputError
-from deephemnma.core.imageio import stack_info
 from deephemnma.core.metadata import read_particles, write_particles
 
 
@@ -92,13 +91,11 @@ def main(args: argparse.Namespace) -> int:
         base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
         modes = load_modes(args.modes, args.reference, args.select)
         reference = reference_from_modes(modes, args.model)
-        index, stack = next(iter(particles.locations(base_dir)))
-        box = stack_info(stack).box
         work = Path(str(args.output) + '.chunks')
         progress = None if args.quiet or not rank.is_main else \
             (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
-        result = align_particles(particles, reference, settings_from_args(args), box, work, base_dir, args.local,
-                                 args.chunk_size, local_device(str(device), rank), rank, progress)
+        result = align_particles(particles, reference, settings_from_args(args), work, base_dir, args.local,
+                                 args.chunk_size, device, rank, progress)
         if rank.is_main:
             write_particles(args.output, result, continuousflex_only=True)
             if not args.keep_chunks:

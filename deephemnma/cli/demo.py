@@ -94,10 +94,8 @@ def _pc1_spearman_combined(first, second) -> float:
 
 def _errors(particles) -> Dict[str, float]:
     from deephemnma.nn.evaluate import parameter_errors
-    from deephemnma.nn.targets import Labels
-    estimated = Labels(particles.angles, particles.shifts, particles.amplitudes)
-    truth = Labels(particles.extra['true_angles'], particles.extra['true_shifts'], particles.extra['true_amplitudes'])
-    figures = parameter_errors(estimated, truth)
+    from deephemnma.nn.train import labels_from_particles, true_labels_from_particles
+    figures = parameter_errors(labels_from_particles(particles), true_labels_from_particles(particles))
     keys = ('images', 'amp_mae', 'angle_median_deg', 'angle_mean_axis_deg', 'shift_mae_px')
     return {key: round(float(figures[key]), 3) for key in keys if key in figures}
 

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from deephemnma.core.distributed import cleanup, local_device, start_process
+from deephemnma.core.distributed import cleanup, start_process
 from deephemnma.core.metadata import read_particles, write_particles
 from deephemnma.nn import targets as tg
 from deephemnma.core.stacks import ImageSource
@@ -48,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         particles = read_particles(args.particles, args.pixel_size)
         base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
         model = load_model(args.model)
-        predictor = Predictor(model, local_device(str(device), rank), amp=not args.no_amp)
+        predictor = Predictor(model, device, amp=not args.no_amp)
         work_dir = Path(str(args.output) + '.chunks')
         model_file = Path(args.model).resolve()
         raw = predict_source(predictor, ImageSource(particles.image, base_dir), args.batch_size,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deephemnma.core.distributed import Rank, cleanup, local_device, start_process
+from deephemnma.core.distributed import Rank, cleanup, start_process
 from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.fsc import fsc
 from deephemnma.core.groups import group_members, read_labels
@@ -70,11 +70,10 @@ def run_reconstruction(particles: Particles, base_dir: Path, ctf_mode: str, pad:
                        device: torch.device, rank: Rank, label: str = '') -> Reconstruction:
     """Reconstruct the given particles (this rank's share of the batches when run under torchrun)."""
     source = ImageSource(particles.image, base_dir)
-    info = stack_info(source.paths[0])
-    size = pixel_size or info.pixel_size
+    size = pixel_size or stack_info(source.paths[0]).pixel_size
     if not size:
         raise InputError(f'{source.paths[0]}: the stack header gives no pixel size; give it with --pixel-size')
-    scale = info.box / pose_box if pose_box else 1.0
+    scale = source.box / pose_box if pose_box else 1.0
     ctf = ctf_table(particles) if ctf_mode != 'none' else None
     if ctf_mode != 'none' and ctf is None:
         raise InputError(f"CTF mode '{ctf_mode}' needs defocus values in the particle file")
@@ -82,7 +81,7 @@ def run_reconstruction(particles: Particles, base_dir: Path, ctf_mode: str, pad:
     progress = tqdm(particle_batches(source, batch_size, positions),
                     total=(len(positions) + batch_size - 1) // batch_size, desc=f'reconstruct {label}'.strip(),
                     unit='batch', disable=not rank.is_main)
-    return reconstruct(progress, particles.angles, particles.shifts, info.box, size, ctf, ctf_mode, pad, wiener,
+    return reconstruct(progress, particles.angles, particles.shifts, source.box, size, ctf, ctf_mode, pad, wiener,
                        scale, device, reduce=rank.world_size > 1)
 
 
@@ -111,7 +110,6 @@ def main(args: argparse.Namespace) -> int:
     _check_particles(particles, str(source))
     base_dir = Path(args.base_dir) if args.base_dir else source.parent
     device, rank = start_process(args.threads, args.device)
-    device = local_device(str(device), rank)
     reference = read_image(args.reference)[0] if args.reference else None
     folder = Path(args.output)
     jobs: List[tuple] = [('map', np.arange(len(particles)))]

@@ -23,7 +23,7 @@ from .reconstruct import ctf_table
 from .stacks import ImageSource
 
 
-def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings, box: int,
+def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings,
                     work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
                     chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
                     progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None) -> Optional[Particles]:
@@ -34,11 +34,11 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     """
     if local and not particles.has_alignment:
         raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
-    aligner = Aligner(reference, box, particles.pixel_size, settings, device)
     reader = ImageSource(particles.image, base_dir)
+    aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
     ctf = ctf_table(particles)
     store = ChunkStore(work_folder, len(particles), chunk_size,
-                       {'settings': settings.__dict__, 'local': local, 'box': box, 'modes': reference.mode_numbers,
+                       {'settings': settings.__dict__, 'local': local, 'box': reader.box, 'modes': reference.mode_numbers,
                         'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:

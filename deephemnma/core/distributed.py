@@ -67,10 +67,11 @@ def cleanup(rank: Optional[Rank] = None) -> None:
 def start_process(threads: int, device_name: str):
     """Common start of a command: torch threads (0 keeps torch's default), the device, and the torchrun rank.
 
-    Returns ``(device, rank)``; ``local_device(str(device), rank)`` is this rank's own device.
+    Returns ``(device, rank)``, the device being this rank's own (``cuda:LOCAL_RANK`` under torchrun).
     """
     from .machine import resolve_device
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device_name)
-    return device, init_from_env(device.type)
+    rank = init_from_env(device.type)
+    return local_device(str(device), rank), rank

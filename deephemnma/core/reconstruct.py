@@ -32,6 +32,7 @@ from .ctf import CTFParams, ctf_2d
 from .fileio import InputError
 from .fsc import FSCCurve, fsc, soft_sphere_mask
 from .rotations import euler_to_matrix_torch
+from .stacks import ImageSource
 
 CTF_MODES = ('none', 'full', 'phase_flipped')
 #: Points inserted per vectorised step: small on one CPU thread (temporaries stay in cache), large with several
@@ -309,7 +310,7 @@ def array_batches(images: np.ndarray, batch_size: int = 256,
         yield np.arange(start, start + len(chosen)), np.asarray(images[chosen], dtype=np.float32)
 
 
-def particle_batches(source, batch_size: int = 256,
+def particle_batches(source: ImageSource, batch_size: int = 256,
                      positions: Optional[np.ndarray] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """``(positions, images)`` batches of a :class:`~deephemnma.core.stacks.ImageSource`.
 

@@ -571,6 +571,14 @@ def labels_from_particles(particles) -> tg.Labels:
     return tg.Labels(angles=particles.angles, shifts=particles.shifts, amplitudes=particles.amplitudes)
 
 
+def true_labels_from_particles(particles) -> tg.Labels:
+    """The simulator's ground truth carried by a Particles (extra columns ``true_amplitudes``, as one row per
+    particle even for one mode, and ``true_angles`` and ``true_shifts`` where present)."""
+    extra = particles.extra
+    return tg.Labels(angles=extra.get('true_angles'), shifts=extra.get('true_shifts'),
+                     amplitudes=np.atleast_2d(extra['true_amplitudes'].T).T)
+
+
 def run_training(particles, config: TrainConfig, output_dir: str | Path, device: torch.device,
                  base_dir: Optional[str | Path] = None, rank: Rank = Rank(), progress: bool = True,
                  on_epoch_end: Optional[EpochCallback] = None) -> Tuple[Trainer, dict]:

@@ -69,7 +69,7 @@ class DeepHemnmaProtReconstruct(EMProtocol):
 
     def reconstructStep(self, number: int) -> None:
         from deephemnma.core.fsc import fsc
-        from deephemnma.core.imageio import read_image, stack_info, write_map
+        from deephemnma.core.imageio import read_image, write_map
         from deephemnma.core.machine import resolve_device
         from deephemnma.core.reconstruct import ctf_table, particle_batches, reconstruct
         from deephemnma.core.spaceplot import save_fsc_plot
@@ -77,11 +77,10 @@ class DeepHemnmaProtReconstruct(EMProtocol):
         particle_set = self.inputSets[number - 1].get()
         particles = particles_from_set(particle_set, require_alignment=True)
         source = ImageSource(particles.image, os.getcwd())
-        info = stack_info(source.paths[0])
-        scale = info.box / self.poseBox.get() if self.poseBox.get() else 1.0
+        scale = source.box / self.poseBox.get() if self.poseBox.get() else 1.0
         mode = CTF_MODES[self.ctfMode.get()]
         result = reconstruct(particle_batches(source, self.batchSize.get()), particles.angles, particles.shifts,
-                             info.box, particle_set.getSamplingRate(), ctf_table(particles) if mode != 'none'
+                             source.box, particle_set.getSamplingRate(), ctf_table(particles) if mode != 'none'
                              else None, mode, self.pad.get(), self.wiener.get(), scale,
                              resolve_device(self.device.get()))
         name = self._name(number)

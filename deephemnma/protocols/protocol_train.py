@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 from pwem.objects import EMFile
 from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
@@ -31,9 +30,9 @@ def labelled_particles(particle_set, source: int):
         if missing:
             raise InputError(f'the particles carry no ground truth ({", ".join(TRUE_PREFIX + m[5:] for m in missing)});'
                              ' choose the alignment and amplitudes as labels')
-        particles.angles = particles.extra['true_angles']
-        particles.shifts = particles.extra['true_shifts']
-        particles.amplitudes = np.atleast_2d(particles.extra['true_amplitudes'].T).T
+        from deephemnma.nn.train import true_labels_from_particles
+        truth = true_labels_from_particles(particles)
+        particles.angles, particles.shifts, particles.amplitudes = truth.angles, truth.shifts, truth.amplitudes
     return absolute_image_paths(particles)
 
 

@@ -126,7 +126,7 @@ class TestStacks(SingleThreaded):
         super().tearDownClass()
 
     def _align(self, work: str, progress=None):
-        return align_particles(self.particles, self.reference, FAST, BOX, self.root / work, self.root, local=True,
+        return align_particles(self.particles, self.reference, FAST, self.root / work, self.root, local=True,
                                chunk_size=4, progress=progress)
 
     def test_kill_and_resume_gives_identical_results(self):

@@ -14,8 +14,8 @@ from deephemnma.core import rotations
 from deephemnma.core.fileio import atomic_path
 from deephemnma.core.metadata import read_particles
 from deephemnma.nn.targets import Labels
-from deephemnma.nn.train import (CURVES_PNG, HISTORY_CSV, labels_from_particles, plot_history,
-                                 read_history)
+from deephemnma.nn.train import (CURVES_PNG, HISTORY_CSV, labels_from_particles, plot_history, read_history,
+                                 true_labels_from_particles)
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
 from deephemnma.viewers._images import show_image
@@ -101,8 +101,7 @@ class DeepHemnmaNetworkViewer(EmProtocolViewer):
         truth = particles_from_set(protocol.inputParticles.get())
         if 'true_amplitudes' not in truth.extra:
             return None
-        true_labels = Labels(truth.extra.get('true_angles'), truth.extra.get('true_shifts'),
-                             np.atleast_2d(truth.extra['true_amplitudes'].T).T)
+        true_labels = true_labels_from_particles(truth)
         predicted = labels_from_particles(read_particles(protocol.predictions_path()))
         return predicted, true_labels, 'prediction vs ground truth'
 
