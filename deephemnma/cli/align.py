@@ -103,5 +103,5 @@ def main(args: argparse.Namespace) -> int:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean())}))
     finally:
-        cleanup(rank)
+        cleanup()
     return 0

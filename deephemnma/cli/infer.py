@@ -62,5 +62,5 @@ def main(args: argparse.Namespace) -> int:
                 shutil.rmtree(work_dir, ignore_errors=True)
             print(json.dumps({'output': str(args.output), 'images': len(particles), 'types': list(model.types)}))
     finally:
-        cleanup(rank)
+        cleanup()
     return 0

@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
                     summaries[name]['reference_fsc05_angstrom'] = \
                         summary['vs_reference']['resolution_05_angstrom']
     finally:
-        cleanup(rank)
+        cleanup()
     if rank.is_main:
         print(json.dumps(summaries))
     return 0

@@ -125,5 +125,5 @@ def main(args: argparse.Namespace) -> int:
                               'outliers_removed': summary['outliers_removed'],
                               'split_sizes': summary['split_sizes'], 'test_metrics': summary['test_metrics']}))
     finally:
-        cleanup(rank)
+        cleanup()
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -58,7 +57,7 @@ def local_device(device_name: str, rank: Rank) -> torch.device:
     return device
 
 
-def cleanup(rank: Optional[Rank] = None) -> None:
+def cleanup() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()

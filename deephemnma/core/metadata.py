@@ -6,7 +6,8 @@ back to the centre), normal-mode amplitudes, CTF and a score. RELION's ``rlnOrig
 as Xmipp's ``shiftX/Y`` (both map to the same Scipion Transform) and are stored in Angstrom.
 
 Format chosen by extension: ``.star``, ``.xmd``, ``.csv``. Reading checks required columns and reports the file
-and the missing names; :func:`check_against_stacks` reports image indices beyond the end of their stacks.
+and the missing names (image indices beyond the end of their stacks are reported by
+:class:`deephemnma.core.stacks.ImageSource`, which reads the images).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .fileio import InputError, atomic_path
-from .imageio import image_file, stack_info
+from .imageio import image_file
 
 OptionalArray = Optional[np.ndarray]
 
@@ -106,17 +107,6 @@ def parse_location(location: str, base_dir: str | os.PathLike = '.') -> Tuple[in
 def stack_locations(stack_name: str, count: int) -> np.ndarray:
     """Locations ``'1@stack' .. 'count@stack'`` (1-based, zero-padded to 6 digits like Xmipp)."""
     return np.array([f'{i + 1:06d}@{stack_name}' for i in range(count)])
-
-
-def check_against_stacks(particles: Particles, source: str | os.PathLike, base_dir: str | os.PathLike = '.') -> None:
-    """Raise a clear error when an image index lies beyond the end of its stack (count mismatch)."""
-    counts: Dict[Path, int] = {}
-    for index, path in particles.locations(base_dir):
-        if path not in counts:
-            counts[path] = stack_info(path).count
-        if index >= counts[path]:
-            raise InputError(f'{source}: refers to image {index + 1} of {path}, which holds only '
-                             f'{counts[path]} images (metadata and stack counts do not match)')
 
 
 # ----------------------------------------------------------------------------------------------

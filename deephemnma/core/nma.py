@@ -54,6 +54,25 @@ DENSE_LIMIT_CPU = 3000
 DENSE_LIMIT_GPU = 30000
 
 
+def parse_mode_numbers(text: str) -> List[int]:
+    """Xmipp mode numbers from text such as ``'7-9 11'`` or ``'7,8,9'`` -> ``[7, 8, 9, 11]`` ([] when blank).
+
+    Raises InputError naming the text when a part is neither a number nor an increasing range ``first-last``.
+    """
+    numbers: List[int] = []
+    for part in (text or '').replace(',', ' ').split():
+        first, dash, last = part.partition('-')
+        try:
+            start = int(first)
+            stop = int(last) if dash else start
+        except ValueError:
+            raise InputError(f"mode numbers '{text}': '{part}' is not a number or a range such as 7-9") from None
+        if stop < start:
+            raise InputError(f"mode numbers '{text}': the range '{part}' goes down")
+        numbers.extend(range(start, stop + 1))
+    return numbers
+
+
 @dataclass
 class NormalModes:
     """Non-rigid normal modes of ``structure``.

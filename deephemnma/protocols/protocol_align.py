@@ -11,25 +11,14 @@ from pyworkflow.protocol import params
 from deephemnma.convert import (absolute_image_paths, copy_with_estimates, modes_mismatch, particles_from_set,
                                 write_modes_xmd_from_set)
 from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.core.nma import RIGID_MODES
+from deephemnma.core.fileio import InputError
+from deephemnma.core.nma import RIGID_MODES, parse_mode_numbers
 from deephemnma.protocols.compute import gpu_command, gpu_ids
 
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1
 MODEL_CHOICES = ['residues2', 'residues', 'atoms']
 CTF_CHOICES = ['flipped', 'full', 'none']
-
-
-def parse_mode_list(text: str) -> List[int]:
-    """'7-9 11' or '7,8,9' -> [7, 8, 9, 11] (ValueError on bad text)."""
-    numbers: List[int] = []
-    for part in text.replace(',', ' ').split():
-        if '-' in part:
-            first, last = part.split('-', 1)
-            numbers.extend(range(int(first), int(last) + 1))
-        else:
-            numbers.append(int(part))
-    return numbers
 
 
 class DeepHemnmaProtAlign(EMProtocol):
@@ -89,9 +78,9 @@ class DeepHemnmaProtAlign(EMProtocol):
         self._insertFunctionStep(self.createOutputStep)
 
     def _selectedModes(self) -> List[int]:
-        text = self.modeList.get() or ''
-        if text.strip():
-            return parse_mode_list(text)
+        numbers = parse_mode_numbers(self.modeList.get())
+        if numbers:
+            return numbers
         return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > RIGID_MODES]
 
     def _referencePath(self) -> str:
@@ -158,8 +147,8 @@ class DeepHemnmaProtAlign(EMProtocol):
             return errors + ['The set of normal modes is empty.']
         try:
             selected = self._selectedModes()
-        except ValueError:
-            return errors + [f'Cannot read the mode list "{self.modeList.get()}": use numbers like "7-9 11".']
+        except InputError as error:
+            return errors + [str(error)]
         available = {int(m.getObjId()) for m in modes}
         if not selected:
             errors.append('No mode selected: give mode numbers (7 and up) or enable modes in the input set.')

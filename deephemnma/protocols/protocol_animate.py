@@ -8,8 +8,8 @@ from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import mode_files, normal_modes_from_set, particles_from_set
-from deephemnma.core.fileio import atomic_path
-from deephemnma.core.nma import RIGID_MODES, NormalModes
+from deephemnma.core.fileio import InputError, atomic_path
+from deephemnma.core.nma import RIGID_MODES, NormalModes, parse_mode_numbers
 
 
 class DeepHemnmaProtAnimate(EMProtocol):
@@ -48,9 +48,8 @@ class DeepHemnmaProtAnimate(EMProtocol):
     def _modes(self) -> NormalModes:
         return normal_modes_from_set(self.inputModes.get(), self._numbers() or None)
 
-    def _numbers(self):
-        text = self.modeNumbers.get() or ''
-        return [int(v) for v in text.replace(',', ' ').split()]
+    def _numbers(self) -> list:
+        return parse_mode_numbers(self.modeNumbers.get())
 
     def _grid(self):
         groups = [p.get() for p in self.inputGroups] if self.inputGroups else []
@@ -110,7 +109,10 @@ class DeepHemnmaProtAnimate(EMProtocol):
         if not self.inputGroups and self.inputSpace.get() is None:
             errors.append('Nothing to do: give groups (centroids) and/or a space (animations).')
         available = set(mode_files(modes_set))
-        numbers = self._numbers() or [n for n in available if n > RIGID_MODES]
+        try:
+            numbers = self._numbers() or [n for n in available if n > RIGID_MODES]
+        except InputError as error:
+            return errors + [str(error)]
         missing = [n for n in numbers if n not in available]
         if missing:
             errors.append(f'Mode(s) {missing} are not in the set of normal modes.')

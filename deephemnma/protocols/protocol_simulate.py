@@ -15,6 +15,7 @@ from deephemnma.convert import fill_set_of_particles, modes_mismatch, set_of_mod
 from deephemnma.core.conformations import KINDS
 from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.core.nma import parse_mode_numbers
 from deephemnma.core.simulate import (ANGLE_SAMPLINGS, SNR_SCOPES, SimulationConfig, ak_reference_path,
                                       check_fits, validate_config)
 
@@ -27,10 +28,7 @@ _SCOPE_LABELS = ('one noise level for all images', 'per image')
 
 
 def _mode_numbers(text: str) -> List[int]:
-    try:
-        numbers = [int(v) for v in text.replace(',', ' ').split()]
-    except ValueError as error:
-        raise InputError(f"mode numbers '{text}' must be integers such as '7 8 9'") from error
+    numbers = parse_mode_numbers(text)
     if not numbers or min(numbers) < 7:
         raise InputError(f"mode numbers '{text}': give at least one, each 7 or more (1-6 are rigid-body modes)")
     return numbers

@@ -3,8 +3,8 @@
 Importing this package prepares the environment that headless Scipion needs (SCIPION_DOMAIN, a hosts file,
 SCIPION_PYTHON, a temporary SCIPION_USER_DATA, the Agg backend) unless a real Scipion already set it, so
 ``python -m pytest deephemnma/tests`` and ``scipion tests deephemnma.tests.test_x`` both work as they are.
-The test projects in a temporary SCIPION_USER_DATA are removed when the test process ends; the screenshots
-stay (the folder is printed).
+The temporary SCIPION_USER_DATA is removed when the test process ends, except for the screenshots of the
+viewer tests, which stay (their folder is printed).
 """
 import atexit
 import shutil
@@ -16,9 +16,12 @@ _temporary_user_data = prepare_scipion_environment()
 
 
 def _remove_test_projects() -> None:
+    screenshots = _temporary_user_data / 'screenshots'
+    if not screenshots.exists():
+        shutil.rmtree(_temporary_user_data, ignore_errors=True)
+        return
     shutil.rmtree(_temporary_user_data / 'projects', ignore_errors=True)
-    if (_temporary_user_data / 'screenshots').exists():
-        print(f'test screenshots: {_temporary_user_data / "screenshots"}', file=sys.stderr)
+    print(f'test screenshots: {screenshots}', file=sys.stderr)
 
 
 if _temporary_user_data is not None:

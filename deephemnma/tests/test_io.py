@@ -6,8 +6,8 @@ import pytest
 
 from deephemnma.core.fileio import InputError
 from deephemnma.core.imageio import StackWriter, read_image, read_stack, stack_info, write_map, write_stack
-from deephemnma.core.metadata import (Particles, check_against_stacks, read_particles, stack_locations,
-                                      write_particles)
+from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
+from deephemnma.core.stacks import ImageSource
 
 
 def _particles(n=7, modes=3, stack='stack.mrcs'):
@@ -166,9 +166,9 @@ def test_truncated_and_corrupt_stacks(tmp_path):
 def test_metadata_stack_count_mismatch(tmp_path):
     write_stack(tmp_path / 'stack.mrcs', np.zeros((5, 8, 8), np.float32), 1.0)
     particles = _particles(n=7)
-    check_against_stacks(particles.subset(np.arange(5)), 'meta.star', tmp_path)
-    with pytest.raises(InputError, match=r'meta\.star: refers to image 6 of .*stack\.mrcs, which holds only 5'):
-        check_against_stacks(particles, 'meta.star', tmp_path)
+    assert len(ImageSource(particles.image[:5], tmp_path)) == 5
+    with pytest.raises(InputError, match=r'stack\.mrcs: image 7 requested but the stack holds 5 images'):
+        ImageSource(particles.image, tmp_path)
 
 
 def test_subset_keeps_rows_together():
@@ -235,7 +235,6 @@ def test_spider_files_written_by_xmipp(tmp_path):
 
 
 def test_image_source_reads_spider_stacks_and_format_hints(tmp_path):
-    from deephemnma.core.stacks import ImageSource
     images = np.arange(3 * 16 * 16, dtype=np.float32).reshape(3, 16, 16)
     (tmp_path / 'particles.stk').write_bytes(_spider_header(1, 16, 16, stack_count=3) + b''.join(
         _spider_header(1, 16, 16, image_number=i + 1) + image.tobytes() for i, image in enumerate(images)))

@@ -13,8 +13,8 @@ from deephemnma.core.align import pseudoatom_sigma
 from deephemnma.core.density import atoms_to_map
 from deephemnma.core.fileio import InputError
 from deephemnma.core.modes_io import enabled_numbers, read_modes, read_modes_xmd, write_modes
-from deephemnma.core.nma import (NormalModes, compute_modes, cumulative_overlap, overlaps, percentile_cutoff,
-                                 rmsip)
+from deephemnma.core.nma import (NormalModes, compute_modes, cumulative_overlap, overlaps, parse_mode_numbers,
+                                 percentile_cutoff, rmsip)
 from deephemnma.core.pseudoatoms import map_correlation, map_to_pseudoatoms, read_pseudoatoms
 from deephemnma.core.structure import coarse_grain, read_structure, write_structure
 
@@ -105,6 +105,15 @@ def test_transfer_fails_for_missing_residue(ca, ca_modes):
     other.residue_numbers = other.residue_numbers + 1000
     with pytest.raises(InputError, match='no representative'):
         ca_modes.transfer_to(other)
+
+
+def test_parse_mode_numbers():
+    assert parse_mode_numbers('7-9 11') == [7, 8, 9, 11]
+    assert parse_mode_numbers('7,8') == [7, 8]
+    assert parse_mode_numbers('  ') == [] and parse_mode_numbers(None) == []
+    for bad in ('7 x', '9-7', '7-'):
+        with pytest.raises(InputError, match=f"mode numbers '{bad}'"):
+            parse_mode_numbers(bad)
 
 
 def test_rtb(ca, atoms):

@@ -57,7 +57,7 @@ def _ddp_worker(rank: int, folder: str, port: int) -> None:
         if process.is_main:
             np.savez(Path(folder) / 'ddp_predictions.npz', **raw)
     finally:
-        cleanup(process)
+        cleanup()
 
 
 def _free_port() -> int:

@@ -7,7 +7,7 @@ from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
 from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.core.simulate import ak_reference_path
-from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign, parse_mode_list
+from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign
 from deephemnma.tests.projects import SimulatedProjectCase
 
 SIMULATION = dict(count=6, box=64, pixelSize=2.2, coarse=1, amplitudeScale=30.0, phaseFlip=True, addNoise=False,
@@ -46,7 +46,7 @@ class TestProtocolAlign(SimulatedProjectCase):
         errors = self._align(modeList='7 30').validate()
         self.assertTrue(any('not in the input set' in e for e in errors), errors)
         errors = self._align(modeList='seven').validate()
-        self.assertTrue(any('Cannot read the mode list' in e for e in errors), errors)
+        self.assertTrue(any("mode numbers 'seven'" in e for e in errors), errors)
         errors = self._align(backend=1, modeList='7-9').validate()
         self.assertTrue(any('xmipp_nma_alignment is not on the PATH' in e for e in errors), errors)
 
@@ -67,6 +67,3 @@ class TestProtocolAlign(SimulatedProjectCase):
         errors = prot._checkReference(mismatched, [7, 8], None)
         self.assertTrue(any('come from another structure' in e for e in errors), errors)
 
-    def test_parse_mode_list(self):
-        self.assertEqual(parse_mode_list('7-9 11'), [7, 8, 9, 11])
-        self.assertEqual(parse_mode_list('7,8'), [7, 8])
