@@ -30,7 +30,7 @@ TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'snr': float, 'seed': int,
                     'angstep': float, 'arch': int, 'epochs': int, 'batch': int, 'netbox': int, 'dropout': float,
-                    'mincount': int}
+                    'rotations': int, 'mincount': int}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ Examples::
 
     deephemnma infer -m train_out/model.pt -i particles.star -o predicted.star
     deephemnma infer -m model.pt -i images.xmd -o predicted.xmd --batch-size 1024 --device cuda
+    deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                                            "file's folder, then the current folder)")
     parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--rotations', type=int, default=1,
+                        help='average the predictions over this many in-plane rotations of each image '
+                             '(test-time augmentation; that many times the cost; default 1: off)')
     parser.add_argument('--chunk-size', type=int, default=16384, help='images per resumable chunk')
     parser.add_argument('--num-workers', type=int, default=2, help='image reading processes')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
@@ -48,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         particles = read_particles(args.particles, args.pixel_size)
         base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
         model = load_model(args.model)
-        predictor = Predictor(model, device, amp=not args.no_amp)
+        predictor = Predictor(model, device, amp=not args.no_amp, rotations=args.rotations)
         work_dir = Path(str(args.output) + '.chunks')
         model_file = Path(args.model).resolve()
         raw = predict_source(predictor, ImageSource(particles.image, base_dir), args.batch_size,

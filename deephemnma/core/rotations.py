@@ -219,6 +219,14 @@ def canonical_quaternion_torch(quaternions: torch.Tensor) -> torch.Tensor:
     return q * sign[..., None]
 
 
+def mean_quaternion_torch(quaternions: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Average rotation of unit quaternions (w, x, y, z) along ``dim`` (Markley et al. 2007: the eigenvector of
+    the largest eigenvalue of ``sum q q^T``; the same for ``q`` and ``-q``), as canonical unit quaternions."""
+    q = quaternions.movedim(dim, -2)  # (..., K, 4)
+    _, vectors = torch.linalg.eigh(q.transpose(-1, -2) @ q)  # eigenvalues in ascending order
+    return canonical_quaternion_torch(vectors[..., -1])
+
+
 def geodesic_angle_deg_torch(matrices_a: torch.Tensor, matrices_b: torch.Tensor) -> torch.Tensor:
     """Angle (degrees) of ``a^T b`` for stacks of rotation matrices; numerically safe near 0 and 180."""
     relative = matrices_a.transpose(-1, -2) @ matrices_b

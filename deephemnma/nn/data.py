@@ -10,6 +10,8 @@
   around the centre pixel ``box // 2``. The labels follow exactly: the projection direction does not change,
   the Xmipp matrix becomes ``A' = Rz(-phi) A`` i.e. ``psi' = psi - phi`` (rot and tilt unchanged), and the
   shift (the translation that brings the particle back to the centre) becomes ``s' = R(phi) s - t``.
+* Test-time augmentation runs the network on in-plane rotated copies of each image and merges the outputs
+  after undoing each rotation on the labels (:func:`merge_rotated_outputs`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from deephemnma.core import rotations
 from deephemnma.core.fileio import InputError
 from deephemnma.core.stacks import ImageSource
+from deephemnma.nn import targets as tg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ def transform_images(images: torch.Tensor, phi_deg: torch.Tensor, translation_px
     xs = torch.arange(width, device=device, dtype=dtype) - width // 2
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
     output_points = torch.stack([grid_x, grid_y], -1).reshape(1, -1, 2) - translation_px.to(dtype)[:, None, :]
-    inverse = rotation_2d(phi_deg.to(dtype)).transpose(-1, -2)  # R(phi)^-1
+    inverse = rotation_2d(phi_deg.double()).transpose(-1, -2).to(dtype)  # R(phi)^-1 (quarter turns exact)
     source = output_points @ inverse.transpose(-1, -2)  # row vectors: p = R^-1 (p' - t)
     source_x = (source[..., 0] + width // 2) * 2.0 / (width - 1) - 1.0
     source_y = (source[..., 1] + height // 2) * 2.0 / (height - 1) - 1.0
@@ -155,3 +158,29 @@ class Augmentation:
         phi = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_rotation_deg
         t = (torch.rand(count, 2, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_translation_px
         return phi, t
+
+
+def merge_rotated_outputs(outputs: Sequence[Dict[str, torch.Tensor]], angles_deg: Sequence[float],
+                          scaling: tg.Scaling) -> Dict[str, torch.Tensor]:
+    """One output per image from the network's outputs for copies of the images rotated in-plane by
+    ``angles_deg`` (``transform_images`` without translation; outputs as the network gives them: scaled
+    amplitudes and shifts, unit quaternions). Each rotation is undone on the labels, then amplitudes and
+    shifts are averaged and orientations averaged as rotations (:func:`rotations.mean_quaternion_torch`)."""
+    merged: Dict[str, torch.Tensor] = {}
+    for kind in outputs[0]:
+        stacked = torch.stack([o[kind] for o in outputs]).double()  # (K, B, n)
+        undo = [torch.full(stacked.shape[1:2], -float(a), dtype=torch.float64, device=stacked.device)
+                for a in angles_deg]
+        if kind == 'orientation':
+            back = torch.stack([transform_quaternions(q, phi) for q, phi in zip(stacked, undo)])
+            merged[kind] = rotations.mean_quaternion_torch(back)
+        elif kind == 'shifts':
+            mean, std = (torch.as_tensor(v, dtype=torch.float64, device=stacked.device)
+                         for v in (scaling.shift_mean, scaling.shift_std))
+            zero = torch.zeros(stacked.shape[1], 2, dtype=torch.float64, device=stacked.device)
+            back = torch.stack([transform_shifts(s * std + mean, phi, zero) for s, phi in zip(stacked, undo)])
+            merged[kind] = (back.mean(0) - mean) / std
+        else:
+            merged[kind] = stacked.mean(0)
+        merged[kind] = merged[kind].float()
+    return merged

@@ -23,14 +23,19 @@ from deephemnma.core.machine import flush_denormals
 from deephemnma.core.metadata import Particles
 from deephemnma.nn import targets as tg
 from deephemnma.core.stacks import ImageSource
-from deephemnma.nn.data import BatchReader
+from deephemnma.nn.data import BatchReader, merge_rotated_outputs, transform_images
 from deephemnma.nn.train import TrainedModel, amp_supported
 
 
 class Predictor:
     """A trained model on a device: raw images ``(k, box, box)`` -> raw outputs and decoded labels."""
 
-    def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True):
+    def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True, rotations: int = 1):
+        """``rotations``: average the predictions over this many in-plane rotations of each image (angles
+        ``360 k / rotations`` deg; test-time augmentation, ``rotations`` times the cost; 1: off)."""
+        if rotations < 1:
+            raise InputError(f'the number of in-plane rotations must be at least 1, not {rotations}')
+        self.rotations = int(rotations)
         self.model = model
         self.device = torch.device(device)
         if self.device.type == 'cpu':
@@ -54,7 +59,18 @@ class Predictor:
         """As :meth:`raw`, as float32 tensors left on the device (no synchronisation with a GPU)."""
         scaling = self.model.scaling
         batch = images.to(self.device, non_blocking=True).float()[:, None]
-        batch = fourier_crop((batch - scaling.image_mean) / scaling.image_std, self.model.network_box)
+        batch = (batch - scaling.image_mean) / scaling.image_std
+        if self.rotations == 1:
+            return self._forward(batch)
+        angles = [360.0 * k / self.rotations for k in range(self.rotations)]
+        no_shift = torch.zeros(len(batch), 2, device=self.device)
+        outputs = [self._forward(transform_images(batch, torch.full((len(batch),), angle, device=self.device),
+                                                  no_shift) if angle else batch) for angle in angles]
+        return merge_rotated_outputs(outputs, angles, scaling)
+
+    def _forward(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Outputs for normalised images ``(B, 1, box, box)`` (Fourier-cropped here to the network size)."""
+        batch = fourier_crop(batch, self.model.network_box)
         if self.device.type == 'cuda':
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -102,6 +118,7 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
     else:
         store = ChunkStore(work_dir, len(source), chunk_size, {'box': source.box, 'batch': batch_size,
                                                               'model_types': list(predictor.model.types),
+                                                              'rotations': predictor.rotations,
                                                               **(settings or {})})
         chunks = [store.chunk_range(c) for c in store.pending(rank)]
     plan = [(number, b) for number, items in enumerate(chunks) for b in _batches(items, batch_size)]

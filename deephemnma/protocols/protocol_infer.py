@@ -30,6 +30,12 @@ class DeepHemnmaProtInfer(EMProtocol):
                       label='Trained network', help='A finished "train network" protocol.')
         form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles', important=True,
                       label='Particles', help='Images of the same size and preprocessing as the training images.')
+        form.addParam('rotations', params.IntParam, default=1, label='In-plane rotations per image',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='Test-time augmentation: predict each image this many times, rotated in-plane by '
+                           '360/n degree steps, and average the predictions after undoing each rotation on the '
+                           'angles and shifts. Steadier estimates on noisy images for n times the prediction '
+                           'time; 1 switches it off.')
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
         form.addParam('readers', params.IntParam, default=2, label='Reading processes',
@@ -57,7 +63,8 @@ class DeepHemnmaProtInfer(EMProtocol):
 
     def inferStep(self) -> None:
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
-                     f'--batch-size {self.batchSize.get()} --num-workers {self.readers.get()} --quiet')
+                     f'--batch-size {self.batchSize.get()} --num-workers {self.readers.get()} '
+                     f'--rotations {self.rotations.get()} --quiet')
         program, arguments, env = gpu_command(self, 'infer', arguments)
         self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
 
@@ -84,6 +91,8 @@ class DeepHemnmaProtInfer(EMProtocol):
                               'resize them (same pixel size and preprocessing as for training).')
         if self.batchSize.get() < 1:
             errors.append('The batch size must be at least 1.')
+        if self.rotations.get() < 1:
+            errors.append('The number of in-plane rotations per image must be at least 1.')
         if self.useGpu.get() and not gpu_ids(self):
             errors.append('"Use GPU" is on but the GPU list is empty.')
         return errors
@@ -91,11 +100,15 @@ class DeepHemnmaProtInfer(EMProtocol):
     def _summary(self):
         if not hasattr(self, 'outputParticles'):
             return ['Prediction not finished yet.']
-        return [f'Predicted the parameters of {self.outputParticles.getSize()} particles.']
+        averaged = (f', each averaged over {self.rotations.get()} in-plane rotations'
+                    if self.rotations.get() > 1 else '')
+        return [f'Predicted the parameters of {self.outputParticles.getSize()} particles{averaged}.']
 
     def _methods(self):
+        averaged = (f' Each prediction is the average over {self.rotations.get()} in-plane rotations of the '
+                    'image, with the rotations undone on the angles and shifts.' if self.rotations.get() > 1 else '')
         return ['Normal-mode amplitudes, orientations and shifts of the particles were predicted with a '
-                'trained DeepHEMNMA network [Hamitouche2022, He2016].']
+                'trained DeepHEMNMA network [Hamitouche2022, He2016].' + averaged]
 
     def _citations(self):
         return ['Hamitouche2022', 'He2016']

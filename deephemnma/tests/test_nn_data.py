@@ -12,6 +12,7 @@ from deephemnma.core.imageio import write_stack
 from deephemnma.core.simulate import paper_ak_setup, simulate_particles
 from deephemnma.core.stacks import ImageSource
 from deephemnma.nn import data
+from deephemnma.nn import targets as tg
 
 torch.set_num_threads(1)
 
@@ -59,6 +60,34 @@ class TestAugmentationLabels(unittest.TestCase):
         new_angles, new_shifts = self._augmented_labels(angles[0], shifts[0], phi, t)
         expected = simulate_particles(setup, np.zeros((1, 3)), new_angles[None], new_shifts[None], 64, 1.6).images[0]
         self.assertGreater(np.corrcoef(expected.ravel(), moved.ravel())[0, 1], 0.97)  # bilinear resampling
+
+
+class TestRotatedPredictionsMerge(unittest.TestCase):
+    """Test-time augmentation: outputs for rotated copies, each consistent with the truth, merge to the truth."""
+
+    def test_merge_undoes_each_rotation(self):
+        rng = np.random.default_rng(5)
+        count, angles = 6, [0.0, 72.0, 144.0, 216.0, 288.0]
+        scaling = tg.Scaling(0.0, 1.0, np.zeros(3), np.ones(3), np.array([0.5, -1.0]), np.array([2.0, 3.0]))
+        truth_q = torch.as_tensor(rotations.random_rotations(count, seed=rng)).double()
+        truth_q = rotations.matrix_to_quaternion_torch(truth_q)
+        truth_shifts = torch.as_tensor(rng.normal(0, 3, (count, 2)))
+        amplitudes = torch.as_tensor(rng.normal(size=(count, 3)))
+        outputs = []
+        for k, angle in enumerate(angles):
+            phi = torch.full((count,), angle, dtype=torch.float64)
+            shifts = data.transform_shifts(truth_shifts, phi, torch.zeros(count, 2, dtype=torch.float64))
+            sign = -1.0 if k % 2 else 1.0  # q and -q are the same rotation
+            outputs.append({'orientation': (sign * data.transform_quaternions(truth_q, phi)).float(),
+                            'shifts': ((shifts - torch.as_tensor(scaling.shift_mean))
+                                       / torch.as_tensor(scaling.shift_std)).float(),
+                            'amplitudes': (amplitudes + (k - 2) * 0.1).float()})
+        merged = data.merge_rotated_outputs(outputs, angles, scaling)
+        np.testing.assert_allclose(merged['amplitudes'].numpy(), amplitudes.numpy(), atol=1e-6)
+        decoded = tg.decode({t: v.numpy() for t, v in merged.items()}, scaling)
+        np.testing.assert_allclose(decoded.shifts, truth_shifts.numpy(), atol=1e-5)
+        errors = rotations.quaternion_angle_deg(merged['orientation'].double().numpy(), truth_q.numpy())
+        self.assertLess(errors.max(), 1e-3)
 
 
 class TestSplitsAndOutliers(unittest.TestCase):

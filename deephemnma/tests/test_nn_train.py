@@ -11,13 +11,17 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from deephemnma.core import rotations
 from deephemnma.core.distributed import cleanup, init_from_env
 from deephemnma.core.filters import fourier_crop
 from deephemnma.core.imageio import write_stack
 from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.nn import targets as tg
 from deephemnma.nn import train
+from deephemnma.nn.data import transform_images, transform_quaternions, transform_shifts
 from deephemnma.core.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
+from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 
 torch.set_num_threads(1)
 COUNT, BOX = 40, 32
@@ -162,6 +166,35 @@ class TestTraining(unittest.TestCase):
             train.run_training(self.particles, tiny_config(network_box=2 * BOX), self.folder / 'large', 'cpu',
                                progress=False)
 
+
+
+class TestRotationAveraging(unittest.TestCase):
+    """Averaging over quarter turns makes any network exactly equivariant to quarter turns of the image."""
+
+    def test_quarter_turn_of_the_image_turns_the_averaged_prediction(self):
+        torch.manual_seed(0)
+        network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 2, 'orientation': 4, 'shifts': 2},
+                                              arch='resnet18', dropout=0.0)).eval()
+        scaling = tg.Scaling(0.0, 2.0, np.array([5.0, -3.0]), np.array([40.0, 20.0]), np.array([0.5, -0.2]),
+                             np.array([2.0, 1.5]))
+        model = train.TrainedModel(network, scaling, BOX, BOX, tg.TYPES, {})
+        images = torch.from_numpy(np.random.default_rng(2).normal(size=(6, BOX, BOX)).astype(np.float32))
+        images[:, :2], images[:, -2:], images[:, :, :2], images[:, :, -2:] = 0, 0, 0, 0  # turns stay on the grid
+        quarter = torch.full((len(images),), 90.0)
+        turned = transform_images(images[:, None], quarter, torch.zeros(len(images), 2))[:, 0]
+        predictor = Predictor(model, torch.device('cpu'), amp=False, rotations=4)
+        plain, after_turn = predictor.predict(images), predictor.predict(turned)
+        single = Predictor(model, torch.device('cpu'), amp=False)  # without averaging the network is not invariant
+        change_without = np.abs(single.predict(turned).amplitudes - single.predict(images).amplitudes).max()
+        self.assertGreater(change_without, 0.05)
+        np.testing.assert_allclose(after_turn.amplitudes, plain.amplitudes, atol=1e-4)
+        expected_q = transform_quaternions(torch.as_tensor(rotations.euler_to_quaternion(plain.angles)),
+                                           quarter.double()).numpy()
+        angle = rotations.quaternion_angle_deg(rotations.euler_to_quaternion(after_turn.angles), expected_q)
+        self.assertLess(angle.max(), 1e-3)
+        expected_shifts = transform_shifts(torch.as_tensor(plain.shifts), quarter.double(),
+                                           torch.zeros(len(images), 2, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(after_turn.shifts, expected_shifts, atol=1e-5)
 
 if __name__ == '__main__':
     unittest.main()

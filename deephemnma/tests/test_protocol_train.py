@@ -5,6 +5,9 @@ import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
 from deephemnma.core.rotations import pose_from_transform
+from deephemnma.core.stacks import ImageSource
+from deephemnma.nn.infer import Predictor
+from deephemnma.nn.train import load_model
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
 from deephemnma.tests.projects import SimulatedProjectCase, launch_simulation
@@ -36,7 +39,7 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         self.assertTrue(self.training.methods())
 
     def test_prediction_outputs_pose_and_amplitudes(self):
-        inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5)
+        inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5, rotations=2)
         inference.inputTraining.set(self.training)
         inference.inputParticles.set(self.simulation.outputParticles)
         self.launchProtocol(inference)
@@ -54,6 +57,10 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         np.testing.assert_allclose(np.array([r[1] for r in rows]), expected.amplitudes, rtol=1e-5, atol=1e-4)
         self.assertEqual(np.array([r[1] for r in rows]).shape, (16, 3))
         self.assertTrue(all(r[2] for r in rows))  # the input's other attributes are kept
+        self.assertIn('each averaged over 2 in-plane rotations', inference.summary()[0])
+        images = ImageSource(read_particles(inference._getExtraPath('particles.star')).image).read(np.arange(16))
+        direct = Predictor(load_model(self.training.model_path()), 'cpu', rotations=2).predict(images)
+        np.testing.assert_allclose(direct.amplitudes, expected.amplitudes, rtol=1e-4, atol=1e-3)
         # the viewer draws the loss curves and predicted vs true (from the simulation's ground truth)
         from deephemnma.viewers.viewer_train import DeepHemnmaNetworkViewer
         for protocol in (self.training, inference):

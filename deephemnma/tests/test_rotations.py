@@ -93,3 +93,18 @@ def test_paper_sampling_ranges():
     assert angles[:, 0].min() >= 0 and angles[:, 0].max() < 360
     assert angles[:, 1].min() >= 0 and angles[:, 1].max() <= 180
     assert angles[:, 2].min() >= 0 and angles[:, 2].max() < 360
+
+
+def test_mean_quaternion_matches_scipy_and_ignores_signs():
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(3)
+    centre = R.random_rotations(1, seed=rng)[0]
+    spread = Rotation.from_rotvec(rng.normal(scale=0.3, size=(5, 3))).as_matrix()
+    quaternions = R.matrix_to_quaternion(centre @ spread)  # 5 rotations scattered around the centre
+    signs = np.array([1, -1, 1, -1, -1])[:, None]
+    mean = R.mean_quaternion_torch(torch.as_tensor(quaternions * signs)).numpy()
+    # scipy's quaternions are (x, y, z, w) and its matrices the transposes of Xmipp's (passive) ones
+    expected = Rotation.from_quat(np.roll(quaternions, -1, axis=1)).mean().as_matrix().T
+    assert R.geodesic_angle_deg(R.quaternion_to_matrix(mean), expected) < 1e-6
+    batched = R.mean_quaternion_torch(torch.as_tensor(np.stack([quaternions, quaternions[::-1]], 1)), dim=0)
+    np.testing.assert_allclose(batched.numpy(), np.stack([mean, mean]), atol=1e-9)
