@@ -35,7 +35,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--box', type=int, default=128)
     parser.add_argument('--arch', choices=sorted(ARCHITECTURES), default='resnet34')
     parser.add_argument('--batch-size', type=int, help='default: 128 on CPU, 1024 on GPU')
-    parser.add_argument('--num-workers', type=int, default=1, help='image reading processes')
+    parser.add_argument('--readers', type=int, default=1, help='threads reading images ahead of the network')
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, help='torch CPU threads')
     parser.add_argument('--workdir', help='folder for the stack and outputs (default: temporary)')
@@ -94,14 +94,14 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     bare_before = _bare_speed(model, device, batch, args.box, min(count, batch * 6))
     start = time.time()
     particles = read_particles(folder / 'input.star')
-    raw = predict_source(predictor, ImageSource(particles.image), batch, args.num_workers, progress=False)
+    raw = predict_source(predictor, ImageSource(particles.image), batch, args.readers, progress=False)
     write_particles(folder / 'predicted.star', labels_to_particles(particles, tg.decode(raw, model.scaling)))
     full = count / (time.time() - start)
     bare_after = _bare_speed(model, device, batch, args.box, min(count, batch * 6))
     bare = (bare_before + bare_after) / 2
     written = read_particles(folder / 'predicted.star')
     figures = {'images': count, 'box': args.box, 'arch': args.arch, 'batch_size': batch,
-               'num_workers': args.num_workers, 'amp': predictor.amp, 'written_rows': len(written),
+               'readers': args.readers, 'amp': predictor.amp, 'written_rows': len(written),
                'full_images_per_second': full, 'bare_images_per_second': bare,
                'bare_before_after': [bare_before, bare_after], 'infer_ratio_vs_bare_model': full / bare}
     if device.type == 'cuda':

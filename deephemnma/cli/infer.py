@@ -38,7 +38,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help='average the predictions over this many in-plane rotations of each image '
                              '(test-time augmentation; that many times the cost; default 1: off)')
     parser.add_argument('--chunk-size', type=int, default=16384, help='images per resumable chunk')
-    parser.add_argument('--num-workers', type=int, default=2, help='image reading processes')
+    parser.add_argument('--readers', type=int, default=2, help='threads reading images ahead of the network')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--no-amp', action='store_true', help='full precision on GPU')
     parser.add_argument('--threads', type=int, help='torch CPU threads')
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         work_dir = Path(str(args.output) + '.chunks')
         model_file = Path(args.model).resolve()
         raw = predict_source(predictor, ImageSource(particles.image, base_dir), args.batch_size,
-                             args.num_workers, work_dir, args.chunk_size, rank, not args.quiet,
+                             args.readers, work_dir, args.chunk_size, rank, not args.quiet,
                              settings={'model': str(model_file), 'model_mtime': model_file.stat().st_mtime,
                                        'particles': str(Path(args.particles).resolve())})
         if rank.is_main:

@@ -1,16 +1,18 @@
 """Streaming inference: predict amplitudes, angles and shifts for stacks of any size.
 
-Images are read batch by batch from memory-mapped stacks (a DataLoader with worker processes reads ahead
-while the model computes), normalised with the statistics stored in the model, predicted (bfloat16 mixed
+Images are read batch by batch from memory-mapped stacks (reader threads read ahead while the model
+computes), normalised with the statistics stored in the model, predicted (bfloat16 mixed
 precision on GPUs and on CPUs with bfloat16 units) and converted to Xmipp's conventions. Results are kept
 per chunk of images on disk (:class:`deephemnma.core.chunks.ChunkStore`), so a killed run resumes, and with
 ``torchrun`` chunk ``c`` is predicted by rank ``c % world_size`` and rank 0 merges the chunks in order.
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +25,7 @@ from deephemnma.core.machine import flush_denormals
 from deephemnma.core.metadata import Particles
 from deephemnma.nn import targets as tg
 from deephemnma.core.stacks import ImageSource
-from deephemnma.nn.data import BatchReader, merge_rotated_outputs, transform_images
+from deephemnma.nn.data import merge_rotated_outputs, transform_images
 from deephemnma.nn.train import TrainedModel, amp_supported
 
 
@@ -90,23 +92,36 @@ def _batches(items: range, batch_size: int) -> List[np.ndarray]:
     return [np.arange(s, min(s + batch_size, items.stop)) for s in range(items.start, items.stop, batch_size)]
 
 
-def _loader(source: ImageSource, batches: List[np.ndarray], num_workers: int, pin: bool) -> Iterator:
-    if num_workers <= 0:
-        for indices in batches:
-            yield torch.from_numpy(source.read(indices)), torch.as_tensor(indices)
+def _read_ahead(source: ImageSource, batches: List[np.ndarray], threads: int, pin: bool) -> Iterator:
+    """``(images, indices)`` of each batch in order, read by ``threads`` background threads at most
+    ``2 * threads`` batches ahead (0: read when asked). Threads, not processes: copying out of a memory map
+    releases the GIL, and images need not travel between processes (worker processes of a DataLoader
+    delivered 8,000 to 23,000 images/s of 128 px on 2 cores where one thread reads 60,000 to 100,000)."""
+    def read(indices: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(source.read(indices))
+        return (images.pin_memory() if pin else images), torch.as_tensor(indices)
+
+    if threads <= 0:
+        yield from map(read, batches)
         return
-    yield from torch.utils.data.DataLoader(BatchReader(source, batches), batch_size=None, shuffle=False,
-                                           num_workers=num_workers, pin_memory=pin, prefetch_factor=4,
-                                           persistent_workers=False)
+    with ThreadPoolExecutor(threads, thread_name_prefix='image-reader') as pool:
+        pending: Deque[Future] = deque()
+        for indices in batches:
+            pending.append(pool.submit(read, indices))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 256, num_workers: int = 0,
+def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 256, readers: int = 0,
                    work_dir: Optional[str | Path] = None, chunk_size: int = 16384, rank: Rank = Rank(),
                    progress: bool = True, settings: Optional[dict] = None) -> Optional[Dict[str, np.ndarray]]:
     """Raw outputs for every image of ``source`` in order (on rank 0; None on the other ranks).
 
-    With ``work_dir`` finished chunks are stored there (resume, several processes); ``settings`` (e.g. the
-    model file's name and date) must match for a resume. Without it everything runs in one process in memory.
+    ``readers``: threads reading images ahead of the network (0: read in turn). With ``work_dir`` finished
+    chunks are stored there (resume, several processes); ``settings`` (e.g. the model file's name and date) must
+    match for a resume. Without it everything runs in one process in memory.
     """
     predictor.check_box(source.box, 'the particles')
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
@@ -122,7 +137,7 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
                                                               **(settings or {})})
         chunks = [store.chunk_range(c) for c in store.pending(rank)]
     plan = [(number, b) for number, items in enumerate(chunks) for b in _batches(items, batch_size)]
-    iterator = _loader(source, [b for _, b in plan], num_workers, predictor.device.type == 'cuda')
+    iterator = _read_ahead(source, [b for _, b in plan], readers, predictor.device.type == 'cuda')
     bar = None
     if progress and rank.is_main:
         from tqdm import tqdm

@@ -38,8 +38,8 @@ class DeepHemnmaProtInfer(EMProtocol):
                            'time; 1 switches it off.')
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
-        form.addParam('readers', params.IntParam, default=2, label='Reading processes',
-                      expertLevel=params.LEVEL_ADVANCED, help='Processes reading images ahead of the network.')
+        form.addParam('readers', params.IntParam, default=2, label='Reading threads',
+                      expertLevel=params.LEVEL_ADVANCED, help='Threads reading images ahead of the network.')
         form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label='Use GPU',
                        help='Predict on the GPUs listed below (several: torchrun, each predicts a share).')
         form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs')
@@ -63,7 +63,7 @@ class DeepHemnmaProtInfer(EMProtocol):
 
     def inferStep(self) -> None:
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
-                     f'--batch-size {self.batchSize.get()} --num-workers {self.readers.get()} '
+                     f'--batch-size {self.batchSize.get()} --readers {self.readers.get()} '
                      f'--rotations {self.rotations.get()} --quiet')
         program, arguments, env = gpu_command(self, 'infer', arguments)
         self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)

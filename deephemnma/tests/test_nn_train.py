@@ -168,16 +168,36 @@ class TestTraining(unittest.TestCase):
 
 
 
+def untrained_model() -> train.TrainedModel:
+    """A randomly initialised ResNet-18 model for BOX px images (image mean 0, so rotations commute with the
+    normalisation)."""
+    torch.manual_seed(0)
+    network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 2, 'orientation': 4, 'shifts': 2},
+                                          arch='resnet18', dropout=0.0)).eval()
+    scaling = tg.Scaling(0.0, 2.0, np.array([5.0, -3.0]), np.array([40.0, 20.0]), np.array([0.5, -0.2]),
+                         np.array([2.0, 1.5]))
+    return train.TrainedModel(network, scaling, BOX, BOX, tg.TYPES, {})
+
+
+class TestStreamingPrediction(unittest.TestCase):
+    def test_reader_threads_deliver_every_batch_in_order(self):
+        with tempfile.TemporaryDirectory() as folder:
+            particles = make_particles(Path(folder))
+            source = ImageSource(particles.image[::-1])  # any order of the items
+            predictor = Predictor(untrained_model(), torch.device('cpu'), amp=False)
+            in_turn = predict_source(predictor, source, batch_size=3, readers=0, progress=False)
+            threaded = predict_source(predictor, source, batch_size=3, readers=3, progress=False)
+            direct = predictor.raw(torch.from_numpy(source.read(np.arange(COUNT))))
+        for key, value in direct.items():
+            np.testing.assert_array_equal(threaded[key], in_turn[key])
+            np.testing.assert_allclose(threaded[key], value, rtol=1e-4, atol=1e-5)
+
+
 class TestRotationAveraging(unittest.TestCase):
     """Averaging over quarter turns makes any network exactly equivariant to quarter turns of the image."""
 
     def test_quarter_turn_of_the_image_turns_the_averaged_prediction(self):
-        torch.manual_seed(0)
-        network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 2, 'orientation': 4, 'shifts': 2},
-                                              arch='resnet18', dropout=0.0)).eval()
-        scaling = tg.Scaling(0.0, 2.0, np.array([5.0, -3.0]), np.array([40.0, 20.0]), np.array([0.5, -0.2]),
-                             np.array([2.0, 1.5]))
-        model = train.TrainedModel(network, scaling, BOX, BOX, tg.TYPES, {})
+        model = untrained_model()
         images = torch.from_numpy(np.random.default_rng(2).normal(size=(6, BOX, BOX)).astype(np.float32))
         images[:, :2], images[:, -2:], images[:, :, :2], images[:, :, -2:] = 0, 0, 0, 0  # turns stay on the grid
         quarter = torch.full((len(images),), 90.0)
