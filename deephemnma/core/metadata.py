@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shlex
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -144,7 +144,7 @@ def read_star_tables(path: Path) -> Dict[str, Table]:
                 current[name] = [_unquote(parts[1]) if len(parts) > 1 else '']
                 in_loop = False
         else:
-            values = _split_row(line, path, line_number)
+            values = _split_row(line)
             if len(values) != len(columns):
                 raise InputError(f'{path}: line {line_number}: {len(values)} values for {len(columns)} columns')
             for name, value in zip(columns, values):
@@ -177,11 +177,15 @@ def _read_text(path: Path) -> str:
         raise InputError(f'{path}: not a text metadata file ({error})') from error
 
 
-def _split_row(line: str, path: Path, line_number: int) -> List[str]:
-    try:
-        return shlex.split(line, comments=False, posix=True)
-    except ValueError as error:
-        raise InputError(f'{path}: line {line_number}: {error}') from error
+#: A STAR value: quoted ('...' or "...", closed by a quote followed by white space, as in CIF) or bare.
+_STAR_VALUE = re.compile(r"""'((?:[^']|'(?!\s|$))*)'(?=\s|$)|"((?:[^"]|"(?!\s|$))*)"(?=\s|$)|(\S+)""")
+
+
+def _split_row(line: str) -> List[str]:
+    """The values of a loop row (quotes removed from quoted values; no escapes, as in STAR)."""
+    if "'" not in line and '"' not in line:
+        return line.split()  # the usual row, about 10 times faster than the pattern
+    return [single or double or bare for single, double, bare in _STAR_VALUE.findall(line)]
 
 
 def _quote(value: str) -> str:

@@ -103,6 +103,18 @@ def test_bad_metadata_gives_clear_error(tmp_path, suffix, content, message):
     assert str(path) in str(error.value) and message in str(error.value)
 
 
+def test_star_rows_with_and_without_quotes(tmp_path):
+    from deephemnma.core.metadata import read_star_tables, write_star_tables
+    table = {'name': ['1@a b.mrcs', '2@plain.mrcs', "3@it's.mrcs", ''], 'value': ['1.5', '-2', '3e-4', 'x']}
+    write_star_tables(tmp_path / 'q.star', {'particles': table})
+    assert read_star_tables(tmp_path / 'q.star')['particles'] == table
+    # CIF/STAR quoting: a quote closes a value only before white space; no escapes
+    (tmp_path / 'e.star').write_text('data_x\nloop_\n_a #1\n_b #2\n"two words"  x\\y\n'
+                                     "'it's here'\t'1 2 3'\n  7\t8  \n")
+    assert read_star_tables(tmp_path / 'e.star')['x'] == {'a': ['two words', "it's here", '7'],
+                                                          'b': ['x\\y', '1 2 3', '8']}
+
+
 def test_missing_metadata_file(tmp_path):
     with pytest.raises(InputError, match='no such metadata file'):
         read_particles(tmp_path / 'absent.star')
