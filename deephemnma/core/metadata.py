@@ -189,7 +189,13 @@ def _split_row(line: str) -> List[str]:
 
 
 def _quote(value: str) -> str:
-    return f"'{value}'" if (' ' in value or not value) else value
+    """A value as STAR writes it: bare, or quoted when it is empty, holds white space or starts with a quote."""
+    if value and not any(c.isspace() for c in value) and value[0] not in '\'"':
+        return value
+    for mark in ("'", '"'):
+        if not re.search(mark + r'\s', value):  # no quote of this kind may precede white space inside
+            return f'{mark}{value}{mark}'
+    raise InputError(f'metadata value {value!r} cannot be written to STAR: both quote marks precede white space')
 
 
 def _unquote(value: str) -> str:

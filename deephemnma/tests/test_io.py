@@ -105,7 +105,8 @@ def test_bad_metadata_gives_clear_error(tmp_path, suffix, content, message):
 
 def test_star_rows_with_and_without_quotes(tmp_path):
     from deephemnma.core.metadata import read_star_tables, write_star_tables
-    table = {'name': ['1@a b.mrcs', '2@plain.mrcs', "3@it's.mrcs", ''], 'value': ['1.5', '-2', '3e-4', 'x']}
+    table = {'name': ['1@a b.mrcs', '2@plain.mrcs', "3@it's.mrcs", '', "it's here", "'x", "a' b"],
+             'value': ['1.5', '-2', '3e-4', 'x', 'a b\'', '"q" r', 'y']}
     write_star_tables(tmp_path / 'q.star', {'particles': table})
     assert read_star_tables(tmp_path / 'q.star')['particles'] == table
     # CIF/STAR quoting: a quote closes a value only before white space; no escapes
@@ -113,6 +114,8 @@ def test_star_rows_with_and_without_quotes(tmp_path):
                                      "'it's here'\t'1 2 3'\n  7\t8  \n")
     assert read_star_tables(tmp_path / 'e.star')['x'] == {'a': ['two words', "it's here", '7'],
                                                           'b': ['x\\y', '1 2 3', '8']}
+    with pytest.raises(InputError, match='both quote marks precede white space'):
+        write_star_tables(tmp_path / 'bad.star', {'x': {'a': ['it\' is "a" thing']}})
 
 
 def test_missing_metadata_file(tmp_path):
