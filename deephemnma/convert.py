@@ -213,7 +213,8 @@ def mode_files(modes_set: SetOfNormalModes) -> Dict[int, str]:
     return {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
 
 
-def _missing_modes(files: Dict[int, str], numbers: Iterable[int]) -> Optional[str]:
+def missing_modes(files: Dict[int, str], numbers: Iterable[int]) -> Optional[str]:
+    """Which of mode ``numbers`` are not among ``files`` (:func:`mode_files`), as a sentence, or None."""
     missing = [n for n in numbers if n not in files]
     return f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})' if missing else None
 
@@ -223,7 +224,7 @@ def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_cou
     from .core.modes_io import read_vector_file
     files = mode_files(modes_set)
     numbers = list(numbers)
-    missing = _missing_modes(files, numbers)
+    missing = missing_modes(files, numbers)
     if missing:
         return missing
     for number in numbers:
@@ -246,7 +247,7 @@ def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterabl
     structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
     files = mode_files(modes_set)
     wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
-    missing = _missing_modes(files, wanted)
+    missing = missing_modes(files, wanted)
     if missing:
         raise InputError(missing)
     vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])

@@ -166,18 +166,19 @@ def merge_rotated_outputs(outputs: Sequence[Dict[str, torch.Tensor]], angles_deg
     ``angles_deg`` (``transform_images`` without translation; outputs as the network gives them: scaled
     amplitudes and shifts, unit quaternions). Each rotation is undone on the labels, then amplitudes and
     shifts are averaged and orientations averaged as rotations (:func:`rotations.mean_quaternion_torch`)."""
+    first = next(iter(outputs[0].values()))
+    count, device = len(first), first.device
+    undo = [torch.full((count,), -float(a), dtype=torch.float64, device=device) for a in angles_deg]
     merged: Dict[str, torch.Tensor] = {}
     for kind in outputs[0]:
         stacked = torch.stack([o[kind] for o in outputs]).double()  # (K, B, n)
-        undo = [torch.full(stacked.shape[1:2], -float(a), dtype=torch.float64, device=stacked.device)
-                for a in angles_deg]
         if kind == 'orientation':
             back = torch.stack([transform_quaternions(q, phi) for q, phi in zip(stacked, undo)])
             merged[kind] = rotations.mean_quaternion_torch(back)
         elif kind == 'shifts':
-            mean, std = (torch.as_tensor(v, dtype=torch.float64, device=stacked.device)
+            mean, std = (torch.as_tensor(v, dtype=torch.float64, device=device)
                          for v in (scaling.shift_mean, scaling.shift_std))
-            zero = torch.zeros(stacked.shape[1], 2, dtype=torch.float64, device=stacked.device)
+            zero = torch.zeros(count, 2, dtype=torch.float64, device=device)
             back = torch.stack([transform_shifts(s * std + mean, phi, zero) for s, phi in zip(stacked, undo)])
             merged[kind] = (back.mean(0) - mean) / std
         else:

@@ -7,7 +7,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import mode_files, normal_modes_from_set, particles_from_set
+from deephemnma.convert import missing_modes, mode_files, normal_modes_from_set, particles_from_set
 from deephemnma.core.fileio import InputError, atomic_path
 from deephemnma.core.nma import RIGID_MODES, NormalModes, parse_mode_numbers
 
@@ -108,14 +108,14 @@ class DeepHemnmaProtAnimate(EMProtocol):
             return ['The set of normal modes is empty.']
         if not self.inputGroups and self.inputSpace.get() is None:
             errors.append('Nothing to do: give groups (centroids) and/or a space (animations).')
-        available = set(mode_files(modes_set))
+        files = mode_files(modes_set)
         try:
-            numbers = self._numbers() or [n for n in available if n > RIGID_MODES]
+            numbers = self._numbers() or [n for n in files if n > RIGID_MODES]
         except InputError as error:
             return errors + [str(error)]
-        missing = [n for n in numbers if n not in available]
+        missing = missing_modes(files, numbers)
         if missing:
-            errors.append(f'Mode(s) {missing} are not in the set of normal modes.')
+            errors.append(f'The {missing}.')
         for number, pointer in enumerate(self.inputGroups or [], start=1):
             group = pointer.get()
             if group is None or group.getSize() == 0:
