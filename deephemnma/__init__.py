@@ -13,6 +13,8 @@ def _build_plugin_class():
         import pwem
     except ImportError as error:  # a bare compute node: no Scipion plugin there
         raise AttributeError(f'deephemnma.Plugin needs Scipion (pwem): {error}') from error
+    import os
+
     from .constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
 
     class Plugin(pwem.Plugin):
@@ -29,11 +31,17 @@ def _build_plugin_class():
 
         @classmethod
         def getDefaultDevice(cls) -> str:
-            return cls.getVar(DEVICE_VAR)
+            return cls._variable(DEVICE_VAR, DEFAULT_DEVICE)
 
         @classmethod
         def getTorchrun(cls) -> str:
-            return cls.getVar(TORCHRUN_VAR)
+            return cls._variable(TORCHRUN_VAR, 'torchrun')
+
+        @classmethod
+        def _variable(cls, name: str, default: str) -> str:
+            """A plugin variable: as registered by Scipion's plugin discovery, else from the environment (a
+            protocol run outside a registered session), else its default."""
+            return cls.getVar(name) or os.environ.get(name, default)
 
         @classmethod
         def defineBinaries(cls, env) -> None:

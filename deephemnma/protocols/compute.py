@@ -23,7 +23,8 @@ def gpu_ids(protocol) -> List[str]:
 
 def gpu_command(protocol, command: str, arguments: str):
     """``(program, arguments, env)`` of a ``deephemnma`` command on this protocol's GPUs: ``torchrun`` over
-    all listed GPUs when there are several, the command itself otherwise (CPU when "Use GPU" is off)."""
+    all listed GPUs when there are several (its per-rank logs in the protocol's logs folder, not in /tmp), the
+    command itself otherwise (CPU when "Use GPU" is off)."""
     env = Environ(os.environ)
     gpus = gpu_ids(protocol)
     device = '--device cuda' if gpus else '--device cpu'
@@ -32,6 +33,6 @@ def gpu_command(protocol, command: str, arguments: str):
         env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
     if len(gpus) > 1:
         from deephemnma import Plugin
-        return Plugin.getTorchrun(), f'--nproc_per_node={len(gpus)} -m deephemnma.cli.main {command} ' \
-                                     f'{arguments} {device}', env
+        return Plugin.getTorchrun(), f'--nproc_per_node={len(gpus)} --log-dir {protocol._getLogsPath("torchrun")} ' \
+                                     f'-m deephemnma.cli.main {command} {arguments} {device}', env
     return 'deephemnma', f'{command} {arguments} {device}', env

@@ -146,7 +146,7 @@ class TestStacks(SingleThreaded):
         common = ['align', '-i', str(self.root / 'particles.star'), '--modes', str(self.root / 'modes.npz'),
                   '--local-refine', '--device', 'cpu', '--threads', '1', '--chunk-size', '4', '--angular-step', '15',
                   '--start-amplitudes', '0', '--top-k', '4', '--resolutions', '10', '7', '5', '--quiet']
-        env = dict(os.environ, OMP_NUM_THREADS='1')
+        env = dict(os.environ, OMP_NUM_THREADS='1', TMPDIR=str(self.root))  # torchrun's log folders go there
         for command in ([sys.executable, '-m', 'deephemnma.cli.main', *common, '-o', str(self.root / 'one.star')],
                         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
                          '--master_port=29613', '-m', 'deephemnma.cli.main', *common,
