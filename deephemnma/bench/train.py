@@ -181,7 +181,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     config = preset_config('fast', arch=size['arch'], epochs=size['epochs'] or 1, batch_size=size['batch_size'],
                            lr=size['lr'], dropout=size['dropout'], max_rotation_deg=size['max_rotation'],
                            network_box=size['network_box'], amp=size['amp'], patience=0, outlier_threshold=0.0,
-                           validation=size['validation'], test=0, seed=args.seed, num_workers=0)
+                           validation=size['validation'], test=0, seed=args.seed)
     if size['epochs'] is None:
         config.epochs = _epochs_for_budget(config, size['box'], size['train'], size['budget_s'], device)
     load_before = os.getloadavg()[0]

@@ -73,7 +73,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--validation', type=float, default=0.1, help='validation particles (fraction or count)')
     parser.add_argument('--test', type=float, default=0.1, help='test particles (fraction or count)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--num-workers', type=int, default=2, help='image reading processes (stacks on disk)')
+    parser.add_argument('--readers', type=int, default=2,
+                        help='threads reading images ahead when they are streamed from disk (above --ram-limit-gb)')
     parser.add_argument('--ram-limit-gb', type=float, default=8.0, help='copy the images to RAM when they fit')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--threads', type=int, help='torch CPU threads')
@@ -89,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience, amp=False if args.no_amp else None, max_rotation_deg=args.max_rotation_deg,
         max_translation_px=args.max_translation_px, outlier_threshold=args.outlier_threshold,
         network_box=args.network_box,
-        validation=args.validation, test=args.test, seed=args.seed, num_workers=args.num_workers,
+        validation=args.validation, test=args.test, seed=args.seed, readers=args.readers,
         ram_limit_gb=args.ram_limit_gb)
 
 

@@ -8,11 +8,9 @@ per chunk of images on disk (:class:`deephemnma.core.chunks.ChunkStore`), so a k
 """
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ from deephemnma.core.machine import flush_denormals
 from deephemnma.core.metadata import Particles
 from deephemnma.nn import targets as tg
 from deephemnma.core.stacks import ImageSource
-from deephemnma.nn.data import merge_rotated_outputs, transform_images
+from deephemnma.nn.data import merge_rotated_outputs, read_ahead, transform_images
 from deephemnma.nn.train import TrainedModel, amp_supported
 
 
@@ -92,28 +90,6 @@ def _batches(items: range, batch_size: int) -> List[np.ndarray]:
     return [np.arange(s, min(s + batch_size, items.stop)) for s in range(items.start, items.stop, batch_size)]
 
 
-def _read_ahead(source: ImageSource, batches: List[np.ndarray], threads: int, pin: bool) -> Iterator:
-    """``(images, indices)`` of each batch in order, read by ``threads`` background threads at most
-    ``2 * threads`` batches ahead (0: read when asked). Threads, not processes: copying out of a memory map
-    releases the GIL, and images need not travel between processes (on 2 cores, 128 px images from a cached
-    stack: 8,000 to 30,000 images/s through DataLoader worker processes, 46,000 to 186,000 through threads)."""
-    def read(indices: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(source.read(indices))
-        return (images.pin_memory() if pin else images), torch.as_tensor(indices)
-
-    if threads <= 0:
-        yield from map(read, batches)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix='image-reader') as pool:
-        pending: Deque[Future] = deque()
-        for indices in batches:
-            pending.append(pool.submit(read, indices))
-            if len(pending) > 2 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 256, readers: int = 0,
                    work_dir: Optional[str | Path] = None, chunk_size: int = 16384, rank: Rank = Rank(),
                    progress: bool = True, settings: Optional[dict] = None) -> Optional[Dict[str, np.ndarray]]:
@@ -137,7 +113,7 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
                                                               **(settings or {})})
         chunks = [store.chunk_range(c) for c in store.pending(rank)]
     plan = [(number, b) for number, items in enumerate(chunks) for b in _batches(items, batch_size)]
-    iterator = _read_ahead(source, [b for _, b in plan], readers, predictor.device.type == 'cuda')
+    iterator = read_ahead(source, [b for _, b in plan], readers, predictor.device.type == 'cuda')
     bar = None
     if progress and rank.is_main:
         from tqdm import tqdm

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from deephemnma.core.filters import fourier_crop
 from deephemnma.core.machine import flush_denormals
 from deephemnma.core.stacks import ImageSource
 from deephemnma.nn import targets as tg
-from deephemnma.nn.data import Augmentation, BatchReader, image_statistics, inlier_mask, \
+from deephemnma.nn.data import Augmentation, image_statistics, inlier_mask, read_ahead, \
     split_by_particle, transform_images, transform_quaternions, transform_shifts
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 
@@ -82,7 +82,7 @@ class TrainConfig:
     validation: float = 0.1
     test: float = 0.1
     seed: int = 0
-    num_workers: int = 0
+    readers: int = 2  # threads reading images ahead when they are streamed from disk (above ram_limit_gb)
     ram_limit_gb: float = 4.0
 
     def __post_init__(self) -> None:
@@ -101,6 +101,15 @@ class TrainConfig:
         data = asdict(self)
         data['types'] = list(self.types)
         return data
+
+
+READING_SETTINGS = ('readers', 'ram_limit_gb')
+
+
+def result_settings(config: dict) -> dict:
+    """The settings of a :class:`TrainConfig` dictionary that change the trained weights (a resume must keep
+    them); how images are read (``READING_SETTINGS``) may change between runs."""
+    return {name: value for name, value in config.items() if name not in READING_SETTINGS}
 
 
 PRESETS: Dict[str, Dict[str, object]] = {
@@ -315,17 +324,12 @@ class Trainer:
         return phi.view(self.steps_per_epoch, self.global_batch), \
             t.view(self.steps_per_epoch, self.global_batch, 2)
 
-    def _iterate(self, batches: List[np.ndarray]):
-        """Yield raw image batches; a DataLoader with workers reads memory-mapped stacks ahead."""
-        if self.data.in_memory is not None or self.config.num_workers <= 0:
-            for indices in batches:
-                yield self.data.read(indices), indices
-            return
-        loader = torch.utils.data.DataLoader(BatchReader(self.data.source, batches), batch_size=None,
-                                             shuffle=False, num_workers=self.config.num_workers,
-                                             pin_memory=self.device.type == 'cuda')
-        for images, indices in loader:
-            yield images, indices.numpy()
+    def _iterate(self, batches: List[np.ndarray]) -> Iterator[Tuple[torch.Tensor, np.ndarray]]:
+        """``(raw images, indices)`` of each batch: gathered from memory, or read from the stacks on disk by
+        ``config.readers`` threads ahead of the model."""
+        if self.data.in_memory is not None:
+            return ((self.data.read(indices), indices) for indices in batches)
+        return read_ahead(self.data.source, batches, self.config.readers, pin=self.device.type == 'cuda')
 
     def _inputs(self, images: torch.Tensor, indices: np.ndarray, phi: Optional[torch.Tensor],
                 translation: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -425,7 +429,7 @@ class Trainer:
         if not path.exists():
             return False
         state = torch.load(path, map_location='cpu', weights_only=False)
-        if state.get('config') != self.config.to_dict():
+        if result_settings(state.get('config', {})) != result_settings(self.config.to_dict()):
             raise InputError(f'{path} was written with other settings; remove it (or choose another output '
                              'folder) to start afresh')
         self.network.load_state_dict(state['network'])

@@ -107,6 +107,25 @@ class TestTraining(unittest.TestCase):
         split = np.load(self.folder / 'whole' / train.SPLIT_FILE)
         self.assertEqual(sorted(np.concatenate([split[k] for k in split.files])), list(range(COUNT)))
 
+    def test_streaming_from_disk_equals_training_in_memory(self):
+        """Images read from the stack by reader threads give the same weights as images held in memory, and a
+        run may resume with other reading settings (threads, memory limit)."""
+        in_memory, _ = train.run_training(self.particles, tiny_config(), self.folder / 'memory', 'cpu',
+                                          progress=False)
+
+        def kill_after_first(epoch, row):
+            if epoch == 0:
+                raise Interrupted()
+        with self.assertRaises(Interrupted):
+            train.run_training(self.particles, tiny_config(ram_limit_gb=0.0, readers=2), self.folder / 'streamed',
+                               'cpu', progress=False, on_epoch_end=kill_after_first)
+        resumed, summary = train.run_training(self.particles, tiny_config(ram_limit_gb=0.0, readers=0),
+                                              self.folder / 'streamed', 'cpu', progress=False)
+        self.assertTrue(summary['resumed'])
+        self.assertEqual(in_memory.history, resumed.history)
+        for key, value in in_memory.network.state_dict().items():
+            torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
     def test_resume_with_other_settings_is_refused(self):
         train.run_training(self.particles, tiny_config(epochs=1), self.folder / 'other', 'cpu', progress=False)
         with self.assertRaises(ValueError):
