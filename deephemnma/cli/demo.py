@@ -4,7 +4,7 @@ Creates a Scipion project from the plugin's ``synthetic_ak`` template (simulate 
 train -> predict the other half -> PCA space -> groups along PC1 -> group reconstructions -> centroids and
 animation), runs every protocol headless, and prints the accuracy against the ground truth (the paper's metrics)
 and where the project and the result files are. The space plot, the group maps and their FSC curves are copied to
-``OUT/results``. The default sizes finish in about 6 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000
+``OUT/results``. The default sizes finish in about 8 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000
 --box 128 --pixel 0.65 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
 
 Examples::
