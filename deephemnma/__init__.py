@@ -5,6 +5,8 @@ torchvision, numpy and scipy. The Scipion ``Plugin`` class is built on first acc
 asks for it), so importing the core never imports pwem/pyworkflow: the core runs on a bare GPU node, starts fast,
 and the tests can set Scipion's environment before pyworkflow reads it.
 """
+import os
+
 __version__ = '0.1.0'
 
 
@@ -13,8 +15,6 @@ def _build_plugin_class():
         import pwem
     except ImportError as error:  # a bare compute node: no Scipion plugin there
         raise AttributeError(f'deephemnma.Plugin needs Scipion (pwem): {error}') from error
-    import os
-
     from .constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
 
     class Plugin(pwem.Plugin):

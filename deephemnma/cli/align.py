@@ -69,7 +69,8 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
     keep = tuple(min(defaults.refine_keep[min(i, len(defaults.refine_keep) - 1)], args.top_k) for i in range(stages))
     return AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range, shift_step=args.shift_step,
                          search_resolution=max(args.resolutions[0], defaults.search_resolution),
-                         start_amplitudes=tuple(args.start_amplitudes) if args.start_amplitudes else None, top_k=args.top_k,
+                         start_amplitudes=tuple(args.start_amplitudes) if args.start_amplitudes else None,
+                         top_k=args.top_k,
                          refine_resolutions=tuple(args.resolutions), refine_steps=steps, refine_keep=keep,
                          ctf_mode=args.ctf)
 

@@ -38,8 +38,9 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
     ctf = ctf_table(particles)
     store = ChunkStore(work_folder, len(particles), chunk_size,
-                       {'settings': settings.__dict__, 'local': local, 'box': reader.box, 'modes': reference.mode_numbers,
-                        'pixel_size': particles.pixel_size, 'atoms': int(reference.coords.shape[0])})
+                       {'settings': settings.__dict__, 'local': local, 'box': reader.box,
+                        'modes': reference.mode_numbers, 'pixel_size': particles.pixel_size,
+                        'atoms': int(reference.coords.shape[0])})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:
         index = np.asarray(positions)

@@ -166,11 +166,10 @@ class PreparedData:
     memory_index: Optional[np.ndarray] = None
     targets: Dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def read(self, indices: np.ndarray) -> torch.Tensor:
-        """Raw images ``(k, box, box)`` float32 of dataset items ``indices`` (on the held images' device)."""
-        if self.in_memory is not None:
-            return self.in_memory[torch.as_tensor(self.memory_index[indices], device=self.in_memory.device)]
-        return torch.from_numpy(self.source.read(indices))
+    def held_images(self, indices: np.ndarray) -> torch.Tensor:
+        """Raw images ``(k, box, box)`` float32 of dataset items ``indices`` from those held in memory (on their
+        device)."""
+        return self.in_memory[torch.as_tensor(self.memory_index[indices], device=self.in_memory.device)]
 
     def hold_on_gpu(self, device: torch.device, max_fraction: float = 0.25) -> None:
         """Move the images held in memory to the GPU ``device`` when they take at most ``max_fraction`` of its
@@ -328,7 +327,7 @@ class Trainer:
         """``(raw images, indices)`` of each batch: gathered from memory, or read from the stacks on disk by
         ``config.readers`` threads ahead of the model."""
         if self.data.in_memory is not None:
-            return ((self.data.read(indices), indices) for indices in batches)
+            return ((self.data.held_images(indices), indices) for indices in batches)
         return read_ahead(self.data.source, batches, self.config.readers, pin=self.device.type == 'cuda')
 
     def _inputs(self, images: torch.Tensor, indices: np.ndarray, phi: Optional[torch.Tensor],
@@ -389,9 +388,8 @@ class Trainer:
         indices = self.data.split['validation'][self.rank.rank::self.rank.world_size]
         totals = torch.zeros(len(self.config.types), dtype=torch.float64, device=self.device)
         batch = max(self.per_rank_batch, 64)
-        for start in range(0, len(indices), batch):
-            chunk = indices[start:start + batch]
-            inputs, targets = self._inputs(self.data.read(chunk), chunk, None, None)
+        for images, chunk in self._iterate([indices[start:start + batch] for start in range(0, len(indices), batch)]):
+            inputs, targets = self._inputs(images, chunk, None, None)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                 outputs = self.network(inputs)
             totals += self._stacked(tg.losses(outputs, targets)) * len(chunk)
