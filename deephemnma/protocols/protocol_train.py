@@ -36,6 +36,12 @@ def labelled_particles(particle_set, source: int):
     return absolute_image_paths(particles)
 
 
+def _stopping(config: dict) -> str:
+    """Early stopping of a training configuration, in words (empty when off)."""
+    patience = config.get('patience', 0)
+    return f', early stopping after {patience} epochs without a lower validation loss' if patience else ''
+
+
 class DeepHemnmaProtTrain(EMProtocol):
     """Train the DeepHEMNMA network (ResNet feature extractor and MLP predictor) to predict the normal-mode
     amplitudes, orientation and shifts of particle images from labelled particles: this plugin's HEMNMA
@@ -67,6 +73,11 @@ class DeepHemnmaProtTrain(EMProtocol):
                            'batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs.')
         form.addParam('epochs', params.IntParam, default=0, label='Epochs', help='0: the preset\'s.')
         form.addParam('batchSize', params.IntParam, default=0, label='Batch size', help='0: the preset\'s.')
+        form.addParam('patience', params.IntParam, default=-1, label='Early stopping patience (epochs)',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='Stop after this many epochs without a lower validation loss; 0: never (the learning '
+                           'rate schedule runs to its end, which a small validation set may otherwise cut '
+                           'short); -1: the preset\'s (fast 10, paper never).')
         form.addParam('learningRate', params.FloatParam, default=0.0, label='Learning rate',
                       help='(Maximum) learning rate; 0: the preset\'s.')
         form.addParam('arch', params.EnumParam, choices=list(ARCHITECTURES), default=0, label='Feature extractor',
@@ -132,6 +143,8 @@ class DeepHemnmaProtTrain(EMProtocol):
                 arguments.append(f'{flag} {value}')
         if self.maxRotation.get() >= 0:
             arguments.append(f'--max-rotation {self.maxRotation.get()}')
+        if self.patience.get() >= 0:
+            arguments.append(f'--patience {self.patience.get()}')
         return ' '.join(arguments)
 
     def trainStep(self) -> None:
@@ -212,7 +225,7 @@ class DeepHemnmaProtTrain(EMProtocol):
             details = (f' {config["arch"]} ({config["layout"]} layout) took the images{crop}; '
                        f'{summary["epochs_run"]} epochs, batch {config["batch_size"]}, learning rate '
                        f'{config["lr"]:g} ({config["schedule"]} schedule), weight decay {config["weight_decay"]:g}, '
-                       f'in-plane rotation augmentation up to {config["max_rotation_deg"]:g} deg; '
+                       f'in-plane rotation augmentation up to {config["max_rotation_deg"]:g} deg{_stopping(config)}; '
                        f'{sizes.get("train", 0)} training, {sizes.get("validation", 0)} validation and '
                        f'{sizes.get("test", 0)} test images.')
         return [f'A ResNet-based network [He2016] was trained as in DeepHEMNMA [Hamitouche2022] to predict '

@@ -14,7 +14,7 @@ from deephemnma.tests.projects import SimulatedProjectCase, launch_simulation
 
 SIMULATION = dict(count=16, box=32, pixelSize=3.0, coarse=1, amplitudeScale=30.0, snr=1.0, seed=2)
 TRAINING = dict(labelSource=1, epochs=2, batchSize=4, arch=1, validationSize=3, testSize=2, outlierThreshold=0.0,
-                useGpu=False)
+                patience=5, useGpu=False)
 
 
 class TestProtocolTrainInfer(SimulatedProjectCase):
@@ -36,7 +36,8 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         self.assertIn('Split: train 11, validation 3, test 2.', self.training.summary())
         self.assertEqual(self.training.test_metrics()['images'], 2)
         self.assertIn('Hamitouche2022', self.training._citations())
-        self.assertTrue(self.training.methods())
+        self.assertEqual(summary['config']['patience'], 5)  # the form's patience reaches the training
+        self.assertIn('early stopping after 5 epochs', ' '.join(self.training.methods()))
 
     def test_prediction_outputs_pose_and_amplitudes(self):
         inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5, rotations=2)

@@ -98,6 +98,31 @@ def test_noise_reaches_the_target_snr(ca_setup, scope):
         assert np.std(snr) > 0.005  # one noise level: the SNR follows each image's own signal
 
 
+def test_snr_on_the_simulation_grid_is_the_snr_before_the_fourier_crop(ca_setup):
+    """With snr_grid='simulation' the SNR holds on the 4x finer images (the paper's 256 px of 0.325 A): the crop
+    to the output keeps the signal below its Nyquist frequency and 1/16 of the white noise, so the output's SNR
+    is 16 * snr * (signal variance on the output grid / on the fine grid); the noise keeps unit variance."""
+    amplitudes, angles, shifts = _poses(48, seed=6)
+    box, pixel, factor = 32, 2.6, 4
+    out = S.simulate_particles(ca_setup, amplitudes, angles, shifts, box, pixel, ctf=CTF, snr=0.1, seed=5,
+                               oversampling=factor, snr_grid='simulation', return_clean=True)
+    clean_fine = S.simulate_particles(ca_setup, amplitudes, angles, shifts * factor, box * factor,
+                                      pixel / factor, ctf=CTF).images
+    clean_out = S.simulate_particles(ca_setup, amplitudes, angles, shifts, box, pixel, ctf=CTF).images
+    expected = 0.1 * factor ** 2 * clean_out.var(axis=(1, 2)).mean() / clean_fine.var(axis=(1, 2)).mean()
+    noise = out.images - out.clean
+    assert noise.var() == pytest.approx(1.0, rel=0.04)
+    assert out.clean.var(axis=(1, 2)).mean() / noise.var(axis=(1, 2)).mean() == pytest.approx(expected, rel=0.04)
+    assert expected > 2 * 0.1  # the crop removed more of the noise than of the signal
+    # Without oversampling the two grids are one: the same images.
+    plain = S.simulate_particles(ca_setup, amplitudes[:4], angles[:4], shifts[:4], box, pixel, ctf=CTF, snr=0.1)
+    same = S.simulate_particles(ca_setup, amplitudes[:4], angles[:4], shifts[:4], box, pixel, ctf=CTF, snr=0.1,
+                                snr_grid='simulation')
+    np.testing.assert_array_equal(plain.images, same.images)
+    with pytest.raises(InputError, match="unknown SNR grid 'fine'"):
+        S.simulate_particles(ca_setup, amplitudes[:1], angles[:1], shifts[:1], box, pixel, snr=0.1, snr_grid='fine')
+
+
 def test_noise_before_the_ctf_has_the_ctf_power_spectrum(ca_setup):
     amplitudes, angles, shifts = _poses(64, seed=4)
     box, pixel = 64, 1.3

@@ -26,7 +26,7 @@ from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_di
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
 #: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
-TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0}
+TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1}
 
 
 class TestSyntheticWorkflow(BaseTest):
