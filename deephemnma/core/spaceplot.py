@@ -1,7 +1,8 @@
 """Plots of the conformational space, FSC curves and map slices (matplotlib, no display needed).
 
 Spaces of millions of points are drawn as 2D histograms (one ``imshow`` of binned counts), never as one
-marker per point, so drawing and saving stays within seconds for 1,000,000 points. Colour by:
+marker per point, so drawing and saving stays within seconds for 1,000,000 points. The number of bins per axis
+follows the number of points (:func:`auto_bins`), so that a few thousand points stay visible. Colour by:
 
 * ``density``: the number of points per bin (log scale);
 * ``source``: each source (e.g. 'predicted', 'hemnma') in its own colour, its log density as intensity;
@@ -19,6 +20,11 @@ from .fileio import InputError, atomic_path
 COLOUR_MODES = ('density', 'source', 'score')
 _SOURCE_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
                    (0.58, 0.4, 0.74), (0.55, 0.34, 0.29))
+
+
+def auto_bins(count: int) -> int:
+    """Bins per axis for ``count`` points: about ``2 sqrt(count)``, between 50 and 400."""
+    return int(np.clip(round(2.0 * np.sqrt(max(count, 1))), 50, 400))
 
 
 def _extent(points: np.ndarray) -> Tuple[float, float, float, float]:
@@ -46,15 +52,17 @@ def binned_image(points: np.ndarray, extent, bins: int, values: Optional[np.ndar
 
 
 def draw_space(ax, coords: np.ndarray, colour_by: str = 'density', values: Optional[np.ndarray] = None,
-               sources: Optional[np.ndarray] = None, axes: Sequence[int] = (0, 1), bins: int = 400,
+               sources: Optional[np.ndarray] = None, axes: Sequence[int] = (0, 1), bins: int = 0,
                labels: Sequence[str] = ('axis 1', 'axis 2')):
-    """Draw the space on a matplotlib ``ax``; returns the image artist."""
+    """Draw the space on a matplotlib ``ax`` with ``bins`` per axis (0: :func:`auto_bins`); returns the image
+    artist."""
     from matplotlib import colors
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] < 2 or len(coords) == 0:
         raise InputError(f'a space plot needs (points, >= 2) coordinates, got shape {coords.shape}')
     points = coords[:, list(axes)]
     extent = _extent(points)
+    bins = bins or auto_bins(len(points))
     if colour_by == 'density':
         counts = binned_image(points, extent, bins)
         artist = ax.imshow(np.where(counts > 0, counts, np.nan), origin='lower', extent=extent, aspect='auto',
@@ -92,7 +100,7 @@ def draw_space(ax, coords: np.ndarray, colour_by: str = 'density', values: Optio
 
 def save_space_plot(path: str | os.PathLike, coords: np.ndarray, colour_by: str = 'density',
                     values: Optional[np.ndarray] = None, sources: Optional[np.ndarray] = None,
-                    axes: Sequence[int] = (0, 1), bins: int = 400, title: str = '',
+                    axes: Sequence[int] = (0, 1), bins: int = 0, title: str = '',
                     polygons: Optional[Mapping[str, np.ndarray]] = None) -> None:
     """Draw the space (optionally with selection polygons) and save it as an image, atomically."""
     import matplotlib

@@ -96,7 +96,8 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         form.addParam('colourBy', params.EnumParam, choices=list(COLOUR_MODES), default=0, label='Colour by',
                       help='density: images per bin; source: each amplitude set in its colour; score: mean '
                            'alignment score per bin.')
-        form.addParam('bins', params.IntParam, default=400, label='Bins per axis')
+        form.addParam('bins', params.IntParam, default=0, label='Bins per axis',
+                      help='The space is drawn as a 2D histogram; 0: about 2 sqrt(images), between 50 and 400.')
         form.addParam('displaySpace', params.LabelParam, label='Display the space')
         form.addParam('selectionTool', params.EnumParam, choices=list(SELECTION_TOOLS), default=0,
                       label='Selection tool')
@@ -144,7 +145,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         """Draw the space (coloured by ``colour_by`` or the form's choice) into ``path``; returns it."""
         colour = colour_by or COLOUR_MODES[self._form_value('colourBy', 0)]
         coords, sources, scores = self.space_data()
-        save_space_plot(path, coords, colour, values=scores, sources=sources, bins=self._form_value('bins', 400))
+        save_space_plot(path, coords, colour, values=scores, sources=sources, bins=self._form_value('bins', 0))
         return path
 
     def save_fsc(self, path: str) -> str:
