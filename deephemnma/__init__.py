@@ -15,7 +15,7 @@ def _build_plugin_class():
         import pwem
     except ImportError as error:  # a bare compute node: no Scipion plugin there
         raise AttributeError(f'deephemnma.Plugin needs Scipion (pwem): {error}') from error
-    from .constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
+    from deephemnma.constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
 
     class Plugin(pwem.Plugin):
         """Scipion plugin entry: declares the plugin's variables (no binaries to install)."""

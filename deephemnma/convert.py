@@ -1,7 +1,7 @@
 """Conversions between the core's objects and Scipion's: Particles and SetOfParticles, modes and SetOfNormalModes.
 
 Scipion side only (imports pwem). A particle's pose is its projection-alignment Transform (Xmipp ZYZ angles in
-degrees, shifts in pixels; see :func:`deephemnma.core.rotations.transform_from_pose`), its amplitudes the CsvList
+degrees, shifts in pixels; see :func:`deephemnma.imaging.rotations.transform_from_pose`), its amplitudes the CsvList
 attribute ``_xmipp_nmaDisplacements`` (the name ContinuousFlex's HEMNMA uses, so its outputs are read directly and
 ours go into its viewers), its score ``_xmipp_cost``, and every extra column ``NAME`` (e.g. the simulator's ground
 truth ``true_amplitudes``) the attribute ``_deephemnma_NAME``.
@@ -19,10 +19,10 @@ import numpy as np
 from pwem.objects import AtomStruct, CTFModel, NormalMode, Particle, SetOfNormalModes, SetOfParticles, Transform
 from pyworkflow.object import CsvList, Float
 
-from .constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
-from .core.metadata import Particles
-from .core.nma import RIGID_MODES, NormalModes, collectivity
-from .core.rotations import pose_from_transform, transform_from_pose
+from deephemnma.constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
+from deephemnma.data.particles import Particles
+from deephemnma.nma.modes import RIGID_MODES, NormalModes, collectivity
+from deephemnma.imaging.rotations import pose_from_transform, transform_from_pose
 
 
 def fill_set_of_particles(output: SetOfParticles, particles: Particles, base_dir: str = '.') -> SetOfParticles:
@@ -180,7 +180,7 @@ def write_modes_xmd_from_set(modes_set: SetOfNormalModes, path: str,
 
     ``enabled``: the mode numbers to mark enabled (default: the set's own enabled flags).
     """
-    from .core.modes_io import ModeRow, write_modes_xmd
+    from deephemnma.nma.files import ModeRow, write_modes_xmd
     chosen = set(enabled) if enabled is not None else None
     rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
                     enabled=int(mode.getObjId()) in chosen if chosen is not None else bool(mode.isEnabled()),
@@ -196,7 +196,7 @@ def set_of_modes_from_xmd(xmd: str, output: SetOfNormalModes, reference: AtomStr
 
     ``enabled``: the mode numbers to mark enabled (default: the file's own flags).
     """
-    from .core.modes_io import read_modes_xmd, resolve_mode_file
+    from deephemnma.nma.files import read_modes_xmd, resolve_mode_file
     chosen = set(enabled) if enabled is not None else None
     for row in read_modes_xmd(xmd):
         mode = NormalMode(modeFile=str(resolve_mode_file(Path(xmd), row.mode_file)),
@@ -221,7 +221,7 @@ def missing_modes(files: Dict[int, str], numbers: Iterable[int]) -> Optional[str
 
 def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_count: int) -> Optional[str]:
     """Why modes ``numbers`` of ``modes_set`` cannot deform a reference of ``atom_count`` atoms, or None."""
-    from .core.modes_io import read_vector_file
+    from deephemnma.nma.files import read_vector_file
     files = mode_files(modes_set)
     numbers = list(numbers)
     missing = missing_modes(files, numbers)
@@ -241,9 +241,9 @@ def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterabl
     ``numbers`` selects the modes (default: every non-rigid mode of the set); InputError names missing modes
     and mode files whose atom count differs from the reference's.
     """
-    from .core.fileio import InputError
-    from .core.modes_io import read_vector_file
-    from .core.structure import read_structure
+    from deephemnma.runtime.errors import InputError
+    from deephemnma.nma.files import read_vector_file
+    from deephemnma.molecule.structure import read_structure
     structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
     files = mode_files(modes_set)
     wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]

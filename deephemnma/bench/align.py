@@ -25,12 +25,14 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from deephemnma.core.align import AlignSettings, Aligner, reference_from_modes
-from deephemnma.core.conformations import helix
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
-from deephemnma.core.simulate import (paper_ak_setup, paper_ctf, sample_angles, sample_shifts,
-                                      simulate_particles, stream)
+from deephemnma.hemnma.aligner import AlignSettings, Aligner
+from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.simulate.conformations import helix
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
+from deephemnma.simulate.setup import paper_ak_setup, paper_ctf
+from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
+from deephemnma.simulate.physics import simulate_particles
 
 
 

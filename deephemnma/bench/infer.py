@@ -20,14 +20,17 @@ import numpy as np
 import torch
 
 from deephemnma.bench import work_folder
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.machine import resolve_device
-from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
+from deephemnma.data.images import write_stack
+from deephemnma.runtime.machine import resolve_device
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.nn import targets as tg
-from deephemnma.core.stacks import ImageSource
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.train import TrainConfig, TrainedModel, amp_supported, load_model, save_model
+from deephemnma.nn.config import TrainConfig
+from deephemnma.nn.modelfile import TrainedModel, load_model, save_model
+from deephemnma.runtime.machine import amp_supported
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

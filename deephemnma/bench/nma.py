@@ -34,10 +34,11 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.nma import compute_modes, cumulative_overlap, overlaps, rmsip
-from deephemnma.core.pseudoatoms import map_correlation, map_to_pseudoatoms
-from deephemnma.core.structure import Structure, coarse_grain, read_structure, select_chains
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
+from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms
+from deephemnma.molecule.structure import Structure, coarse_grain, read_structure, select_chains
 
 COPIED_CHAINS = ('L50', 'L70', 'LA0', 'LAA')
 CONTACT_DISTANCE = 5.0

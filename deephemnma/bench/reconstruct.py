@@ -1,9 +1,9 @@
 """Reconstruction accuracy and speed: FSC of a clean reconstruction against the true map, and timings.
 
 Accuracy (``clean_fsc05_px``): the paper's adenylate kinase reference (4AKE chain A, all atoms) is simulated
-as a 64^3 map (:func:`deephemnma.core.density.atoms_to_map`, 1.5 A/px); 5,000 noise-free, CTF-free 64 x 64
+as a 64^3 map (:func:`deephemnma.molecule.density.atoms_to_map`, 1.5 A/px); 5,000 noise-free, CTF-free 64 x 64
 projections of the same atoms at random poses (uniform on SO(3), shifts up to 3 px) are computed exactly in
-Fourier space by the simulator (:mod:`deephemnma.core.projection`, independent of the reconstruction's
+Fourier space by the simulator (:mod:`deephemnma.imaging.projection`, independent of the reconstruction's
 gridding); they are reconstructed with the true poses; the FSC against the true map gives the resolution in
 pixels at 0.5 (2.0 is Nyquist). Speed (``seconds_10k_128_*``): 10,000 images of 128 x 128 with CTFs
 (reconstruction with full CTF correction and half maps), streamed in batches, with
@@ -25,11 +25,14 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.fsc import fsc
-from deephemnma.core.reconstruct import CTFTable, array_batches, reconstruct
-from deephemnma.core.rotations import matrix_to_euler, random_rotations
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.imaging.fsc import fsc
+from deephemnma.imaging.ctf import CTFTable
+from deephemnma.data.stacks import array_batches
+from deephemnma.space.reconstruct import reconstruct
+from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from deephemnma.core import rotations as R
+from deephemnma.imaging import rotations as R
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

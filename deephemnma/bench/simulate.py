@@ -43,12 +43,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from deephemnma.core import conformations as conf
-from deephemnma.core import simulate as S
-from deephemnma.core.ctf import CTFParams, ctf_zero_frequencies
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.filters import fourier_crop
-from deephemnma.core.rotations import euler_to_matrix
+from deephemnma.simulate import conformations as conf
+from deephemnma.simulate.parameters import sample_angles, sample_shifts
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import SimulationSetup, paper_ak_setup, paper_ctf
+from deephemnma.imaging.ctf import CTFParams, ctf_zero_frequencies
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.imaging.rotations import euler_to_matrix
 
 PAPER_BOX, PAPER_PIXEL = 128, 0.65
 
@@ -63,10 +65,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
 
 
-def voxel_projection_cc(setup: S.SimulationSetup, angles: np.ndarray, shifts: np.ndarray, box: int,
+def voxel_projection_cc(setup: SimulationSetup, angles: np.ndarray, shifts: np.ndarray, box: int,
                         pixel_size: float, oversampling: int = 2) -> np.ndarray:
     """Per pose, the correlation of the simulator's projection of the reference with the voxel path."""
-    analytic = S.simulate_particles(setup, np.zeros((len(angles), setup.num_modes)), angles, shifts, box,
+    analytic = simulate_particles(setup, np.zeros((len(angles), setup.num_modes)), angles, shifts, box,
                                     pixel_size).images
     fine_box, fine_pixel = box * oversampling, pixel_size / oversampling
     volume = atoms_to_map(setup.structure.coords, list(setup.structure.elements), fine_box, fine_pixel)
@@ -99,7 +101,7 @@ def radial_power(images: np.ndarray) -> np.ndarray:
     return np.bincount(radius[keep], weights=power[keep]) / np.bincount(radius[keep])
 
 
-def ctf_zero_errors(setup: S.SimulationSetup, defocus: float, box: int = 512, pixel_size: float = 1.0,
+def ctf_zero_errors(setup: SimulationSetup, defocus: float, box: int = 512, pixel_size: float = 1.0,
                     count: int = 16, voltage: float = 200.0, cs: float = 2.0, amplitude_contrast: float = 0.1,
                     min_spacing: float = 4.0) -> List[float]:
     """Distances (Fourier pixels) between the formula's CTF zeros and the minima of the radial power spectrum
@@ -107,7 +109,7 @@ def ctf_zero_errors(setup: S.SimulationSetup, defocus: float, box: int = 512, pi
     rng = np.random.default_rng(11)
     ctf = CTFParams(defocus_u=defocus, defocus_v=defocus, voltage=voltage, cs=cs,
                     amplitude_contrast=amplitude_contrast)
-    out = S.simulate_particles(setup, np.zeros((count, setup.num_modes)), S.sample_angles(count, rng),
+    out = simulate_particles(setup, np.zeros((count, setup.num_modes)), sample_angles(count, rng),
                                np.zeros((count, 2)), box, pixel_size, ctf=ctf, snr=1.0, noise_before_ctf=1.0,
                                seed=3, return_clean=True)
     profile = radial_power(out.images - out.clean)
@@ -129,14 +131,14 @@ def ctf_zero_errors(setup: S.SimulationSetup, defocus: float, box: int = 512, pi
     return errors
 
 
-def _images_per_second(setup: S.SimulationSetup, count: int, device: str, batch_size: int) -> Tuple[float, float]:
+def _images_per_second(setup: SimulationSetup, count: int, device: str, batch_size: int) -> Tuple[float, float]:
     """``(images per wall-clock second, images per second of this process's CPU time x threads)``; the second
     is what the threads would reach on otherwise idle cores (shared cores stretch the wall clock)."""
     rng = np.random.default_rng(0)
     amplitudes = conf.helix(count, rng).amplitudes
-    angles, shifts = S.sample_angles(count, rng), S.sample_shifts(count, rng)
-    ctf = S.paper_ctf()
-    run = (lambda n: S.simulate_particles(setup, amplitudes[:n], angles[:n], shifts[:n], PAPER_BOX, PAPER_PIXEL,
+    angles, shifts = sample_angles(count, rng), sample_shifts(count, rng)
+    ctf = paper_ctf()
+    run = (lambda n: simulate_particles(setup, amplitudes[:n], angles[:n], shifts[:n], PAPER_BOX, PAPER_PIXEL,
                                           ctf=ctf, snr=0.1, noise_std=1.0, device=device, batch_size=batch_size))
     run(min(count, batch_size))  # warm-up (allocations, kernels)
     if device != 'cpu':
@@ -153,8 +155,9 @@ def _images_per_second(setup: S.SimulationSetup, count: int, device: str, batch_
 _RSS_CHILD = '''
 import sys, torch
 torch.set_num_threads({threads})
-from deephemnma.core import simulate as S
-S.simulate_to_disk(S.SimulationConfig(count={count}, chunk_size=1000), sys.argv[1])
+from deephemnma.simulate.config import SimulationConfig
+from deephemnma.simulate.dataset import simulate_to_disk
+simulate_to_disk(SimulationConfig(count={count}, chunk_size=1000), sys.argv[1])
 print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) / 1024.0)
 '''
 
@@ -174,19 +177,19 @@ def run(args: argparse.Namespace) -> dict:
     speed_count = args.speed_count or (256 if quick else 1024)
     rss_counts: Sequence[int] = args.rss_counts or ((300, 1200) if quick else (2000, 10000))
     load_before = os.getloadavg()
-    setup = S.paper_ak_setup()
+    setup = paper_ak_setup()
     rng = np.random.default_rng(1)
-    cc = voxel_projection_cc(setup, S.sample_angles(poses, rng), S.sample_shifts(poses, rng), PAPER_BOX,
+    cc = voxel_projection_cc(setup, sample_angles(poses, rng), sample_shifts(poses, rng), PAPER_BOX,
                              PAPER_PIXEL)
 
-    amplitudes, angles, shifts = conf.helix(256, rng).amplitudes, S.sample_angles(256, rng), S.sample_shifts(256, rng)
-    ctf = S.paper_ctf()
-    noisy = S.simulate_particles(setup, amplitudes, angles, shifts, PAPER_BOX, PAPER_PIXEL, ctf=ctf, snr=0.1,
+    amplitudes, angles, shifts = conf.helix(256, rng).amplitudes, sample_angles(256, rng), sample_shifts(256, rng)
+    ctf = paper_ctf()
+    noisy = simulate_particles(setup, amplitudes, angles, shifts, PAPER_BOX, PAPER_PIXEL, ctf=ctf, snr=0.1,
                                  seed=2, return_clean=True)
     noise = noisy.images - noisy.clean
     snr_ratio = float(noisy.clean.var(axis=(1, 2)).mean() / noise.var(axis=(1, 2)).mean() / 0.1)
 
-    ca_setup = S.paper_ak_setup(coarse='CA')  # the signal does not matter for the noise spectrum
+    ca_setup = paper_ak_setup(coarse='CA')  # the signal does not matter for the noise spectrum
     zero_errors = {f'{d / 1e4:g}um': ctf_zero_errors(ca_setup, d) for d in (5000.0, 20000.0)}
 
     cpu_rate, cpu_time_rate = _images_per_second(setup, speed_count, 'cpu', 128)

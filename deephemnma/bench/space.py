@@ -30,16 +30,19 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from deephemnma.core.animate import conformation_maps
-from deephemnma.core.conformations import helix
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.fsc import fsc, soft_sphere_mask
-from deephemnma.core.groups import axis_slices, centroids, group_members
-from deephemnma.core.reconstruct import CTFTable, array_batches, reconstruct
-from deephemnma.core.reduction import fit_space
-from deephemnma.core.rotations import matrix_to_euler, random_rotations
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
-from deephemnma.core.spaceplot import save_space_plot
+from deephemnma.space.centroids import conformation_maps
+from deephemnma.simulate.conformations import helix
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.fsc import fsc, soft_sphere_mask
+from deephemnma.space.groups import axis_slices, centroids, group_members
+from deephemnma.imaging.ctf import CTFTable
+from deephemnma.data.stacks import array_batches
+from deephemnma.space.reconstruct import reconstruct
+from deephemnma.space.reduction import fit_space
+from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.space.plots import save_space_plot
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ phase-flipped), 14,000 training + 2,000 validation + 2,000 held-out images, ResN
 that this project's HEMNMA engine estimates for the training and validation images (``--labels truth``: the
 ground truth instead); the engine's own errors on the held-out images are reported beside the network's
 (``hemnma``). Images of the paper's conformations (helix over modes 7-9 of 4AKE chain A, all atoms), uniform
-orientations, shifts in [-5, 5] px, simulated with ``deephemnma.core.simulate`` and fixed seeds.
+orientations, shifts in [-5, 5] px, simulated with ``deephemnma.simulate.physics`` and fixed seeds.
 
 Figures: ``amp_rel_mae`` and ``shift_rel_mae`` (held-out MAE over the MAE of predicting the training mean),
 ``angle_median_deg`` (median geodesic angle), the paper's mean axis angle, MAEs, RMSDs of the atoms for each
@@ -31,22 +31,27 @@ import numpy as np
 import torch
 
 from deephemnma.bench import work_folder
-from deephemnma.core import conformations
-from deephemnma.core.align import AlignSettings, reference_from_modes
-from deephemnma.core.align_stack import align_particles
-from deephemnma.core.deform import deform
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.machine import resolve_device
-from deephemnma.core.metadata import Particles, stack_locations
-from deephemnma.core.simulate import (PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf, sample_angles,
-                                      sample_shifts, simulate_particles, stream)
+from deephemnma.simulate import conformations
+from deephemnma.hemnma.aligner import AlignSettings
+from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.stack import align_particles
+from deephemnma.nma.deform import deform
+from deephemnma.data.images import write_stack
+from deephemnma.runtime.machine import resolve_device
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.simulate.setup import PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf
+from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
+from deephemnma.simulate.physics import simulate_particles
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.core.stacks import ImageSource
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
 from deephemnma.nn.targets import decode, output_sizes
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.train import TrainConfig, amp_supported, labels_from_particles, load_model, preset_config, \
-    run_training
+from deephemnma.nn.config import TrainConfig, preset_config
+from deephemnma.runtime.machine import amp_supported
+from deephemnma.nn.targets import labels_from_particles
+from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.trainer import run_training
 
 QUICK = dict(box=64, network_box=32, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18',
              epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900,

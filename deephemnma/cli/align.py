@@ -22,11 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deephemnma.core.align import COARSE_MODELS, CTF_MODES, AlignSettings, reference_from_modes
-from deephemnma.core.align_stack import align_particles
-from deephemnma.core.distributed import cleanup, start_process
-from deephemnma.core.fileio import InputError
-from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
+from deephemnma.hemnma.aligner import CTF_MODES, AlignSettings
+from deephemnma.hemnma.stack import align_particles
+from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.formats import read_particles, write_particles
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +78,8 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
 
 def load_modes(path: str, reference: str | None, select):
     """NormalModes from a .npz or an Xmipp modes.xmd, restricted to ``select`` (default: modes 7 and up)."""
-    from deephemnma.core.modes_io import read_modes
-    from deephemnma.core.nma import NormalModes
+    from deephemnma.nma.files import read_modes
+    from deephemnma.nma.modes import NormalModes
     modes = NormalModes.load(path) if path.endswith('.npz') else read_modes(path, reference)
     return modes.select(select) if select else modes
 

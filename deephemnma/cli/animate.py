@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deephemnma.core.animate import (axis_amplitudes, projection_frames, write_axis_animation, write_centroids,
-                                     write_gif)
-from deephemnma.core.fileio import InputError
-from deephemnma.core.nma import NormalModes
-from deephemnma.core.reduction import Space
+from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
+from deephemnma.nma.deform import write_axis_animation
+from deephemnma.runtime.errors import InputError
+from deephemnma.nma.modes import NormalModes
+from deephemnma.space.reduction import Space
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

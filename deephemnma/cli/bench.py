@@ -17,7 +17,7 @@ import json
 import pkgutil
 
 from deephemnma import bench as bench_package
-from deephemnma.core.machine import describe_machine
+from deephemnma.runtime.machine import describe_machine
 
 
 def benchmark_names() -> list:

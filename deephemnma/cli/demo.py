@@ -26,7 +26,7 @@ from typing import Dict
 
 import numpy as np
 
-from deephemnma.core.fileio import atomic_path
+from deephemnma.runtime.files import atomic_path
 
 TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
@@ -96,7 +96,7 @@ def _pc1_spearman_combined(first, second) -> float:
 
 def _errors(particles) -> Dict[str, float]:
     from deephemnma.nn.evaluate import parameter_errors
-    from deephemnma.nn.train import labels_from_particles, true_labels_from_particles
+    from deephemnma.nn.targets import labels_from_particles, true_labels_from_particles
     figures = parameter_errors(labels_from_particles(particles), true_labels_from_particles(particles))
     keys = ('images', 'amp_mae', 'angle_median_deg', 'angle_mean_axis_deg', 'shift_mae_px')
     return {key: round(float(figures[key]), 3) for key in keys if key in figures}

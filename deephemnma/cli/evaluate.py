@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.metadata import read_particles
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.data.formats import read_particles
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.nn.train import labels_from_particles, load_model
+from deephemnma.nn.targets import labels_from_particles
+from deephemnma.nn.modelfile import load_model
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     est_labels, true_labels = labels_from_particles(estimated), labels_from_particles(truth)
     figures = parameter_errors(est_labels, true_labels, amplitude_mean, shift_mean)
     if args.modes:
-        from deephemnma.core.nma import NormalModes
+        from deephemnma.nma.modes import NormalModes
         modes = NormalModes.load(args.modes)
         vectors = modes.vectors
         if true_labels.amplitudes is not None and true_labels.amplitudes.shape[1] != len(modes):

@@ -22,12 +22,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, centroids,
-                                    group_members, polygon_labels, read_polygons, write_labels)
-from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.core.reduction import Space
-from deephemnma.core.spaceplot import save_space_plot
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.space.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, centroids, group_members,
+                                     polygon_labels, read_polygons, write_labels)
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.space.reduction import Space
+from deephemnma.space.plots import save_space_plot
 
 METHODS = AUTOMATIC_METHODS + ('polygons',)
 

@@ -18,12 +18,12 @@ import json
 import shutil
 from pathlib import Path
 
-from deephemnma.core.distributed import cleanup, start_process
-from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.nn import targets as tg
-from deephemnma.core.stacks import ImageSource
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
-from deephemnma.nn.train import load_model
+from deephemnma.nn.modelfile import load_model
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -20,8 +20,8 @@ from typing import List, Optional
 
 import deephemnma
 from deephemnma import cli as cli_package
-from deephemnma.core.fileio import InputError
-from deephemnma.core.machine import flush_denormals
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.machine import flush_denormals
 
 _NOT_COMMANDS = {'main'}
 

@@ -2,9 +2,9 @@
 
 Output folder: ``reference.pdb`` (the atoms the modes are defined on, in the order of the vector lines),
 ``modes.xmd`` and ``modes/vec.N`` (Xmipp/ContinuousFlex layout, rigid modes 1-6 included and disabled),
-``modes.npz`` (everything, for ``deephemnma.core.nma.NormalModes.load``) and, with ``--animate``,
+``modes.npz`` (everything, for ``deephemnma.nma.modes.NormalModes.load``) and, with ``--animate``,
 ``animations/mode_NNN.pdb`` (multi-model PDB). Mode vectors have unit norm over the 3N coordinates of the
-reference written there (amplitude convention: see ``deephemnma.core.nma``).
+reference written there (amplitude convention: see ``deephemnma.nma.elastic``).
 
 Examples::
 
@@ -18,11 +18,12 @@ import argparse
 import time
 from pathlib import Path
 
-from deephemnma.core.deform import animate, mode_direction
-from deephemnma.core.machine import resolve_device
-from deephemnma.core.modes_io import write_modes
-from deephemnma.core.nma import DEFAULT_COLLECTIVITY_THRESHOLD, compute_modes
-from deephemnma.core.structure import COARSE_LEVELS, coarse_grain, read_structure, write_structure
+from deephemnma.nma.deform import animate, mode_direction
+from deephemnma.runtime.machine import resolve_device
+from deephemnma.nma.files import write_modes
+from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.molecule.structure import COARSE_LEVELS, coarse_grain, read_structure, write_structure
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -15,10 +15,11 @@ import argparse
 
 from tqdm import tqdm
 
-from deephemnma.core.fileio import InputError
-from deephemnma.core.imageio import read_image, write_map
-from deephemnma.core.machine import resolve_device
-from deephemnma.core.pseudoatoms import DEFAULT_SIGMA_VOXELS, DEFAULT_TARGET_ERROR, map_correlation, map_to_pseudoatoms
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.images import read_image, write_map
+from deephemnma.runtime.machine import resolve_device
+from deephemnma.molecule.pseudoatoms import (DEFAULT_SIGMA_VOXELS, DEFAULT_TARGET_ERROR, map_correlation,
+                                             map_to_pseudoatoms)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -26,16 +26,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deephemnma.core.distributed import Rank, cleanup, start_process
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.fsc import fsc
-from deephemnma.core.groups import group_members, read_labels
-from deephemnma.core.imageio import read_image, stack_info, write_map
-from deephemnma.core.metadata import Particles, read_particles
-from deephemnma.core.reconstruct import (CTF_MODES, Reconstruction, ctf_table, particle_batches, rank_positions,
-                                         reconstruct)
-from deephemnma.core.spaceplot import save_fsc_plot
-from deephemnma.core.stacks import ImageSource
+from deephemnma.runtime.distributed import Rank, cleanup, start_process
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.imaging.fsc import fsc
+from deephemnma.space.groups import group_members, read_labels
+from deephemnma.data.images import read_image, stack_info, write_map
+from deephemnma.data.particles import Particles
+from deephemnma.data.formats import read_particles
+from deephemnma.space.reconstruct import CTF_MODES, Reconstruction, reconstruct
+from deephemnma.imaging.ctf import ctf_table
+from deephemnma.data.stacks import particle_batches
+from deephemnma.runtime.distributed import rank_positions
+from deephemnma.space.plots import save_fsc_plot
+from deephemnma.data.stacks import ImageSource
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

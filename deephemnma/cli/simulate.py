@@ -26,7 +26,7 @@ Examples::
     deephemnma simulate -o sim_mine --structure my.pdb --coarse CA --mode-numbers 7 8 9 11 \\
         --conformations gaussian --amplitude-scale 80 --defocus-min 8000 --defocus-max 25000 \\
         --astigmatism 500 --ctf-group-size 50 --phase-flip
-    # settings from a JSON file (keys of deephemnma.core.simulate.SimulationConfig)
+    # settings from a JSON file (keys of deephemnma.simulate.config.SimulationConfig)
     deephemnma simulate -o sim_json --config settings.json
 """
 from __future__ import annotations
@@ -39,10 +39,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deephemnma.core.conformations import KINDS
-from deephemnma.core.fileio import InputError
-from deephemnma.core.machine import resolve_device
-from deephemnma.core.simulate import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, simulate_to_disk
+from deephemnma.simulate.conformations import KINDS
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.machine import resolve_device
+from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig
+from deephemnma.simulate.dataset import simulate_to_disk
 
 _DEFAULTS = SimulationConfig()
 

@@ -24,10 +24,11 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.metadata import read_particles
-from deephemnma.core.reduction import METHODS, Space, fit_space
-from deephemnma.core.spaceplot import save_space_plot
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.data.formats import read_particles
+from deephemnma.space.reduction import METHODS, Space, fit_space
+from deephemnma.space.plots import save_space_plot
 
 _METADATA = ('.star', '.xmd', '.csv')
 

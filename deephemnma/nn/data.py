@@ -1,6 +1,6 @@
 """Training and inference data: images from stacks, labels, outlier removal, splits and augmentation.
 
-* Images are read from stacks through :func:`deephemnma.core.imageio.read_stack` (memory-mapped); a
+* Images are read from stacks through :func:`deephemnma.data.images.read_stack` (memory-mapped); a
   training set that fits in the allowed memory is copied to RAM once.
 * Outliers: images whose amplitudes lie farther than a threshold (3.2 by default, as in the paper) in
   Mahalanobis distance from the mean of all amplitudes are removed before the split.
@@ -15,19 +15,74 @@
 """
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Deque, Dict, Iterator, Optional, Sequence, Tuple
-
 import numpy as np
 import torch
-import torch.nn.functional as F
-
-from deephemnma.core import rotations
-from deephemnma.core.fileio import InputError
-from deephemnma.core.stacks import ImageSource
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Sequence
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import targets as tg
+from deephemnma.nn.config import TrainConfig
+
+
+# ----------------------------------------------------------------------------------------------
+# the prepared data set
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    """Images, encoded targets, split and scaling of a training run (identical on every rank)."""
+
+    source: ImageSource
+    labels: tg.Labels
+    split: Dict[str, np.ndarray]
+    scaling: tg.Scaling
+    outliers_removed: int
+    in_memory: Optional[torch.Tensor] = None
+    memory_index: Optional[np.ndarray] = None
+    targets: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def held_images(self, indices: np.ndarray) -> torch.Tensor:
+        """Raw images ``(k, box, box)`` float32 of dataset items ``indices`` from those held in memory (on their
+        device)."""
+        return self.in_memory[torch.as_tensor(self.memory_index[indices], device=self.in_memory.device)]
+
+    def hold_on_gpu(self, device: torch.device, max_fraction: float = 0.25) -> None:
+        """Move the images held in memory to the GPU ``device`` when they take at most ``max_fraction`` of its
+        free memory (batches are then gathered there, with no host-to-device copy per step)."""
+        if self.in_memory is None or device.type != 'cuda':
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.in_memory.numel() * self.in_memory.element_size() <= max_fraction * free:
+            self.in_memory = self.in_memory.to(device)
+
+
+def prepare_data(source: ImageSource, labels: tg.Labels, keys: np.ndarray, config: TrainConfig) -> PreparedData:
+    """Outlier removal (on amplitudes), split by particle, scaling fitted on the training set, targets."""
+    missing = [t for t in config.types if t not in labels.available_types()]
+    if missing:
+        raise InputError(f'the particles carry no labels for {missing}; train only on {labels.available_types()}')
+    if len(labels) != len(source):
+        raise InputError(f'{len(labels)} labels for {len(source)} images')
+    kept = np.arange(len(labels))
+    removed = 0
+    if 'amplitudes' in config.types:
+        mask = inlier_mask(labels.amplitudes, config.outlier_threshold)
+        kept, removed = kept[mask], int((~mask).sum())
+    parts = split_by_particle(np.asarray(keys)[kept], config.validation, config.test, config.seed)
+    split = {name: kept[idx] for name, idx in parts.items()}
+    mean, std = image_statistics(source, split['train'])
+    scaling = tg.Scaling.fit(labels.subset(split['train']), mean, std)
+    prepared = PreparedData(source, labels, split, scaling, removed)
+    encoded = tg.encode(labels, config.types, scaling)
+    if 'shifts' in config.types:  # shifts stay in pixels until augmentation has been applied
+        encoded['shifts'] = np.asarray(labels.shifts, dtype=np.float32)
+    prepared.targets = {t: torch.from_numpy(v) for t, v in encoded.items()}
+    used = np.concatenate([split['train'], split['validation'], split['test']])
+    if source.nbytes(len(used)) <= config.ram_limit_gb * 2 ** 30:
+        prepared.memory_index = np.full(len(source), -1, dtype=np.int64)
+        prepared.memory_index[used] = np.arange(len(used))
+        prepared.in_memory = torch.from_numpy(source.read(used))
+    return prepared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -38,30 +93,6 @@ def image_statistics(source: ImageSource, indices: np.ndarray, sample: int = 200
     pick = indices[np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(np.int64)]
     images = source.read(np.unique(pick)).astype(np.float64)
     return float(images.mean()), float(images.std())
-
-
-def read_ahead(source: ImageSource, batches: Sequence[np.ndarray], threads: int,
-               pin: bool = False) -> Iterator[Tuple[torch.Tensor, np.ndarray]]:
-    """``(images, indices)`` of each batch in order, read by ``threads`` background threads at most
-    ``2 * threads`` batches ahead (0: read when asked); ``pin``: page-locked for fast copies to a GPU. Threads,
-    not processes: copying out of a memory map releases the GIL, and images need not travel between processes
-    (on 2 cores, 128 px images from a cached stack: 8,000 to 30,000 images/s through DataLoader worker
-    processes, 46,000 to 186,000 through threads)."""
-    def read(indices: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
-        images = torch.from_numpy(source.read(indices))
-        return (images.pin_memory() if pin else images), indices
-
-    if threads <= 0:
-        yield from map(read, batches)
-        return
-    with ThreadPoolExecutor(threads, thread_name_prefix='image-reader') as pool:
-        pending: Deque[Future] = deque()
-        for indices in batches:
-            pending.append(pool.submit(read, indices))
-            if len(pending) > 2 * threads:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,89 +140,3 @@ def split_by_particle(keys: Sequence[str], validation: float, test: float, seed:
     per_image = role[inverse]
     return {name: np.nonzero(per_image == code)[0] for code, name in ((0, 'train'), (1, 'validation'),
                                                                       (2, 'test'))}
-
-
-# ----------------------------------------------------------------------------------------------
-# augmentation
-# ----------------------------------------------------------------------------------------------
-def rotation_2d(phi_deg: torch.Tensor) -> torch.Tensor:
-    """``R(phi) = [[cos, -sin], [sin, cos]]`` on ``(x, y)``, batched ``(B, 2, 2)``."""
-    phi = torch.deg2rad(phi_deg)
-    c, s = torch.cos(phi), torch.sin(phi)
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
-def transform_images(images: torch.Tensor, phi_deg: torch.Tensor, translation_px: torch.Tensor) -> torch.Tensor:
-    """Rotate the content of ``(B, 1, H, W)`` images by ``phi`` around pixel ``box // 2`` and translate it by
-    ``t`` (pixels, x = column, y = row): ``p' = R(phi) p + t`` (bilinear, zeros outside)."""
-    batch, _, height, width = images.shape
-    dtype, device = images.dtype, images.device
-    ys = torch.arange(height, device=device, dtype=dtype) - height // 2
-    xs = torch.arange(width, device=device, dtype=dtype) - width // 2
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
-    output_points = torch.stack([grid_x, grid_y], -1).reshape(1, -1, 2) - translation_px.to(dtype)[:, None, :]
-    inverse = rotation_2d(phi_deg.double()).transpose(-1, -2).to(dtype)  # R(phi)^-1 (quarter turns exact)
-    source = output_points @ inverse.transpose(-1, -2)  # row vectors: p = R^-1 (p' - t)
-    source_x = (source[..., 0] + width // 2) * 2.0 / (width - 1) - 1.0
-    source_y = (source[..., 1] + height // 2) * 2.0 / (height - 1) - 1.0
-    grid = torch.stack([source_x, source_y], -1).reshape(batch, height, width, 2)
-    return F.grid_sample(images, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
-
-
-def transform_quaternions(quaternions: torch.Tensor, phi_deg: torch.Tensor) -> torch.Tensor:
-    """Orientation labels after an in-plane rotation of the image by ``phi``: ``A' = Rz(-phi) A``."""
-    matrices = rotations.quaternion_to_matrix_torch(quaternions)
-    rz = rotations.euler_to_matrix_torch(torch.stack([torch.zeros_like(phi_deg), torch.zeros_like(phi_deg),
-                                                      -phi_deg], -1).to(matrices.dtype))
-    return rotations.matrix_to_quaternion_torch(rz @ matrices)
-
-
-def transform_shifts(shifts_px: torch.Tensor, phi_deg: torch.Tensor, translation_px: torch.Tensor) -> torch.Tensor:
-    """Shift labels after the image transform ``p' = R(phi) p + t``: ``s' = R(phi) s - t``."""
-    rotated = (rotation_2d(phi_deg.to(shifts_px.dtype)) @ shifts_px[..., None])[..., 0]
-    return rotated - translation_px.to(shifts_px.dtype)
-
-
-@dataclass
-class Augmentation:
-    """Random in-plane rotations (uniform in ``[-max_rotation_deg, max_rotation_deg]``) and translations
-    (uniform in ``[-max_translation_px, max_translation_px]`` per axis), with consistent labels."""
-
-    max_rotation_deg: float = 180.0
-    max_translation_px: float = 0.0
-
-    @property
-    def active(self) -> bool:
-        return self.max_rotation_deg > 0 or self.max_translation_px > 0
-
-    def draw(self, count: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-        phi = (torch.rand(count, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_rotation_deg
-        t = (torch.rand(count, 2, generator=generator, dtype=torch.float64) * 2 - 1) * self.max_translation_px
-        return phi, t
-
-
-def merge_rotated_outputs(outputs: Sequence[Dict[str, torch.Tensor]], angles_deg: Sequence[float],
-                          scaling: tg.Scaling) -> Dict[str, torch.Tensor]:
-    """One output per image from the network's outputs for copies of the images rotated in-plane by
-    ``angles_deg`` (``transform_images`` without translation; outputs as the network gives them: scaled
-    amplitudes and shifts, unit quaternions). Each rotation is undone on the labels, then amplitudes and
-    shifts are averaged and orientations averaged as rotations (:func:`rotations.mean_quaternion_torch`)."""
-    first = next(iter(outputs[0].values()))
-    count, device = len(first), first.device
-    undo = [torch.full((count,), -float(a), dtype=torch.float64, device=device) for a in angles_deg]
-    merged: Dict[str, torch.Tensor] = {}
-    for kind in outputs[0]:
-        stacked = torch.stack([o[kind] for o in outputs]).double()  # (K, B, n)
-        if kind == 'orientation':
-            back = torch.stack([transform_quaternions(q, phi) for q, phi in zip(stacked, undo)])
-            merged[kind] = rotations.mean_quaternion_torch(back)
-        elif kind == 'shifts':
-            mean, std = (torch.as_tensor(v, dtype=torch.float64, device=device)
-                         for v in (scaling.shift_mean, scaling.shift_std))
-            zero = torch.zeros(count, 2, dtype=torch.float64, device=device)
-            back = torch.stack([transform_shifts(s * std + mean, phi, zero) for s, phi in zip(stacked, undo)])
-            merged[kind] = (back.mean(0) - mean) / std
-        else:
-            merged[kind] = stacked.mean(0)
-        merged[kind] = merged[kind].float()
-    return merged

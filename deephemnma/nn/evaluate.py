@@ -16,8 +16,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from deephemnma.core import rotations
-from deephemnma.core.deform import deform
+from deephemnma.imaging import rotations
+from deephemnma.nma.deform import deform
 from deephemnma.nn.targets import Labels
 
 _CHUNK = 1000  # images per block of the amplitude RMSD

@@ -3,7 +3,7 @@
 Images are read batch by batch from memory-mapped stacks (reader threads read ahead while the model
 computes), normalised with the statistics stored in the model, predicted (bfloat16 mixed
 precision on GPUs and on CPUs with bfloat16 units) and converted to Xmipp's conventions. Results are kept
-per chunk of images on disk (:class:`deephemnma.core.chunks.ChunkStore`), so a killed run resumes, and with
+per chunk of images on disk (:class:`deephemnma.runtime.chunks.ChunkStore`), so a killed run resumes, and with
 ``torchrun`` chunk ``c`` is predicted by rank ``c % world_size`` and rank 0 merges the chunks in order.
 """
 from __future__ import annotations
@@ -15,16 +15,18 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from deephemnma.core.chunks import ChunkStore
-from deephemnma.core.distributed import Rank, barrier
-from deephemnma.core.fileio import InputError
-from deephemnma.core.filters import fourier_crop
-from deephemnma.core.machine import flush_denormals
-from deephemnma.core.metadata import Particles
+from deephemnma.runtime.chunks import ChunkStore
+from deephemnma.runtime.distributed import Rank, barrier
+from deephemnma.runtime.errors import InputError
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.runtime.machine import flush_denormals
+from deephemnma.data.particles import Particles
 from deephemnma.nn import targets as tg
-from deephemnma.core.stacks import ImageSource
-from deephemnma.nn.data import merge_rotated_outputs, read_ahead, transform_images
-from deephemnma.nn.train import TrainedModel, amp_supported
+from deephemnma.data.stacks import ImageSource
+from deephemnma.nn.augment import merge_rotated_outputs, transform_images
+from deephemnma.data.stacks import read_ahead
+from deephemnma.nn.modelfile import TrainedModel
+from deephemnma.runtime.machine import amp_supported
 
 
 class Predictor:

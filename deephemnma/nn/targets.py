@@ -5,7 +5,7 @@ Parameter types (names used everywhere: model outputs, checkpoints, command line
 * ``amplitudes``: the M normal-mode amplitudes, standardised with the training set's mean and standard
   deviation of each mode (stored with the model);
 * ``orientation``: the rotation as a unit quaternion ``(w, x, y, z)`` of the Xmipp ZYZ Euler angles
-  (:mod:`deephemnma.core.rotations`). The raw output (4 numbers) is normalised to unit length; the loss is the
+  (:mod:`deephemnma.imaging.rotations`). The raw output (4 numbers) is normalised to unit length; the loss is the
   mean absolute difference of the 9 elements of the rotation matrices of the predicted and true quaternions,
   which is the same for ``q`` and ``-q`` (the same rotation) and, unlike an L1 loss on the quaternions, smooth
   across the sign flip (trains faster: median held-out angle 64 vs 98 deg after 60 epochs of the quick check);
@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from deephemnma.core import rotations
+from deephemnma.imaging import rotations
 
 TYPES = ('amplitudes', 'orientation', 'shifts')
 QUATERNION_SIZE = 4
@@ -135,3 +135,16 @@ def decode(outputs: Dict[str, np.ndarray], scaling: Scaling) -> Labels:
     if 'orientation' in outputs:
         labels.angles = rotations.quaternion_to_euler(np.asarray(outputs['orientation'], np.float64))
     return labels
+
+
+def labels_from_particles(particles) -> Labels:
+    """The training labels carried by a :class:`deephemnma.data.particles.Particles`."""
+    return Labels(angles=particles.angles, shifts=particles.shifts, amplitudes=particles.amplitudes)
+
+
+def true_labels_from_particles(particles) -> Labels:
+    """The simulator's ground truth carried by a Particles (extra columns ``true_amplitudes``, as one row per
+    particle even for one mode, and ``true_angles`` and ``true_shifts`` where present)."""
+    extra = particles.extra
+    return Labels(angles=extra.get('true_angles'), shifts=extra.get('true_shifts'),
+                     amplitudes=np.atleast_2d(extra['true_amplitudes'].T).T)

@@ -1,4 +1,4 @@
 """Scipion protocols of the plugin, discovered from the ``protocol_*`` modules of this package."""
-from .._discovery import export_classes
+from deephemnma._discovery import export_classes
 
 export_classes(__name__, globals(), 'protocol_')

@@ -10,9 +10,9 @@ from pyworkflow.protocol import params
 
 from deephemnma.convert import (absolute_image_paths, copy_with_estimates, modes_mismatch, particles_from_set,
                                 write_modes_xmd_from_set)
-from deephemnma.core.metadata import read_particles, write_particles
-from deephemnma.core.fileio import InputError
-from deephemnma.core.nma import RIGID_MODES, parse_mode_numbers
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.runtime.errors import InputError
+from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
 from deephemnma.protocols.compute import gpu_command, gpu_ids
 
 BACKEND_ENGINE = 0
@@ -114,7 +114,7 @@ class DeepHemnmaProtAlign(EMProtocol):
         self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
 
     def _alignXmipp(self) -> None:
-        from deephemnma.core.align_xmipp import XmippAlignmentJob, is_pseudoatom_pdb
+        from deephemnma.hemnma.xmipp import XmippAlignmentJob, is_pseudoatom_pdb
         job = XmippAlignmentJob(images=self._getExtraPath('images.xmd'), pdb=self._referencePath(),
                                 modes=self._getExtraPath('modes.xmd'),
                                 sampling_rate=self.inputParticles.get().getSamplingRate(),
@@ -126,7 +126,7 @@ class DeepHemnmaProtAlign(EMProtocol):
     def createOutputStep(self) -> None:
         inputs = particles_from_set(self.inputParticles.get())
         if self.backend.get() == BACKEND_XMIPP:
-            from deephemnma.core.align_xmipp import merge_in_order, read_alignment
+            from deephemnma.hemnma.xmipp import merge_in_order, read_alignment
             aligned = read_alignment(self._outputPath(), len(self._selectedModes()), inputs.pixel_size)
             result = merge_in_order(read_particles(self._getExtraPath('images.xmd')), aligned)
         else:
@@ -161,7 +161,7 @@ class DeepHemnmaProtAlign(EMProtocol):
                           'pose.')
         errors += self._checkReference(modes, selected, particle_set)
         if self.backend.get() == BACKEND_XMIPP:
-            from deephemnma.core.align_xmipp import program_path
+            from deephemnma.hemnma.xmipp import program_path
             if program_path() is None:
                 errors.append('xmipp_nma_alignment is not on the PATH: install Xmipp or choose the DeepHEMNMA '
                               'engine.')
@@ -170,7 +170,7 @@ class DeepHemnmaProtAlign(EMProtocol):
         return errors
 
     def _checkReference(self, modes, selected: List[int], particle_set) -> List[str]:
-        from deephemnma.core.structure import read_structure
+        from deephemnma.molecule.structure import read_structure
         pdb = modes.getPdb()
         if pdb is None or not os.path.exists(pdb.getFileName()):
             return ['The normal modes have no reference structure file.']

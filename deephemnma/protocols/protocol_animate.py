@@ -8,8 +8,9 @@ from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import missing_modes, mode_files, normal_modes_from_set, particles_from_set
-from deephemnma.core.fileio import InputError, atomic_path
-from deephemnma.core.nma import RIGID_MODES, NormalModes, parse_mode_numbers
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.nma.modes import RIGID_MODES, NormalModes, parse_mode_numbers
 
 
 class DeepHemnmaProtAnimate(EMProtocol):
@@ -62,9 +63,9 @@ class DeepHemnmaProtAnimate(EMProtocol):
                          for p in self.inputGroups])
 
     def structuresStep(self) -> None:
-        from deephemnma.core.animate import (axis_amplitudes, projection_frames, write_axis_animation,
-                                             write_centroids, write_gif)
-        from deephemnma.core.reduction import Space
+        from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
+        from deephemnma.nma.deform import write_axis_animation
+        from deephemnma.space.reduction import Space
         modes = self._modes()
         box, pixel = self._grid()
         if self.inputGroups:

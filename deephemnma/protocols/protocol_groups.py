@@ -9,9 +9,9 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.convert import particles_from_set
-from deephemnma.core.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, group_members,
-                                    polygon_labels, read_polygons, write_labels)
-from deephemnma.core.fileio import InputError
+from deephemnma.space.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, group_members,
+                                     polygon_labels, read_polygons, write_labels)
+from deephemnma.runtime.errors import InputError
 from deephemnma.protocols.protocol_space import SPACE_ATTR, first_item_has
 
 METHODS = AUTOMATIC_METHODS + ('polygons',)
@@ -91,7 +91,7 @@ class DeepHemnmaProtGroups(EMProtocol):
                                 self.equalCounts.get(), self.seed.get())
 
     def groupStep(self) -> None:
-        from deephemnma.core.spaceplot import save_space_plot
+        from deephemnma.space.plots import save_space_plot
         coords = space_coordinates(self.inputParticles.get())
         labels = self._labels(coords)
         group_members(labels)  # refuses empty groups with a clear message
@@ -102,7 +102,7 @@ class DeepHemnmaProtGroups(EMProtocol):
                             title='groups', polygons=polygons)
 
     def createOutputStep(self) -> None:
-        from deephemnma.core.groups import read_labels
+        from deephemnma.space.groups import read_labels
         source = self.inputParticles.get()
         members = group_members(read_labels(self._getExtraPath(LABELS_FILE)))
         outputs = {f'outputGroup{number}': subset_of(self, source, indices, f'group{number}')

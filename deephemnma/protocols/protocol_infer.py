@@ -7,7 +7,7 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.convert import absolute_image_paths, copy_with_estimates, particles_from_set
-from deephemnma.core.metadata import read_particles, write_particles
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.protocols.compute import gpu_command, gpu_ids
 
 

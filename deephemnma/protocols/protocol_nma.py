@@ -9,8 +9,8 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.convert import set_of_modes_from_xmd
-from deephemnma.core.fileio import InputError
-from deephemnma.core.nma import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes
+from deephemnma.runtime.errors import InputError
+from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes
 
 INPUT_ATOMS, INPUT_MAP = 0, 1
 _COARSE = ('all heavy atoms', 'C-alpha', 'C-alpha and P')
@@ -106,23 +106,23 @@ class DeepHemnmaProtNMA(EMProtocol):
 
     def _referenceStructure(self):
         """The atoms the modes are computed on (pseudoatoms after the first step for a map)."""
-        from deephemnma.core.structure import coarse_grain, read_structure
+        from deephemnma.molecule.structure import coarse_grain, read_structure
         if self._isMap():
-            from deephemnma.core.pseudoatoms import read_pseudoatoms
+            from deephemnma.molecule.pseudoatoms import read_pseudoatoms
             return read_pseudoatoms(self._getPath(PSEUDOATOMS_PDB)).to_structure()
         structure = read_structure(self.inputStructure.get().getFileName(), chains=self._chains())
         level = _COARSE_LEVELS[self.coarse.get()]
         return coarse_grain(structure, level) if level else structure
 
     def _mapData(self):
-        from deephemnma.core.imageio import read_image
+        from deephemnma.data.images import read_image
         volume = self.inputVolume.get()
         data, _ = read_image(volume.getFileName())
         return data, volume.getSamplingRate()
 
     def pseudoatomsStep(self) -> None:
-        from deephemnma.core.machine import resolve_device
-        from deephemnma.core.pseudoatoms import map_correlation, map_to_pseudoatoms
+        from deephemnma.runtime.machine import resolve_device
+        from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms
         volume, pixel_size = self._mapData()
         pseudo = map_to_pseudoatoms(volume, pixel_size, sigma=self.pseudoSigma.get() * pixel_size,
                                     target_error=self.targetError.get() / 100.0,
@@ -133,11 +133,11 @@ class DeepHemnmaProtNMA(EMProtocol):
                   f'map correlation {correlation:.4f}')
 
     def computeModesStep(self) -> None:
-        from deephemnma.core.deform import animate, mode_direction
-        from deephemnma.core.machine import resolve_device
-        from deephemnma.core.modes_io import write_modes
-        from deephemnma.core.nma import compute_modes
-        from deephemnma.core.structure import write_structure
+        from deephemnma.nma.deform import animate, mode_direction
+        from deephemnma.runtime.machine import resolve_device
+        from deephemnma.nma.files import write_modes
+        from deephemnma.nma.elastic import compute_modes
+        from deephemnma.molecule.structure import write_structure
         structure = self._referenceStructure()
         relative = self.cutoffMode.get() == CUTOFF_RELATIVE
         modes = compute_modes(structure, n_modes=self.numberOfModes.get(),
@@ -217,7 +217,7 @@ class DeepHemnmaProtNMA(EMProtocol):
         return []
 
     def _validateNetwork(self, structure) -> List[str]:
-        from deephemnma.core.nma import check_network, resolve_cutoff, rtb_blocks
+        from deephemnma.nma.elastic import check_network, resolve_cutoff, rtb_blocks
         if len(structure) < MIN_ATOMS:
             return [f'Only {len(structure)} atom(s) selected: an elastic network needs at least {MIN_ATOMS}.']
         blocks = len(np.unique(rtb_blocks(structure, self.rtbBlockSize.get()))) if self.rtbBlockSize.get() else 0

@@ -12,9 +12,9 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.convert import particles_from_set
-from deephemnma.core.fileio import atomic_path
-from deephemnma.core.reconstruct import CTF_MODES
-from deephemnma.core.rotations import pose_from_transform
+from deephemnma.runtime.files import atomic_path
+from deephemnma.space.reconstruct import CTF_MODES
+from deephemnma.imaging.rotations import pose_from_transform
 
 _VALIDATION_SAMPLE = 2000
 
@@ -68,12 +68,14 @@ class DeepHemnmaProtReconstruct(EMProtocol):
         return self._getExtraPath(f'group_{number:03d}')
 
     def reconstructStep(self, number: int) -> None:
-        from deephemnma.core.fsc import fsc
-        from deephemnma.core.imageio import read_image, write_map
-        from deephemnma.core.machine import resolve_device
-        from deephemnma.core.reconstruct import ctf_table, particle_batches, reconstruct
-        from deephemnma.core.spaceplot import save_fsc_plot
-        from deephemnma.core.stacks import ImageSource
+        from deephemnma.imaging.fsc import fsc
+        from deephemnma.data.images import read_image, write_map
+        from deephemnma.runtime.machine import resolve_device
+        from deephemnma.imaging.ctf import ctf_table
+        from deephemnma.data.stacks import particle_batches
+        from deephemnma.space.reconstruct import reconstruct
+        from deephemnma.space.plots import save_fsc_plot
+        from deephemnma.data.stacks import ImageSource
         particle_set = self.inputSets[number - 1].get()
         particles = particles_from_set(particle_set, require_alignment=True)
         source = ImageSource(particles.image, os.getcwd())

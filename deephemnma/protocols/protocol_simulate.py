@@ -12,12 +12,12 @@ from pyworkflow.protocol import params
 
 from deephemnma.constants import TRUE_PREFIX
 from deephemnma.convert import fill_set_of_particles, modes_mismatch, set_of_modes_from_xmd, write_modes_xmd_from_set
-from deephemnma.core.conformations import KINDS
-from deephemnma.core.fileio import InputError
-from deephemnma.core.metadata import Particles, stack_locations
-from deephemnma.core.nma import parse_mode_numbers
-from deephemnma.core.simulate import (ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, ak_reference_path,
-                                      check_fits, validate_config)
+from deephemnma.simulate.conformations import KINDS
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.nma.modes import parse_mode_numbers
+from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, validate_config
+from deephemnma.simulate.setup import ak_reference_path, check_fits
 
 SIMULATION_FOLDER = 'simulation'
 INPUT_MODES_XMD = 'input_modes.xmd'
@@ -200,8 +200,8 @@ class DeepHemnmaProtSimulate(EMProtocol):
     def simulateStep(self) -> None:
         import torch
         from deephemnma import Plugin
-        from deephemnma.core.machine import resolve_device
-        from deephemnma.core.simulate import simulate_to_disk
+        from deephemnma.runtime.machine import resolve_device
+        from deephemnma.simulate.dataset import simulate_to_disk
         torch.set_num_threads(max(1, self.numberOfThreads.get()))
         if self.inputModes.hasValue():  # mode number = item id
             write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath(INPUT_MODES_XMD))
@@ -262,7 +262,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
         return errors
 
     def _referenceForValidation(self, config: SimulationConfig):
-        from deephemnma.core.structure import coarse_grain, read_structure
+        from deephemnma.molecule.structure import coarse_grain, read_structure
         structure = read_structure(config.structure or ak_reference_path())
         return coarse_grain(structure, config.coarse) if config.coarse else structure
 

@@ -9,7 +9,7 @@ from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR, EXTRA_PREFIX
 from deephemnma.convert import particles_from_set
-from deephemnma.core.reduction import METHODS, TRANSFORMABLE, fit_space
+from deephemnma.space.reduction import METHODS, TRANSFORMABLE, fit_space
 
 #: Per-particle attribute holding the coordinates of the particle in the space (read back as extra 'space').
 SPACE_ATTR = EXTRA_PREFIX + 'space'
@@ -93,7 +93,7 @@ class DeepHemnmaProtSpace(EMProtocol):
         return names if choice == 0 else [names[choice - 1]]
 
     def buildSpaceStep(self) -> None:
-        from deephemnma.core.spaceplot import save_space_plot
+        from deephemnma.space.plots import save_space_plot
         amplitudes = {name: particles_from_set(s, require_amplitudes=True).amplitudes for name, s in self._sets()}
         space = fit_space(amplitudes, METHODS[self.method.get()], self.components.get(), self._fit_on(),
                           self.standardise.get(), self.neighbours.get(), self.perplexity.get(), self.seed.get())
@@ -106,11 +106,11 @@ class DeepHemnmaProtSpace(EMProtocol):
                                 sources=space.sources)
 
     def space_path(self) -> str:
-        """The fitted space file (reload with :meth:`deephemnma.core.reduction.Space.load`)."""
+        """The fitted space file (reload with :meth:`deephemnma.space.reduction.Space.load`)."""
         return self._getExtraPath(SPACE_FILE)
 
     def createOutputStep(self) -> None:
-        from deephemnma.core.reduction import Space
+        from deephemnma.space.reduction import Space
         space = Space.load(self.space_path())
         outputs = {}
         for number, (name, particle_set) in enumerate(self._sets(), start=1):

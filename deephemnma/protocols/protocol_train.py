@@ -11,8 +11,8 @@ from pyworkflow.protocol import params
 from deephemnma.constants import AMPLITUDES_ATTR, MIN_NETWORK_BOX, TRUE_PREFIX
 from deephemnma.convert import absolute_image_paths, particles_from_set
 from deephemnma.protocols.compute import gpu_command, gpu_ids
-from deephemnma.core.fileio import InputError
-from deephemnma.core.metadata import write_particles
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.formats import write_particles
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
 PRESETS = ('fast', 'paper')
@@ -30,7 +30,7 @@ def labelled_particles(particle_set, source: int):
         if missing:
             raise InputError(f'the particles carry no ground truth ({", ".join(TRUE_PREFIX + m[5:] for m in missing)});'
                              ' choose the alignment and amplitudes as labels')
-        from deephemnma.nn.train import true_labels_from_particles
+        from deephemnma.nn.targets import true_labels_from_particles
         truth = true_labels_from_particles(particles)
         particles.angles, particles.shifts, particles.amplitudes = truth.angles, truth.shifts, truth.amplitudes
     return absolute_image_paths(particles)

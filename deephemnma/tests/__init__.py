@@ -10,7 +10,7 @@ import atexit
 import shutil
 import sys
 
-from ..scipion_env import prepare_scipion_environment
+from deephemnma.scipion_env import prepare_scipion_environment
 
 _temporary_user_data = prepare_scipion_environment()
 

@@ -9,15 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deephemnma.core.align import AlignSettings, Aligner, orientation_grid, reference_from_modes, small_rotation
-from deephemnma.core.align_stack import align_particles
-from deephemnma.core.align_xmipp import XmippAlignmentJob, merge_in_order, read_alignment
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.fileio import InputError
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
-from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg, random_rotations, matrix_to_euler
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.hemnma.aligner import AlignSettings, Aligner, orientation_grid, small_rotation
+from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.stack import align_particles
+from deephemnma.hemnma.xmipp import XmippAlignmentJob, merge_in_order, read_alignment
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, random_rotations, matrix_to_euler
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
 
 FIXTURES = Path(__file__).parent / 'data'
 BOX, PIXEL = 64, 2.2

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from deephemnma.core.chunks import ChunkStore
-from deephemnma.core.distributed import Rank
+from deephemnma.runtime.chunks import ChunkStore
+from deephemnma.runtime.distributed import Rank
 
 
 def _square(indices):

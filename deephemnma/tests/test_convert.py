@@ -11,12 +11,12 @@ from pyworkflow.object import CsvList, Float
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import (fill_set_of_particles, modes_mismatch, normal_modes_from_set, particles_from_set,
                                 set_of_modes_from_xmd, write_modes_xmd_from_set)
-from deephemnma.core.fileio import InputError
-from deephemnma.core.metadata import Particles, stack_locations
-from deephemnma.core.modes_io import read_modes_xmd, write_modes
-from deephemnma.core.nma import compute_modes
-from deephemnma.core.rotations import euler_to_matrix, transform_from_pose
-from deephemnma.core.structure import coarse_grain, read_structure, write_structure
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.nma.files import read_modes_xmd, write_modes
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.imaging.rotations import euler_to_matrix, transform_from_pose
+from deephemnma.molecule.structure import coarse_grain, read_structure, write_structure
 
 
 def _particles(n=6):

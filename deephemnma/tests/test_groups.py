@@ -8,11 +8,12 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from deephemnma.cli import main as cli
-from deephemnma.core.fileio import InputError
-from deephemnma.core.groups import (automatic_labels, axis_slices, centroids, group_members, polygon_labels,
-                                    read_labels, read_polygons, write_polygons)
-from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
-from deephemnma.core.reduction import fit_space
+from deephemnma.runtime.errors import InputError
+from deephemnma.space.groups import (automatic_labels, axis_slices, centroids, group_members, polygon_labels,
+                                     read_labels, read_polygons, write_polygons)
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.space.reduction import fit_space
 
 
 def blobs(seed: int = 0):
@@ -115,8 +116,8 @@ def test_cli_groups_polygons_and_subsets(tmp_path, capsys):
 
 def test_cli_animate_centroids_and_axes(tmp_path, capsys):
     from PIL import Image
-    from deephemnma.core.simulate import paper_ak_setup
-    from deephemnma.core.structure import read_structure
+    from deephemnma.simulate.setup import paper_ak_setup
+    from deephemnma.molecule.structure import read_structure
     setup = paper_ak_setup(coarse='CA')
     setup.modes.save(tmp_path / 'modes.npz')
     rng = np.random.default_rng(7)

@@ -4,10 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from deephemnma.core.fileio import InputError
-from deephemnma.core.imageio import StackWriter, read_image, read_stack, stack_info, write_map, write_stack
-from deephemnma.core.metadata import Particles, read_particles, stack_locations, write_particles
-from deephemnma.core.stacks import ImageSource
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.images import StackWriter, read_image, read_stack, stack_info, write_map, write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.data.stacks import ImageSource
 
 
 def _particles(n=7, modes=3, stack='stack.mrcs'):
@@ -104,7 +105,7 @@ def test_bad_metadata_gives_clear_error(tmp_path, suffix, content, message):
 
 
 def test_star_rows_with_and_without_quotes(tmp_path):
-    from deephemnma.core.metadata import read_star_tables, write_star_tables
+    from deephemnma.data.star import read_star_tables, write_star_tables
     table = {'name': ['1@a b.mrcs', '2@plain.mrcs', "3@it's.mrcs", '', "it's here", "'x", "a' b"],
              'value': ['1.5', '-2', '3e-4', 'x', 'a b\'', '"q" r', 'y']}
     write_star_tables(tmp_path / 'q.star', {'particles': table})

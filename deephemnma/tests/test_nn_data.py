@@ -7,12 +7,17 @@ import numpy as np
 import torch
 from scipy.spatial.distance import mahalanobis
 
-from deephemnma.core import rotations
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
-from deephemnma.core.stacks import ImageSource
+from deephemnma.imaging import rotations
+from deephemnma.data.images import write_stack
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import data
 from deephemnma.nn import targets as tg
+from deephemnma.nn.augment import merge_rotated_outputs
+from deephemnma.nn.augment import transform_images
+from deephemnma.nn.augment import transform_quaternions
+from deephemnma.nn.augment import transform_shifts
 
 torch.set_num_threads(1)
 
@@ -33,15 +38,15 @@ class TestAugmentationLabels(unittest.TestCase):
     def _augmented_labels(self, angles, shifts, phi, t):
         q = torch.tensor(rotations.euler_to_quaternion(angles))[None]
         phi_t = torch.tensor([phi], dtype=torch.float64)
-        new_angles = rotations.quaternion_to_euler(data.transform_quaternions(q, phi_t).numpy())[0]
-        new_shifts = data.transform_shifts(torch.tensor(shifts)[None], phi_t, torch.tensor(t)[None]).numpy()[0]
+        new_angles = rotations.quaternion_to_euler(transform_quaternions(q, phi_t).numpy())[0]
+        new_shifts = transform_shifts(torch.tensor(shifts)[None], phi_t, torch.tensor(t)[None]).numpy()[0]
         return new_angles, new_shifts
 
     def test_points_projection(self):
         points = np.random.default_rng(1).normal(size=(12, 3)) * 6
         angles, shifts, phi, t = np.array([30., 70., 40.]), np.array([2., -3.]), 35.0, np.array([1.5, -2.0])
         image = torch.tensor(render_points(points, angles, shifts))[None, None]
-        moved = data.transform_images(image, torch.tensor([phi], dtype=torch.float64),
+        moved = transform_images(image, torch.tensor([phi], dtype=torch.float64),
                                       torch.tensor(t)[None])[0, 0].numpy()
         new_angles, new_shifts = self._augmented_labels(angles, shifts, phi, t)
         self.assertAlmostEqual(new_angles[2], angles[2] - phi, places=6)
@@ -55,7 +60,7 @@ class TestAugmentationLabels(unittest.TestCase):
         setup = paper_ak_setup()
         angles, shifts, phi, t = np.array([[40., 60., 30.]]), np.array([[2., -3.]]), 50.0, np.array([1.0, 2.0])
         image = simulate_particles(setup, np.zeros((1, 3)), angles, shifts, 64, 1.6).images
-        moved = data.transform_images(torch.tensor(image)[:, None].double(), torch.tensor([phi]).double(),
+        moved = transform_images(torch.tensor(image)[:, None].double(), torch.tensor([phi]).double(),
                                       torch.tensor(t)[None])[0, 0].numpy()
         new_angles, new_shifts = self._augmented_labels(angles[0], shifts[0], phi, t)
         expected = simulate_particles(setup, np.zeros((1, 3)), new_angles[None], new_shifts[None], 64, 1.6).images[0]
@@ -76,13 +81,13 @@ class TestRotatedPredictionsMerge(unittest.TestCase):
         outputs = []
         for k, angle in enumerate(angles):
             phi = torch.full((count,), angle, dtype=torch.float64)
-            shifts = data.transform_shifts(truth_shifts, phi, torch.zeros(count, 2, dtype=torch.float64))
+            shifts = transform_shifts(truth_shifts, phi, torch.zeros(count, 2, dtype=torch.float64))
             sign = -1.0 if k % 2 else 1.0  # q and -q are the same rotation
-            outputs.append({'orientation': (sign * data.transform_quaternions(truth_q, phi)).float(),
+            outputs.append({'orientation': (sign * transform_quaternions(truth_q, phi)).float(),
                             'shifts': ((shifts - torch.as_tensor(scaling.shift_mean))
                                        / torch.as_tensor(scaling.shift_std)).float(),
                             'amplitudes': (amplitudes + (k - 2) * 0.1).float()})
-        merged = data.merge_rotated_outputs(outputs, angles, scaling)
+        merged = merge_rotated_outputs(outputs, angles, scaling)
         np.testing.assert_allclose(merged['amplitudes'].numpy(), amplitudes.numpy(), atol=1e-6)
         decoded = tg.decode({t: v.numpy() for t, v in merged.items()}, scaling)
         np.testing.assert_allclose(decoded.shifts, truth_shifts.numpy(), atol=1e-5)
@@ -118,7 +123,7 @@ class TestSplitsAndOutliers(unittest.TestCase):
         self.assertTrue(data.inlier_mask(values, 0).all())
 
 
-class TestImageSource(unittest.TestCase):  # deephemnma.core.stacks
+class TestImageSource(unittest.TestCase):  # deephemnma.data.stacks
     def test_reads_several_stacks_in_requested_order(self):
         folder = Path(self.enterContext(tempfile.TemporaryDirectory()))
         first = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)

@@ -3,7 +3,7 @@ import unittest
 
 import numpy as np
 
-from deephemnma.core import rotations
+from deephemnma.imaging import rotations
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
 from deephemnma.nn.targets import Labels
 

@@ -4,7 +4,7 @@ import unittest
 import numpy as np
 import torch
 
-from deephemnma.core import rotations
+from deephemnma.imaging import rotations
 from deephemnma.nn import targets as tg
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 

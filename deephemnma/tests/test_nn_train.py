@@ -11,17 +11,22 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from deephemnma.core import rotations
-from deephemnma.core.distributed import cleanup, init_from_env
-from deephemnma.core.filters import fourier_crop
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.metadata import Particles, stack_locations
+from deephemnma.imaging import rotations
+from deephemnma.runtime.distributed import cleanup, init_from_env
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.nn import targets as tg
-from deephemnma.nn import train
-from deephemnma.nn.data import transform_images, transform_quaternions, transform_shifts
-from deephemnma.core.stacks import ImageSource
+from deephemnma.nn import trainer as train
+from deephemnma.nn.augment import transform_images, transform_quaternions, transform_shifts
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn.infer import Predictor, predict_source
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.config import preset_config
+from deephemnma.nn.history import HISTORY_CSV
+from deephemnma.nn.history import read_history
+from deephemnma.nn.modelfile import TrainedModel
+from deephemnma.nn.modelfile import load_model
 
 torch.set_num_threads(1)
 COUNT, BOX = 40, 32
@@ -39,7 +44,7 @@ def tiny_config(**changes) -> train.TrainConfig:
     values = dict(arch='resnet18', epochs=2, batch_size=8, lr=1e-3, amp=False, patience=0, validation=8,
                   test=4, outlier_threshold=0.0, max_rotation_deg=180.0, max_translation_px=2.0, seed=3)
     values.update(changes)
-    return train.preset_config('fast', **values)
+    return preset_config('fast', **values)
 
 
 class Interrupted(Exception):
@@ -55,7 +60,7 @@ def _ddp_worker(rank: int, folder: str, port: int) -> None:
         particles = make_particles(Path(folder))
         train.run_training(particles, tiny_config(norm='group', dropout=0.0), Path(folder) / 'ddp', 'cpu',
                            rank=process, progress=False)
-        model = train.load_model(Path(folder) / 'ddp' / 'model.pt')
+        model = load_model(Path(folder) / 'ddp' / 'model.pt')
         raw = predict_source(Predictor(model, torch.device('cpu')), ImageSource(particles.image), batch_size=4,
                              work_dir=Path(folder) / 'chunks', chunk_size=8, rank=process, progress=False)
         if process.is_main:
@@ -90,7 +95,7 @@ class TestTraining(unittest.TestCase):
         with self.assertRaises(Interrupted):
             train.run_training(self.particles, config, self.folder / 'killed', 'cpu', progress=False,
                                on_epoch_end=kill_after_first)
-        self.assertEqual(len(train.read_history(self.folder / 'killed' / train.HISTORY_CSV)), 1)
+        self.assertEqual(len(read_history(self.folder / 'killed' / HISTORY_CSV)), 1)
         resumed, summary = train.run_training(self.particles, config, self.folder / 'killed', 'cpu', progress=False)
         self.assertTrue(summary['resumed'])
         self.assertEqual(len(resumed.history), 2)
@@ -100,7 +105,7 @@ class TestTraining(unittest.TestCase):
             torch.testing.assert_close(resumed.network.state_dict()[key], value, rtol=0, atol=0, msg=key)
         # the best model file holds the weights of the epoch with the lowest validation loss
         losses = [row['validation_loss'] for row in whole.history]
-        model = train.load_model(self.folder / 'whole' / train.MODEL_FILE)
+        model = load_model(self.folder / 'whole' / train.MODEL_FILE)
         self.assertEqual(model.info['best_epoch']['combined'], int(np.argmin(losses)) + 1)
         self.assertEqual(model.box, BOX)
         self.assertTrue((self.folder / 'whole' / train.CURVES_PNG).stat().st_size > 1000)
@@ -136,13 +141,13 @@ class TestTraining(unittest.TestCase):
         single, _ = train.run_training(self.particles, tiny_config(norm='group', dropout=0.0),
                                        self.folder / 'single', 'cpu', progress=False)
         mp.spawn(_ddp_worker, args=(str(self.folder), _free_port()), nprocs=2, join=True)
-        ddp = train.load_model(self.folder / 'ddp' / train.MODEL_FILE)
-        one = train.load_model(self.folder / 'single' / train.MODEL_FILE)
+        ddp = load_model(self.folder / 'ddp' / train.MODEL_FILE)
+        one = load_model(self.folder / 'single' / train.MODEL_FILE)
         # Adam's step is about lr for every weight, whatever its gradient: rounding differences of near-zero
         # gradients can change a weight by up to a few lr, never more (lr = 1e-3 here).
         for key, value in one.network.state_dict().items():
             torch.testing.assert_close(ddp.network.state_dict()[key], value, rtol=0, atol=1e-3, msg=key)
-        ddp_history = train.read_history(self.folder / 'ddp' / train.HISTORY_CSV)
+        ddp_history = read_history(self.folder / 'ddp' / HISTORY_CSV)
         for a, b in zip(single.history, ddp_history):
             self.assertAlmostEqual(a['train_loss'], b['train_loss'], delta=1e-5 * abs(a['train_loss']))
             self.assertAlmostEqual(a['validation_loss'], b['validation_loss'], delta=1e-5 * a['validation_loss'])
@@ -168,7 +173,7 @@ class TestTraining(unittest.TestCase):
     def test_network_input_size_is_stored_and_applied_in_prediction(self):
         train.run_training(self.particles, tiny_config(epochs=1, network_box=16), self.folder / 'small', 'cpu',
                            progress=False)
-        model = train.load_model(self.folder / 'small' / train.MODEL_FILE)
+        model = load_model(self.folder / 'small' / train.MODEL_FILE)
         self.assertEqual((model.box, model.network_box), (BOX, 16))
         images = ImageSource(self.particles.image).read(np.arange(5))
         normalised = (torch.from_numpy(images)[:, None] - model.scaling.image_mean) / model.scaling.image_std
@@ -187,7 +192,7 @@ class TestTraining(unittest.TestCase):
 
 
 
-def untrained_model() -> train.TrainedModel:
+def untrained_model() -> TrainedModel:
     """A randomly initialised ResNet-18 model for BOX px images (image mean 0, so rotations commute with the
     normalisation)."""
     torch.manual_seed(0)
@@ -195,7 +200,7 @@ def untrained_model() -> train.TrainedModel:
                                           arch='resnet18', dropout=0.0)).eval()
     scaling = tg.Scaling(0.0, 2.0, np.array([5.0, -3.0]), np.array([40.0, 20.0]), np.array([0.5, -0.2]),
                          np.array([2.0, 1.5]))
-    return train.TrainedModel(network, scaling, BOX, BOX, tg.TYPES, {})
+    return TrainedModel(network, scaling, BOX, BOX, tg.TYPES, {})
 
 
 class TestStreamingPrediction(unittest.TestCase):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from scipy.special import erf
 
-from deephemnma.core.ctf import CTFParams, apply_ctf, ctf_2d, ctf_zero_frequencies, phase_flip, wavelength
-from deephemnma.core.density import atoms_to_map, gaussians_to_map
-from deephemnma.core.scattering import gaussian_parameters, scattering_amplitude
+from deephemnma.imaging.ctf import CTFParams, apply_ctf, ctf_2d, ctf_zero_frequencies, phase_flip, wavelength
+from deephemnma.molecule.density import atoms_to_map, gaussians_to_map
+from deephemnma.molecule.scattering import gaussian_parameters, scattering_amplitude
 
 
 def test_wavelength_known_values():

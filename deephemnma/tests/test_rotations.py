@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from deephemnma.core import rotations as R
+from deephemnma.imaging import rotations as R
 
 
 def test_euler_matches_xmipp_matrix_including_gimbal_lock():

@@ -6,16 +6,31 @@ import pytest
 import torch
 
 from deephemnma.bench.simulate import ctf_zero_errors, voxel_projection_cc
-from deephemnma.core import conformations as conf
-from deephemnma.core import simulate as S
-from deephemnma.core.ctf import CTFParams
-from deephemnma.core.fileio import InputError
-from deephemnma.core.filters import fourier_crop
-from deephemnma.core.imageio import read_stack, stack_info
-from deephemnma.core.metadata import read_particles
-from deephemnma.core.noise import measured_snr
-from deephemnma.core.projection import AtomModel, DirectProjector, project_fourier
-from deephemnma.core.rotations import euler_to_matrix_torch
+from deephemnma.simulate import conformations as conf
+from deephemnma.simulate import physics as S
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.runtime.errors import InputError
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.data.images import read_stack, stack_info
+from deephemnma.data.formats import read_particles
+from deephemnma.imaging.noise import measured_snr
+from deephemnma.imaging.projection import AtomModel, DirectProjector, project_fourier
+from deephemnma.imaging.rotations import euler_to_matrix_torch
+from deephemnma.simulate.config import SimulationConfig
+from deephemnma.simulate.config import validate_config
+from deephemnma.simulate.dataset import AMPLITUDES_NAME
+from deephemnma.simulate.dataset import CONFIG_NAME
+from deephemnma.simulate.dataset import STACK_NAME
+from deephemnma.simulate.dataset import STAR_NAME
+from deephemnma.simulate.dataset import TRUTH_NAME
+from deephemnma.simulate.dataset import XMD_NAME
+from deephemnma.simulate.dataset import simulate_to_disk
+from deephemnma.simulate.parameters import chunk_seed
+from deephemnma.simulate.parameters import sample_angles
+from deephemnma.simulate.parameters import sample_parameters
+from deephemnma.simulate.parameters import sample_shifts
+from deephemnma.simulate.setup import check_fits
+from deephemnma.simulate.setup import paper_ak_setup
 
 CTF = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1)
 
@@ -23,13 +38,13 @@ CTF = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, ampli
 @pytest.fixture(scope='module')
 def ca_setup():
     """C-alpha adenylate kinase (214 atoms), modes 7-9: small and fast."""
-    return S.paper_ak_setup(coarse='CA')
+    return paper_ak_setup(coarse='CA')
 
 
 def _poses(count, seed=0, scale=30.0):
     rng = np.random.default_rng(seed)
-    return (conf.helix(count, rng, scale=scale).amplitudes, S.sample_angles(count, rng),
-            S.sample_shifts(count, rng, 3.0))
+    return (conf.helix(count, rng, scale=scale).amplitudes, sample_angles(count, rng),
+            sample_shifts(count, rng, 3.0))
 
 
 def test_single_atom_lands_where_the_conventions_say():
@@ -45,7 +60,7 @@ def test_single_atom_lands_where_the_conventions_say():
     assert peaks[0] == (box // 2 - 10, box // 2)          # (row y, column x): A r = (0, -10, 0)
     assert peaks[1] == (box // 2 + 3, box // 2 + 10 - 2)  # drawn at (10, 0) - (2, -3)
     # The image integrates the atom's scattering: sum of Peng's a (Angstrom) over the pixel area.
-    from deephemnma.core.scattering import gaussian_parameters
+    from deephemnma.molecule.scattering import gaussian_parameters
     a, _ = gaussian_parameters(['C'])
     assert float(images[0].sum()) == pytest.approx(a.sum() / pixel ** 2, rel=1e-4)
 
@@ -67,8 +82,8 @@ def test_direct_projector_equals_reference_projector(ca_setup, box):
 
 def test_projection_agrees_with_an_independent_voxel_path(ca_setup):
     rng = np.random.default_rng(3)
-    angles = S.sample_angles(3, rng)
-    shifts = S.sample_shifts(3, rng, 3.0)
+    angles = sample_angles(3, rng)
+    shifts = sample_shifts(3, rng, 3.0)
     cc = voxel_projection_cc(ca_setup, angles, shifts, box=48, pixel_size=1.6, oversampling=2)
     assert cc.min() > 0.99, cc
 
@@ -129,8 +144,8 @@ def test_noise_before_the_ctf_has_the_ctf_power_spectrum(ca_setup):
     out = S.simulate_particles(ca_setup, amplitudes, angles, shifts, box, pixel, ctf=CTF, snr=0.1,
                                noise_before_ctf=0.6, return_clean=True, seed=9)
     power = (torch.fft.rfft2(torch.as_tensor(out.images - out.clean)).abs() ** 2).mean(dim=0) / box ** 2
-    from deephemnma.core.ctf import ctf_2d
-    from deephemnma.core.filters import mean_full_grid
+    from deephemnma.imaging.ctf import ctf_2d
+    from deephemnma.imaging.filters import mean_full_grid
     ctf2 = ctf_2d(CTF, box, pixel)[0] ** 2
     expected = 0.6 * ctf2 / mean_full_grid(ctf2[None])[0] + 0.4  # unit total noise variance
     ratio = power[1:, 1:].sum() / expected[1:, 1:].sum()
@@ -183,11 +198,11 @@ def test_amplitude_file(tmp_path):
 
 def test_refuses_bad_settings(ca_setup):
     with pytest.raises(InputError, match='too small for the molecule'):
-        S.check_fits(ca_setup.radius, 32, 1.0, 5.0)
-    assert 'SNR must be positive' in ' '.join(S.validate_config(S.SimulationConfig(snr=-1.0)))
+        check_fits(ca_setup.radius, 32, 1.0, 5.0)
+    assert 'SNR must be positive' in ' '.join(validate_config(SimulationConfig(snr=-1.0)))
     with pytest.raises(InputError, match='SNR must be positive'):
         S.simulate_particles(ca_setup, *_poses(1), 48, 1.6, snr=0.0)
-    other = S.paper_ak_setup()  # all-atom modes do not belong to the C-alpha reference
+    other = paper_ak_setup()  # all-atom modes do not belong to the C-alpha reference
     with pytest.raises(InputError, match='do not belong to this reference'):
         S.SimulationSetup.create(ca_setup.structure, other.modes)
 
@@ -196,12 +211,12 @@ def _config(**changes):
     values = dict(count=30, box=48, pixel_size=1.6, coarse='CA', amplitude_scale=30.0, chunk_size=8,
                   defocus_min=6000.0, defocus_max=12000.0, astigmatism=400.0, ctf_group_size=5, snr=0.1)
     values.update(changes)
-    return S.SimulationConfig(**values)
+    return SimulationConfig(**values)
 
 
 def test_to_disk_outputs_ground_truth_and_resumes_identically(tmp_path, ca_setup):
     config = _config()
-    record = S.simulate_to_disk(config, tmp_path / 'whole', setup=ca_setup)
+    record = simulate_to_disk(config, tmp_path / 'whole', setup=ca_setup)
     assert record['measured_snr'] == pytest.approx(0.1, rel=0.1)
 
     class Interrupt(Exception):
@@ -214,30 +229,30 @@ def test_to_disk_outputs_ground_truth_and_resumes_identically(tmp_path, ca_setup
             yield chunk
 
     with pytest.raises(Interrupt):
-        S.simulate_to_disk(config, tmp_path / 'resumed', setup=ca_setup, progress=stop_after_two)
-    assert not (tmp_path / 'resumed' / S.STACK_NAME).exists()
-    S.simulate_to_disk(config, tmp_path / 'resumed', setup=ca_setup)
-    whole = read_stack(tmp_path / 'whole' / S.STACK_NAME, mmap=False)
-    np.testing.assert_array_equal(whole, read_stack(tmp_path / 'resumed' / S.STACK_NAME, mmap=False))
-    assert stack_info(tmp_path / 'whole' / S.STACK_NAME).pixel_size == pytest.approx(1.6)
+        simulate_to_disk(config, tmp_path / 'resumed', setup=ca_setup, progress=stop_after_two)
+    assert not (tmp_path / 'resumed' / STACK_NAME).exists()
+    simulate_to_disk(config, tmp_path / 'resumed', setup=ca_setup)
+    whole = read_stack(tmp_path / 'whole' / STACK_NAME, mmap=False)
+    np.testing.assert_array_equal(whole, read_stack(tmp_path / 'resumed' / STACK_NAME, mmap=False))
+    assert stack_info(tmp_path / 'whole' / STACK_NAME).pixel_size == pytest.approx(1.6)
 
-    truth = np.load(tmp_path / 'whole' / S.TRUTH_NAME)
-    params = S.sample_parameters(config, 3)
+    truth = np.load(tmp_path / 'whole' / TRUTH_NAME)
+    params = sample_parameters(config, 3)
     np.testing.assert_allclose(truth['amplitudes'], params.amplitudes)
     assert len(np.unique(truth['defocus_u'])) == 6  # groups of 5 images share one CTF
     np.testing.assert_allclose(truth['defocus_u'] - truth['defocus_v'], 400.0)
-    for name in (S.STAR_NAME, S.XMD_NAME):
+    for name in (STAR_NAME, XMD_NAME):
         particles = read_particles(tmp_path / 'whole' / name)
         np.testing.assert_allclose(particles.angles, truth['angles'], atol=1e-5)
         np.testing.assert_allclose(particles.shifts, truth['shifts'], atol=1e-5)
         np.testing.assert_allclose(particles.amplitudes, truth['amplitudes'], atol=1e-5)
         np.testing.assert_allclose(particles.defocus_u, truth['defocus_u'], atol=1e-4)
-    np.testing.assert_allclose(np.loadtxt(tmp_path / 'whole' / S.AMPLITUDES_NAME), truth['amplitudes'], atol=1e-5)
+    np.testing.assert_allclose(np.loadtxt(tmp_path / 'whole' / AMPLITUDES_NAME), truth['amplitudes'], atol=1e-5)
     # The first chunk equals the in-memory API with that chunk's seed and the recorded noise level.
     first = S.simulate_particles(ca_setup, params.amplitudes[:8], params.angles[:8], params.shifts[:8], 48, 1.6,
-                                 ctf=S._ctf_rows(params.ctf(config).batched(30, torch.device('cpu')), slice(0, 8)),
-                                 snr=0.1, seed=S.chunk_seed(0, 0), noise_std=record['noise_std'])
+                                 ctf=S.ctf_rows(params.ctf(config).batched(30, torch.device('cpu')), slice(0, 8)),
+                                 snr=0.1, seed=chunk_seed(0, 0), noise_std=record['noise_std'])
     np.testing.assert_allclose(first.images, whole[:8], atol=1e-6)
-    saved = json.loads((tmp_path / 'whole' / S.CONFIG_NAME).read_text())
+    saved = json.loads((tmp_path / 'whole' / CONFIG_NAME).read_text())
     assert saved['config'] == config.to_dict()
-    assert S.simulate_to_disk(config, tmp_path / 'whole', setup=ca_setup) == saved  # finished: left as it is
+    assert simulate_to_disk(config, tmp_path / 'whole', setup=ca_setup) == saved  # finished: left as it is

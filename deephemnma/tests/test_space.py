@@ -8,10 +8,11 @@ import pytest
 from scipy.stats import spearmanr
 
 from deephemnma.cli import main as cli
-from deephemnma.core.fileio import InputError
-from deephemnma.core.metadata import Particles, stack_locations, write_particles
-from deephemnma.core.reduction import METHODS, Space, axis_points, fit_space
-from deephemnma.core.spaceplot import auto_bins, binned_image, save_fsc_plot, save_map_slices, save_space_plot
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import write_particles
+from deephemnma.space.reduction import METHODS, Space, axis_points, fit_space
+from deephemnma.space.plots import auto_bins, binned_image, save_fsc_plot, save_map_slices, save_space_plot
 
 
 def helix_amplitudes(count: int, seed: int = 0):
@@ -104,7 +105,7 @@ def test_plots_bin_every_point(tmp_path):
         save_space_plot(tmp_path / 'x.png', coords, 'score')
     # bins follow the number of points: small spaces get large bins, a million points the finest
     assert (auto_bins(120), auto_bins(3000), auto_bins(1_000_000)) == (50, 110, 400)
-    from deephemnma.core.fsc import fsc
+    from deephemnma.imaging.fsc import fsc
     volume = rng.normal(size=(16, 16, 16))
     save_fsc_plot(tmp_path / 'fsc.png', {'self': fsc(volume, volume, 2.0)})
     save_map_slices(tmp_path / 'slices.png', volume)

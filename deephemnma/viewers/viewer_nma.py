@@ -8,9 +8,9 @@ import numpy as np
 from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
-from deephemnma.core.deform import animate, mode_direction
-from deephemnma.core.fileio import atomic_path
-from deephemnma.core.nma import NormalModes
+from deephemnma.nma.deform import animate, mode_direction
+from deephemnma.runtime.files import atomic_path
+from deephemnma.nma.modes import NormalModes
 from deephemnma.protocols.protocol_nma import DeepHemnmaProtNMA
 
 

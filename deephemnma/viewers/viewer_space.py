@@ -18,8 +18,8 @@ from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
 from deephemnma.convert import particles_from_set
-from deephemnma.core.groups import write_polygons
-from deephemnma.core.spaceplot import COLOUR_MODES, draw_space, save_fsc_plot, save_map_slices, save_space_plot
+from deephemnma.space.groups import write_polygons
+from deephemnma.space.plots import COLOUR_MODES, draw_space, save_fsc_plot, save_map_slices, save_space_plot
 from deephemnma.protocols.protocol_animate import DeepHemnmaProtAnimate
 from deephemnma.protocols.protocol_groups import DeepHemnmaProtGroups, space_coordinates
 from deephemnma.protocols.protocol_reconstruct import DeepHemnmaProtReconstruct
@@ -128,7 +128,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         """``(coords, sources, scores or None)`` of every point of the space."""
         protocol = self.protocol
         if isinstance(protocol, DeepHemnmaProtSpace):
-            from deephemnma.core.reduction import Space
+            from deephemnma.space.reduction import Space
             space = Space.load(protocol.space_path())
             scores = None
             particles = [particles_from_set(s) for s in self._space_particles()]
@@ -150,7 +150,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
 
     def save_fsc(self, path: str) -> str:
         """All FSC curves of a reconstruction protocol in one plot."""
-        from deephemnma.core.fsc import FSCCurve
+        from deephemnma.imaging.fsc import FSCCurve
         protocol = self.protocol
         if not isinstance(protocol, DeepHemnmaProtReconstruct):
             raise ValueError('FSC curves come from the reconstruction protocol')
@@ -171,7 +171,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
 
     def save_maps(self, folder: str) -> List[str]:
         """Central slices of every output map as PNG files in ``folder``."""
-        from deephemnma.core.imageio import read_image
+        from deephemnma.data.images import read_image
         paths = []
         for number, filename in enumerate(self.map_files(), start=1):
             volume, _ = read_image(filename)

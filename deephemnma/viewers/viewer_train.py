@@ -10,12 +10,12 @@ from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
 from deephemnma.convert import particles_from_set
-from deephemnma.core import rotations
-from deephemnma.core.fileio import atomic_path
-from deephemnma.core.metadata import read_particles
+from deephemnma.imaging import rotations
+from deephemnma.runtime.files import atomic_path
+from deephemnma.data.formats import read_particles
 from deephemnma.nn.targets import Labels
-from deephemnma.nn.train import (CURVES_PNG, HISTORY_CSV, labels_from_particles, plot_history, read_history,
-                                 true_labels_from_particles)
+from deephemnma.nn.history import CURVES_PNG, HISTORY_CSV, plot_history, read_history
+from deephemnma.nn.targets import labels_from_particles, true_labels_from_particles
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
 from deephemnma.viewers._images import show_image

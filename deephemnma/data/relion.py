@@ -1,0 +1,106 @@
+"""TODO docstring"""
+from __future__ import annotations
+
+import numpy as np
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.particles import Particles
+from deephemnma.data.star import Table
+from deephemnma.data.star import extra_columns
+from deephemnma.data.star import float_column
+from deephemnma.data.star import format_floats
+from deephemnma.data.star import format_vectors
+from deephemnma.data.star import read_star_tables
+from deephemnma.data.star import require_columns
+from deephemnma.data.star import vector_column
+from deephemnma.data.star import write_star_tables
+
+
+# ----------------------------------------------------------------------------------------------
+# RELION 3.1 STAR
+# ----------------------------------------------------------------------------------------------
+_AMPLITUDES_STAR = 'deephemnmaAmplitudes'
+_SCORE_STAR = 'deephemnmaScore'
+
+
+def write_star(path: Path, particles: Particles) -> None:
+    optics = {'rlnOpticsGroup': ['1'], 'rlnOpticsGroupName': ['opticsGroup1'],
+              'rlnVoltage': [f'{particles.voltage:.6f}'], 'rlnSphericalAberration': [f'{particles.cs:.6f}'],
+              'rlnAmplitudeContrast': [f'{particles.amplitude_contrast:.6f}'],
+              'rlnImagePixelSize': [f'{particles.pixel_size:.6f}'], 'rlnImageDimensionality': ['2']}
+    table: Table = {'rlnImageName': list(particles.image), 'rlnOpticsGroup': ['1'] * len(particles)}
+    if particles.angles is not None:
+        for i, name in enumerate(('rlnAngleRot', 'rlnAngleTilt', 'rlnAnglePsi')):
+            table[name] = format_floats(particles.angles[:, i])
+    if particles.shifts is not None:
+        table['rlnOriginXAngst'] = format_floats(particles.shifts[:, 0] * particles.pixel_size)
+        table['rlnOriginYAngst'] = format_floats(particles.shifts[:, 1] * particles.pixel_size)
+    for attr, name in (('defocus_u', 'rlnDefocusU'), ('defocus_v', 'rlnDefocusV'),
+                       ('defocus_angle', 'rlnDefocusAngle')):
+        if getattr(particles, attr) is not None:
+            table[name] = format_floats(getattr(particles, attr))
+    if particles.amplitudes is not None:
+        table[_AMPLITUDES_STAR] = [v.replace(' ', ',') for v in format_vectors(particles.amplitudes)]
+    if particles.score is not None:
+        table[_SCORE_STAR] = format_floats(particles.score)
+    for name, values in particles.extra.items():
+        table[name] = format_floats(values) if np.ndim(values) == 1 else \
+            [v.replace(' ', ',') for v in format_vectors(values)]
+    write_star_tables(path, {'optics': optics, 'particles': table}, header='# version 30001')
+
+
+def read_star(path: Path) -> Particles:
+    tables = read_star_tables(path)
+    block = 'particles' if 'particles' in tables else next(iter(tables))
+    table = tables[block]
+    require_columns(table, ['rlnImageName'], path, block)
+    optics = _optics_values(tables.get('optics', {}), table, path)
+    pixel_size = optics['pixel_size']
+    result = Particles(image=np.array(table['rlnImageName']), **optics)
+    angle_names = ('rlnAngleRot', 'rlnAngleTilt', 'rlnAnglePsi')
+    if any(name in table for name in angle_names):
+        require_columns(table, angle_names, path, block)
+        result.angles = np.stack([float_column(table[n], path, n) for n in angle_names], axis=1)
+    if 'rlnOriginXAngst' in table or 'rlnOriginYAngst' in table:
+        require_columns(table, ('rlnOriginXAngst', 'rlnOriginYAngst'), path, block)
+        result.shifts = np.stack([float_column(table[n], path, n) for n in ('rlnOriginXAngst', 'rlnOriginYAngst')],
+                                 axis=1) / pixel_size
+    elif 'rlnOriginX' in table:
+        require_columns(table, ('rlnOriginX', 'rlnOriginY'), path, block)
+        result.shifts = np.stack([float_column(table[n], path, n) for n in ('rlnOriginX', 'rlnOriginY')], axis=1)
+    if 'rlnDefocusU' in table:
+        result.defocus_u = float_column(table['rlnDefocusU'], path, 'rlnDefocusU')
+        result.defocus_v = float_column(table.get('rlnDefocusV', table['rlnDefocusU']), path, 'rlnDefocusV')
+        result.defocus_angle = float_column(table.get('rlnDefocusAngle', ['0'] * len(result)), path, 'rlnDefocusAngle')
+    if _AMPLITUDES_STAR in table:
+        result.amplitudes = vector_column(table[_AMPLITUDES_STAR], path, _AMPLITUDES_STAR)
+    if _SCORE_STAR in table:
+        result.score = float_column(table[_SCORE_STAR], path, _SCORE_STAR)
+    known = set(angle_names) | {'rlnImageName', 'rlnOpticsGroup', 'rlnOriginXAngst', 'rlnOriginYAngst',
+                                'rlnOriginX', 'rlnOriginY', 'rlnDefocusU', 'rlnDefocusV', 'rlnDefocusAngle',
+                                _AMPLITUDES_STAR, _SCORE_STAR, 'rlnVoltage', 'rlnSphericalAberration',
+                                'rlnAmplitudeContrast', 'rlnImagePixelSize', 'rlnDetectorPixelSize',
+                                'rlnMagnification'}
+    result.extra = extra_columns(table, known, path)
+    result.__post_init__()
+    return result
+
+
+def _optics_values(optics: Table, particles: Table, path: Path) -> Dict[str, float]:
+    source = optics if optics else particles
+
+    def first(names: Sequence[str], default: Optional[float]) -> Optional[float]:
+        for name in names:
+            if name in source:
+                return float(source[name][0])
+        return default
+
+    pixel_size = first(('rlnImagePixelSize',), None)
+    if pixel_size is None and 'rlnDetectorPixelSize' in source and 'rlnMagnification' in source:
+        pixel_size = float(source['rlnDetectorPixelSize'][0]) * 1e4 / float(source['rlnMagnification'][0])
+    if pixel_size is None:
+        raise InputError(f'{path}: no pixel size (rlnImagePixelSize) in the optics or particles block')
+    return {'pixel_size': pixel_size, 'voltage': first(('rlnVoltage',), 300.0),
+            'cs': first(('rlnSphericalAberration',), 2.7),
+            'amplitude_contrast': first(('rlnAmplitudeContrast',), 0.1)}

@@ -1,0 +1,125 @@
+"""Random access to particle images named by locations (``index@stack``), from memory-mapped stacks.
+
+The one image reader of the alignment, the reconstruction, training and prediction: only the images asked
+for are read, in any order; every stack is opened (and checked against the locations) once.
+"""
+from __future__ import annotations
+
+import os
+import numpy as np
+import torch
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Iterator, Tuple, Deque
+from deephemnma.runtime.errors import InputError
+from deephemnma.data.images import read_stack
+from deephemnma.data.particles import parse_location
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:
+    """The absolute path of the stack ``name``: a relative name is taken relative to ``base_dir`` (e.g. the
+    folder of the metadata file) when it exists there, else to the current folder (Scipion's project folder)."""
+    path = Path(name) if os.path.isabs(name) else Path(base_dir or '.') / name
+    if not path.exists() and Path(name).exists():
+        path = Path(name)
+    return os.path.abspath(path)
+
+
+class ImageSource:
+    """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
+
+    def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
+        resolved: Dict[str, str] = {}  # each stack name is resolved (file system calls) once
+        parsed = []
+        for location in locations:
+            index, path = parse_location(str(location))
+            name = str(path)
+            if name not in resolved:
+                resolved[name] = resolve_stack(name, base_dir)
+            parsed.append((index, resolved[name]))
+        paths = sorted({p for _, p in parsed})
+        self.paths: List[str] = paths
+        self.stacks: List[np.ndarray] = []
+        for path in paths:
+            if not os.path.exists(path):
+                raise InputError(f'{path}: image stack not found')
+            self.stacks.append(read_stack(path, mmap=True))
+        shapes = {s.shape[1:] for s in self.stacks}
+        if len(shapes) != 1:
+            raise InputError(f'the stacks {paths} hold images of different sizes: {sorted(shapes)}')
+        number = {p: i for i, p in enumerate(paths)}
+        self.stack_of = np.array([number[p] for _, p in parsed], dtype=np.int64)
+        self.index_in_stack = np.array([i for i, _ in parsed], dtype=np.int64)
+        for s, stack in enumerate(self.stacks):
+            mine = self.index_in_stack[self.stack_of == s]
+            if mine.size and mine.max() >= len(stack):
+                raise InputError(f'{paths[s]}: image {mine.max() + 1} requested but the stack holds '
+                                 f'{len(stack)} images')
+        self.box = int(next(iter(shapes))[0])
+
+    def __len__(self) -> int:
+        return len(self.stack_of)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Images ``(k, box, box)`` float32 of the given items, in the given order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), self.box, self.box), dtype=np.float32)
+        stack_ids = self.stack_of[indices]
+        for s in np.unique(stack_ids):
+            where = np.nonzero(stack_ids == s)[0]
+            rows = self.index_in_stack[indices[where]]
+            order = np.argsort(rows, kind='stable')  # read the memory map in increasing order
+            rows = rows[order]
+            consecutive = bool(np.all(np.diff(rows) == 1))  # one slice: a single copy out of the map
+            out[where[order]] = self.stacks[s][rows[0]:rows[-1] + 1] if consecutive else self.stacks[s][rows]
+        return out
+
+    def nbytes(self, count: int) -> int:
+        return int(count) * self.box * self.box * 4
+
+
+def array_batches(images: np.ndarray, batch_size: int = 256,
+                  indices: Optional[Sequence[int]] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(indices, images)`` batches from an in-memory or memory-mapped ``(n, box, box)`` array."""
+    order = np.arange(len(images)) if indices is None else np.asarray(indices)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        yield np.arange(start, start + len(chosen)), np.asarray(images[chosen], dtype=np.float32)
+
+
+def particle_batches(source: ImageSource, batch_size: int = 256,
+                     positions: Optional[np.ndarray] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """``(positions, images)`` batches of a :class:`~deephemnma.data.stacks.ImageSource`.
+
+    ``positions`` (default: all) are the items to read, e.g. one torchrun rank's share; only one batch of
+    images is in memory at a time.
+    """
+    order = np.arange(len(source)) if positions is None else np.asarray(positions, dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        yield chosen, source.read(chosen)
+
+
+def read_ahead(source: ImageSource, batches: Sequence[np.ndarray], threads: int,
+               pin: bool = False) -> Iterator[Tuple[torch.Tensor, np.ndarray]]:
+    """``(images, indices)`` of each batch in order, read by ``threads`` background threads at most
+    ``2 * threads`` batches ahead (0: read when asked); ``pin``: page-locked for fast copies to a GPU. Threads,
+    not processes: copying out of a memory map releases the GIL, and images need not travel between processes
+    (on 2 cores, 128 px images from a cached stack: 8,000 to 30,000 images/s through DataLoader worker
+    processes, 46,000 to 186,000 through threads)."""
+    def read(indices: np.ndarray) -> Tuple[torch.Tensor, np.ndarray]:
+        images = torch.from_numpy(source.read(indices))
+        return (images.pin_memory() if pin else images), indices
+
+    if threads <= 0:
+        yield from map(read, batches)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix='image-reader') as pool:
+        pending: Deque[Future] = deque()
+        for indices in batches:
+            pending.append(pool.submit(read, indices))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

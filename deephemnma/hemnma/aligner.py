@@ -1,0 +1,445 @@
+"""HEMNMA engine: elastic and rigid-body 3D-to-2D alignment of particle images, batched on CPU or GPU.
+
+For every image, find the normal-mode amplitudes ``q`` (M,), the Xmipp ZYZ Euler angles and the shifts (pixels,
+Xmipp sign) whose projection of the deformed reference ``x0 + sum_k q_k v_k`` best matches the image, by the
+normalised cross-correlation (NCC) computed in Fourier space over a disk of frequencies, with each image's CTF
+in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for CTF-corrected ones).
+
+1. Global search (no prior pose): a library of projections of the reference at a few starting conformations
+   (a grid of amplitudes) over orientations every ``angular_step`` degrees (Fibonacci directions times in-plane
+   angles), at low resolution, is correlated with every image at every shift of a grid in one matrix product per
+   template chunk (the per-image CTF enters through a second product for the template norms). The ``top_k`` best
+   candidates, kept apart by at least 1.5 angular steps, go on.
+2. Joint continuous refinement of amplitudes, rotations (a small rotation ``Exp(w)`` applied to the candidate's
+   matrix) and shifts with Adam on the NCC, batched over images and candidates, at increasing resolution; after
+   each stage only the best candidates of each image are kept. Parameters are scaled so that one unit moves the
+   model by about one Angstrom.
+
+The local mode skips the global search and refines from given poses (and amplitudes). Each image is processed
+independently of the others in its batch, so results do not depend on how images are grouped into processes.
+"""
+from __future__ import annotations
+
+import math
+import numpy as np
+import torch
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+from deephemnma.imaging.ctf import CTFParams, ctf_2d
+from deephemnma.nma.deform import deform
+from deephemnma.imaging.projection import FourierProjector, crop_rfft, fourier_indices
+from deephemnma.imaging.rotations import euler_to_matrix, matrix_to_euler
+from deephemnma.hemnma.reference import AlignReference
+CTF_MODES = ('flipped', 'full', 'none')
+#: Up to this many modes the default global search starts from all 2^M corners of the amplitude box.
+MAX_CORNER_MODES = 3
+
+
+@dataclass
+class AlignSettings:
+    """Parameters of the search and refinement (resolutions in Angstrom, shifts in pixels of the images).
+
+    The global search starts from every combination of ``start_amplitudes`` for each mode; by default
+    (None) from +-``start_displacement`` Angstrom RMS along each mode (+-100 for all-atom AK modes 7-9): all
+    2^M corners for up to :data:`MAX_CORNER_MODES` modes, else the reference and one step each way per mode.
+    Refinement stage ``i`` runs ``refine_steps[i]`` Adam steps at ``refine_resolutions[i]`` and keeps the
+    ``refine_keep[i]`` best candidates of each image.
+    """
+
+    angular_step: float = 10.0
+    shift_range: float = 6.0
+    shift_step: float = 2.0
+    search_resolution: float = 10.0
+    start_amplitudes: Optional[Tuple[float, ...]] = None
+    start_displacement: float = 2.5
+    top_k: int = 8
+    refine_resolutions: Tuple[float, ...] = (10.0, 7.0, 5.0, 3.5)
+    refine_steps: Tuple[int, ...] = (30, 25, 25, 25)
+    refine_keep: Tuple[int, ...] = (3, 1, 1, 1)
+    learning_rate: float = 0.5
+    ctf_mode: str = 'flipped'
+    template_chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.ctf_mode not in CTF_MODES:
+            raise ValueError(f"ctf_mode '{self.ctf_mode}' must be one of {CTF_MODES}")
+        if not (len(self.refine_resolutions) == len(self.refine_steps) == len(self.refine_keep)):
+            raise ValueError('refine_resolutions, refine_steps and refine_keep must have the same length')
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers
+# ----------------------------------------------------------------------------------------------
+def orientation_grid(step_deg: float) -> np.ndarray:
+    """Euler angles (R, 3) degrees covering SO(3) about every ``step_deg``.
+
+    Projection directions on a Fibonacci sphere (about ``4 pi / step^2`` of them) times in-plane angles every
+    ``step_deg`` (psi), in Xmipp's ZYZ convention (the direction is given by rot and tilt).
+    """
+    step = math.radians(step_deg)
+    count = max(int(round(4.0 * math.pi / step ** 2)), 2)
+    index = np.arange(count) + 0.5
+    tilt = np.degrees(np.arccos(1.0 - 2.0 * index / count))
+    rot = np.degrees(np.mod(index * math.pi * (3.0 - math.sqrt(5.0)), 2.0 * math.pi))
+    psi = np.arange(0.0, 360.0, step_deg)
+    directions = np.stack([rot, tilt], axis=1)
+    grid = np.concatenate([np.repeat(directions, len(psi), axis=0), np.tile(psi, count)[:, None]], axis=1)
+    return grid
+
+
+def amplitude_grid(values: Sequence[float], num_modes: int) -> np.ndarray:
+    """Starting conformations (C, M) of the global search: every combination of ``values`` for each mode."""
+    if num_modes == 0:
+        return np.zeros((1, 0))
+    mesh = np.meshgrid(*([np.asarray(sorted(set(float(v) for v in values)))] * num_modes), indexing='ij')
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+def small_rotation(vectors: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``Exp([w]_x)`` (..., 3, 3) of rotation vectors ``w`` (..., 3) radians (Rodrigues)."""
+    theta2 = (vectors ** 2).sum(-1, keepdim=True)[..., None]
+    theta = torch.sqrt(theta2 + 1e-12)
+    x, y, z = vectors.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                        torch.stack([-y, x, zero], -1)], -2)
+    eye = torch.eye(3, dtype=vectors.dtype, device=vectors.device).expand_as(skew)
+    a = torch.sin(theta) / theta
+    b = (1.0 - torch.cos(theta)) / (theta2 + 1e-12)
+    small = theta2 < 1e-8
+    a = torch.where(small, 1.0 - theta2 / 6.0, a)
+    b = torch.where(small, 0.5 - theta2 / 24.0, b)
+    return eye + a * skew + b * (skew @ skew)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fourier-space images
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class FourierBand:
+    """The frequencies of a disk of ``radius`` Fourier pixels on the cropped rfft grid of a ``box`` image."""
+
+    box: int
+    radius: float
+    rows: torch.Tensor       # (F,) index into the cropped grid rows
+    cols: torch.Tensor       # (F,) index into the cropped grid columns
+    fy: torch.Tensor         # (F,) cycles per pixel
+    fx: torch.Tensor
+
+    @classmethod
+    def make(cls, box: int, radius: float, device: torch.device) -> 'FourierBand':
+        radius = float(min(radius, box // 2 - 1))
+        iy, ix = fourier_indices(box, radius, device)
+        rr, cc = torch.meshgrid(torch.arange(len(iy), device=device), torch.arange(len(ix), device=device),
+                                indexing='ij')
+        ky, kx = iy[rr].double(), ix[cc].double()
+        inside = (ky ** 2 + kx ** 2 <= radius ** 2) & ((ky != 0) | (kx != 0))
+        # On the kx = 0 column only half of the rows are independent (Hermitian symmetry), so every kept
+        # frequency stands for a Hermitian pair and all carry the same weight in correlations.
+        inside = inside & ((kx > 0) | (ky > 0))
+        return cls(box, radius, rr[inside], cc[inside], (ky[inside] / box).float(), (kx[inside] / box).float())
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.numel())
+
+    def take(self, cropped: torch.Tensor) -> torch.Tensor:
+        """Values ``(..., F)`` of cropped rfft arrays ``(..., H, W)`` at the band's frequencies."""
+        return cropped[..., self.rows, self.cols]
+
+
+@dataclass
+class PreparedImages:
+    """Images in Fourier space (full rfft grid) with the CTF factor of the model, for a batch."""
+
+    transforms: torch.Tensor    # (B, box, box//2+1) complex
+    ctf: torch.Tensor           # (B, box, box//2+1) real factor applied to the model
+
+    def band(self, band: FourierBand) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(images (B, F) complex, ctf (B, F))`` on ``band``."""
+        images = band.take(crop_rfft(self.transforms, band.radius))
+        ctf = band.take(crop_rfft(self.ctf, band.radius))
+        return images, ctf
+
+
+def prepare_images(images: torch.Tensor, ctf_params: Optional[CTFParams], pixel_size: float,
+                   ctf_mode: str) -> PreparedImages:
+    """Fourier transforms of ``(B, box, box)`` images and the CTF factor of their model."""
+    images = images - images.mean(dim=(-2, -1), keepdim=True)
+    transforms = torch.fft.rfft2(images)
+    count, box = images.shape[0], images.shape[-1]
+    if ctf_mode == 'none' or ctf_params is None:
+        factor = torch.ones(count, box, box // 2 + 1, device=images.device, dtype=images.dtype)
+    else:
+        factor = ctf_2d(ctf_params, box, pixel_size, count, device=images.device, dtype=images.dtype)
+        if ctf_mode == 'flipped':
+            factor = factor.abs()
+    return PreparedImages(transforms, factor)
+
+
+def ncc(model: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Normalised cross-correlation of complex ``(..., F)`` arrays (band frequencies, one per Hermitian pair)."""
+    num = (model.conj() * images).real.sum(-1)
+    den = torch.sqrt((model.abs() ** 2).sum(-1) * (images.abs() ** 2).sum(-1) + 1e-30)
+    return num / den
+
+
+# ----------------------------------------------------------------------------------------------
+# The aligner
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Candidates:
+    """Poses per image and candidate: rotations (B, K, 3, 3), shifts (B, K, 2) px, amplitudes (B, K, M)."""
+
+    rotations: torch.Tensor
+    shifts: torch.Tensor
+    amplitudes: torch.Tensor
+    scores: torch.Tensor = None
+
+
+@dataclass
+class _Library:
+    templates: torch.Tensor      # (T, 2F) real: [Re, Im] of the template transforms
+    power: torch.Tensor          # (T, F) |template|^2
+    rotations: torch.Tensor      # (T, 3, 3)
+    amplitudes: torch.Tensor     # (T, M)
+    band: FourierBand
+
+
+class Aligner:
+    """Aligns batches of images of one size and pixel size against one reference."""
+
+    def __init__(self, reference: AlignReference, box: int, pixel_size: float,
+                 settings: AlignSettings = AlignSettings(), device: torch.device = torch.device('cpu')):
+        self.reference = reference
+        self.box = int(box)
+        self.pixel_size = float(pixel_size)
+        self.settings = settings
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.coords = torch.as_tensor(reference.coords, dtype=self.dtype, device=self.device)
+        self.vectors = torch.as_tensor(reference.vectors, dtype=self.dtype, device=self.device)
+        self.model = reference.model.to(self.device, self.dtype)
+        self.amplitude_unit = torch.as_tensor(reference.amplitude_scale(), dtype=self.dtype, device=self.device)
+        self.rotation_unit = 1.0 / max(reference.radius_of_gyration(), 1.0)
+        self.shift_unit = 1.0 / self.pixel_size
+        self._library: Optional[_Library] = None
+        self._projectors: Dict[float, FourierProjector] = {}
+
+    # -- forward model ----------------------------------------------------------------------------
+    def radius(self, resolution: float) -> float:
+        """Fourier radius (pixels of the rfft grid) of ``resolution`` Angstrom."""
+        return self.box * self.pixel_size / resolution
+
+    def projector(self, band: FourierBand) -> FourierProjector:
+        """The forward model on the cropped grid of ``band`` (made once per band radius)."""
+        if band.radius not in self._projectors:
+            self._projectors[band.radius] = FourierProjector(self.model, self.box, self.pixel_size, band.radius,
+                                                             self.device, self.dtype)
+        return self._projectors[band.radius]
+
+    def deformed(self, amplitudes: torch.Tensor) -> torch.Tensor:
+        """Coordinates (B, N, 3) of the reference displaced by amplitudes (B, M)."""
+        return deform(self.coords, self.vectors, amplitudes)
+
+    def project_band(self, amplitudes: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
+                     band: FourierBand) -> torch.Tensor:
+        """Model transforms (B, F) on ``band`` (no CTF)."""
+        return band.take(self.projector(band)(self.deformed(amplitudes), rotations, shifts))
+
+    # -- global search ------------------------------------------------------------------------------
+    def library(self) -> _Library:
+        """The projection library of the global search (built once per aligner)."""
+        if self._library is None:
+            self._library = self._build_library()
+        return self._library
+
+    def _build_library(self) -> _Library:
+        s = self.settings
+        band = FourierBand.make(self.box, self.radius(s.search_resolution), self.device)
+        rotations = torch.as_tensor(euler_to_matrix(orientation_grid(s.angular_step)), dtype=self.dtype,
+                                    device=self.device)
+        starts = torch.as_tensor(self.start_conformations(), dtype=self.dtype, device=self.device)
+        parts, powers, rot_all, amp_all = [], [], [], []
+        with torch.no_grad():
+            for amplitudes in starts:
+                coords = self.deformed(amplitudes[None])[0]
+                for start in range(0, len(rotations), s.template_chunk):
+                    chunk = rotations[start:start + s.template_chunk]
+                    values = band.take(self.projector(band)(coords, chunk, None))
+                    parts.append(torch.cat([values.real, values.imag], dim=1))
+                    powers.append(values.abs() ** 2)
+                rot_all.append(rotations)
+                amp_all.append(amplitudes[None].expand(len(rotations), -1))
+        return _Library(torch.cat(parts), torch.cat(powers), torch.cat(rot_all), torch.cat(amp_all), band)
+
+    def start_conformations(self) -> np.ndarray:
+        """Starting amplitudes (C, M) of the global search (see :class:`AlignSettings`)."""
+        s = self.settings
+        if s.start_amplitudes is not None:
+            return amplitude_grid(s.start_amplitudes, self.reference.num_modes)
+        modes = self.reference.num_modes
+        unit = self.reference.amplitude_scale() * s.start_displacement
+        if modes > MAX_CORNER_MODES:
+            # 2^M corners would be too many templates: the reference and +-1 step along each mode instead.
+            axes = np.concatenate([np.zeros((1, modes)), np.eye(modes), -np.eye(modes)])
+            return axes * unit[None, :]
+        signs = amplitude_grid((-1.0, 1.0), modes)
+        return signs * unit[None, :] if modes else signs
+
+    def shift_grid(self) -> torch.Tensor:
+        """Shifts (S, 2) pixels of the global search."""
+        s = self.settings
+        steps = int(math.floor(s.shift_range / s.shift_step + 1e-9))
+        values = torch.arange(-steps, steps + 1, device=self.device, dtype=self.dtype) * s.shift_step
+        sy, sx = torch.meshgrid(values, values, indexing='ij')
+        return torch.stack([sx.reshape(-1), sy.reshape(-1)], dim=1)
+
+    def global_search(self, prepared: PreparedImages) -> Candidates:
+        """Best ``top_k`` distinct candidates per image from the library (no prior pose)."""
+        s = self.settings
+        lib = self.library()
+        band = lib.band
+        images, ctf = prepared.band(band)
+        batch = images.shape[0]
+        shifts = self.shift_grid()
+        # Model drawn at -s: correlate with images multiplied by exp(-2 pi i k.s).
+        phase = torch.polar(torch.ones(len(shifts), band.size, device=self.device, dtype=self.dtype),
+                            -2.0 * math.pi * (shifts[:, :1] * band.fx[None] + shifts[:, 1:] * band.fy[None]))
+        weighted = images * ctf                                                      # (B, F)
+        shifted = weighted[:, None, :] * phase[None]                                  # (B, S, F)
+        columns = torch.cat([shifted.real, shifted.imag], dim=-1).reshape(batch * len(shifts), -1).T
+        ctf_power = (ctf ** 2).T                                                      # (F, B)
+        image_norm = torch.sqrt((images.abs() ** 2).sum(-1))                          # (B,)
+        pool = min(64, len(lib.templates))
+        best_scores = torch.full((batch, 0), -2.0, device=self.device, dtype=self.dtype)
+        best_index = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
+        best_shift = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(lib.templates), s.template_chunk):
+                num = lib.templates[start:start + s.template_chunk] @ columns         # (T, B*S)
+                num = num.reshape(-1, batch, len(shifts))
+                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power + 1e-30)   # (T, B)
+                score, shift_index = (num / norm[..., None]).max(dim=2)               # (T, B)
+                score = score.T / image_norm[:, None]
+                index = torch.arange(start, start + score.shape[1], device=self.device).expand(batch, -1)
+                best_scores = torch.cat([best_scores, score], dim=1)
+                best_index = torch.cat([best_index, index], dim=1)
+                best_shift = torch.cat([best_shift, shift_index.T], dim=1)
+                keep = best_scores.topk(min(pool, best_scores.shape[1]), dim=1).indices
+                best_scores = best_scores.gather(1, keep)
+                best_index = best_index.gather(1, keep)
+                best_shift = best_shift.gather(1, keep)
+        chosen = self._distinct(lib.rotations[best_index], s.top_k, 1.5 * s.angular_step)
+        index = best_index.gather(1, chosen)
+        return Candidates(lib.rotations[index], shifts[best_shift.gather(1, chosen)], lib.amplitudes[index],
+                          best_scores.gather(1, chosen))
+
+    @staticmethod
+    def _distinct(rotations: torch.Tensor, count: int, min_angle_deg: float) -> torch.Tensor:
+        """Per image, positions of up to ``count`` candidates (sorted by score) at least ``min_angle`` apart.
+
+        ``rotations`` (B, P, 3, 3) sorted best first; where fewer are distinct, the best are repeated.
+        """
+        batch, pool = rotations.shape[:2]
+        relative = torch.einsum('bpji,bqjk->bpqik', rotations, rotations)
+        trace = relative.diagonal(dim1=-2, dim2=-1).sum(-1)
+        cos_min = math.cos(math.radians(min_angle_deg))
+        near = (trace - 1.0) / 2.0 > cos_min                                           # (B, P, P)
+        chosen = torch.zeros(batch, count, dtype=torch.long, device=rotations.device)
+        taken = torch.zeros(batch, pool, dtype=torch.bool, device=rotations.device)
+        blocked = torch.zeros(batch, pool, dtype=torch.bool, device=rotations.device)
+        rows = torch.arange(batch, device=rotations.device)
+        for k in range(count):
+            free = ~blocked
+            has_free = free.any(dim=1)
+            first = torch.where(has_free, free.float().argmax(dim=1), torch.zeros_like(rows))
+            chosen[:, k] = first
+            taken[rows, first] = True
+            blocked = blocked | near[rows, first] | taken
+        return chosen
+
+    # -- continuous refinement -----------------------------------------------------------------------
+    def refine(self, prepared: PreparedImages, candidates: Candidates) -> Candidates:
+        """Joint refinement of amplitudes, rotations and shifts, coarse to fine; returns the best per image."""
+        s = self.settings
+        current = candidates
+        for stage, (resolution, steps, keep) in enumerate(zip(s.refine_resolutions, s.refine_steps,
+                                                              s.refine_keep)):
+            band = FourierBand.make(self.box, self.radius(resolution), self.device)
+            images, ctf = prepared.band(band)
+            current = self._refine_stage(images, ctf, band, current, steps, s.learning_rate / (1 + stage))
+            order = current.scores.argsort(dim=1, descending=True)[:, :keep]
+            current = _gather_candidates(current, order)
+        return current
+
+    def _refine_stage(self, images: torch.Tensor, ctf: torch.Tensor, band: FourierBand, start: Candidates,
+                      steps: int, learning_rate: float) -> Candidates:
+        batch, count = start.shifts.shape[:2]
+        flat = batch * count
+        rot0 = start.rotations.reshape(flat, 3, 3).detach()
+        shift0 = start.shifts.reshape(flat, 2).detach()
+        amp0 = start.amplitudes.reshape(flat, -1).detach()
+        images = images[:, None, :].expand(-1, count, -1).reshape(flat, -1)
+        ctf = ctf[:, None, :].expand(-1, count, -1).reshape(flat, -1)
+        p_amp = torch.zeros_like(amp0, requires_grad=True)
+        p_rot = torch.zeros(flat, 3, dtype=self.dtype, device=self.device, requires_grad=True)
+        p_shift = torch.zeros_like(shift0, requires_grad=True)
+        optimiser = torch.optim.Adam([p_amp, p_rot, p_shift], lr=learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1.0 - 0.9 * i / max(steps, 1))
+
+        def current():
+            amplitudes = amp0 + p_amp * self.amplitude_unit
+            rotations = small_rotation(p_rot * self.rotation_unit) @ rot0
+            shifts = shift0 + p_shift * self.shift_unit
+            return amplitudes, rotations, shifts
+
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            amplitudes, rotations, shifts = current()
+            model = self.project_band(amplitudes, rotations, shifts, band) * ctf
+            loss = -ncc(model, images).sum()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        with torch.no_grad():
+            amplitudes, rotations, shifts = current()
+            model = self.project_band(amplitudes, rotations, shifts, band) * ctf
+            scores = ncc(model, images)
+        return Candidates(rotations.reshape(batch, count, 3, 3), shifts.reshape(batch, count, 2),
+                          amplitudes.reshape(batch, count, -1), scores.reshape(batch, count))
+
+    # -- whole batches --------------------------------------------------------------------------------
+    def align(self, images: torch.Tensor, ctf_params: Optional[CTFParams] = None,
+              initial: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Align ``(B, box, box)`` images; ``initial`` (local mode) holds ``angles`` (B, 3) deg, ``shifts``
+        (B, 2) px and optionally ``amplitudes`` (B, M). Returns numpy ``angles``, ``shifts``, ``amplitudes``,
+        ``score`` (NCC at the finest resolution)."""
+        images = torch.as_tensor(images, dtype=self.dtype).to(self.device)
+        prepared = prepare_images(images, ctf_params, self.pixel_size, self.settings.ctf_mode)
+        if initial is None:
+            candidates = self.global_search(prepared)
+        else:
+            candidates = self._initial_candidates(initial, images.shape[0])
+        best = self.refine(prepared, candidates)
+        rotations = best.rotations[:, 0].detach().double().cpu().numpy()
+        return {'angles': matrix_to_euler(rotations), 'shifts': best.shifts[:, 0].detach().double().cpu().numpy(),
+                'amplitudes': best.amplitudes[:, 0].detach().double().cpu().numpy(),
+                'score': best.scores[:, 0].detach().double().cpu().numpy()}
+
+    def _initial_candidates(self, initial: Dict[str, np.ndarray], batch: int) -> Candidates:
+        angles = np.asarray(initial['angles'], dtype=np.float64).reshape(batch, 3)
+        shifts = np.asarray(initial['shifts'], dtype=np.float64).reshape(batch, 2)
+        amplitudes = initial.get('amplitudes')
+        amplitudes = np.zeros((batch, self.reference.num_modes)) if amplitudes is None else \
+            np.asarray(amplitudes, dtype=np.float64).reshape(batch, -1)
+        as_tensor = (lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)[:, None])
+        return Candidates(as_tensor(euler_to_matrix(angles)), as_tensor(shifts), as_tensor(amplitudes))
+
+
+def _gather_candidates(candidates: Candidates, order: torch.Tensor) -> Candidates:
+    def take(values: torch.Tensor) -> torch.Tensor:
+        index = order.reshape(order.shape + (1,) * (values.ndim - 2)).expand(order.shape + values.shape[2:])
+        return values.gather(1, index)
+    return Candidates(take(candidates.rotations), take(candidates.shifts), take(candidates.amplitudes),
+                      candidates.scores.gather(1, order))

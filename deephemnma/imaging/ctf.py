@@ -1,0 +1,144 @@
+"""The contrast transfer function (CTF), its application and phase flipping, batched in torch.
+
+Conventions (RELION/cisTEM): defocus in Angstrom, positive = underfocus; ``defocus_angle`` (degrees) is the angle
+of the ``defocus_u`` axis from the image x axis; spherical aberration ``cs`` in mm; voltage in kV. With spatial
+frequency ``k`` (1/Angstrom) at angle ``alpha``::
+
+    chi(k) = pi lambda dz(alpha) k^2 - pi/2 Cs lambda^3 k^4 + phase_shift
+    CTF(k) = -(sqrt(1 - w^2) sin(chi) + w cos(chi))          (w = amplitude contrast)
+
+so the CTF is negative at low frequency (dark particles on a bright background after multiplying a positive
+potential projection). Xmipp writes defocus in Angstrom too (``ctfDefocusU``); its older "-0.5 um" notation means
+0.5 um underfocus, i.e. ``defocus_u = 5000`` here.
+"""
+from __future__ import annotations
+
+import math
+import torch
+import numpy as np
+from dataclasses import dataclass, fields
+from typing import Union, Optional
+
+Number = Union[float, torch.Tensor]
+
+
+def wavelength(voltage_kv: float) -> float:
+    """Relativistic electron wavelength (Angstrom) at ``voltage_kv`` kilovolts."""
+    volts = voltage_kv * 1e3
+    return 12.2642598 / math.sqrt(volts * (1.0 + 0.978466e-6 * volts))
+
+
+@dataclass
+class CTFParams:
+    """CTF parameters; each field a float or a ``(B,)`` tensor (one value per image)."""
+
+    defocus_u: Number
+    defocus_v: Number
+    defocus_angle: Number = 0.0
+    voltage: float = 300.0
+    cs: float = 2.7
+    amplitude_contrast: float = 0.1
+    phase_shift: Number = 0.0
+
+    def batched(self, count: int, device: torch.device, dtype: torch.dtype = torch.float32) -> 'CTFParams':
+        """A copy with every per-image field as a ``(count,)`` tensor on ``device``."""
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name in ('voltage', 'cs', 'amplitude_contrast'):
+                values[field.name] = float(value)
+            else:
+                tensor = torch.as_tensor(value, device=device, dtype=dtype)
+                values[field.name] = tensor.expand(count).clone() if tensor.ndim == 0 else tensor.reshape(count)
+        return CTFParams(**values)
+
+
+def frequency_grid(box: int, pixel_size: float, rfft: bool = True, device: torch.device = torch.device('cpu'),
+                   dtype: torch.dtype = torch.float32):
+    """Spatial frequencies ``(ky, kx)`` in 1/Angstrom on the (r)fft grid of a ``box x box`` image."""
+    ky = torch.fft.fftfreq(box, d=pixel_size, device=device, dtype=dtype)
+    kx = (torch.fft.rfftfreq if rfft else torch.fft.fftfreq)(box, d=pixel_size, device=device, dtype=dtype)
+    return torch.meshgrid(ky, kx, indexing='ij')
+
+
+def ctf_2d(params: CTFParams, box: int, pixel_size: float, count: int = 1, rfft: bool = True,
+           device: torch.device = torch.device('cpu'), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The CTF on the (r)fft grid: ``(count, box, box // 2 + 1)`` (or ``(count, box, box)`` if not rfft)."""
+    p = params.batched(count, device, dtype)
+    ky, kx = frequency_grid(box, pixel_size, rfft, device, dtype)
+    k2 = kx ** 2 + ky ** 2
+    angle = torch.atan2(ky, kx)
+    lam = wavelength(p.voltage)
+    mean = 0.5 * (p.defocus_u + p.defocus_v)
+    half_diff = 0.5 * (p.defocus_u - p.defocus_v)
+    astig = torch.deg2rad(p.defocus_angle)
+    defocus = mean[:, None, None] + half_diff[:, None, None] * torch.cos(2.0 * (angle[None] - astig[:, None, None]))
+    cs_angstrom = p.cs * 1e7
+    chi = (math.pi * lam * defocus * k2[None] - 0.5 * math.pi * cs_angstrom * lam ** 3 * (k2 ** 2)[None]
+           + torch.deg2rad(p.phase_shift)[:, None, None])
+    w = p.amplitude_contrast
+    return -(math.sqrt(1.0 - w * w) * torch.sin(chi) + w * torch.cos(chi))
+
+
+def apply_ctf(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:
+    """Multiply ``(B, H, W)`` images by their CTFs in Fourier space."""
+    ctf = ctf_2d(params, images.shape[-1], pixel_size, images.shape[0], device=images.device, dtype=images.dtype)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * ctf, s=images.shape[-2:])
+
+
+def phase_flip(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:
+    """Phase-flip ``(B, H, W)`` images: multiply their Fourier transforms by the sign of their CTFs."""
+    ctf = ctf_2d(params, images.shape[-1], pixel_size, images.shape[0], device=images.device, dtype=images.dtype)
+    return torch.fft.irfft2(torch.fft.rfft2(images) * torch.sign(ctf), s=images.shape[-2:])
+
+
+def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_contrast: float,
+                         max_frequency: float, phase_shift: float = 0.0) -> torch.Tensor:
+    """Frequencies (1/Angstrom) below ``max_frequency`` where the (non-astigmatic) CTF is zero."""
+    lam = wavelength(voltage)
+    cs_angstrom = cs * 1e7
+    offset = math.atan2(amplitude_contrast, math.sqrt(1.0 - amplitude_contrast ** 2)) + math.radians(phase_shift)
+    zeros = []
+    for n in range(0, 1000):
+        # chi(k) + offset = n pi, with chi = pi lam dz k^2 - pi/2 Cs lam^3 k^4: a quadratic in u = k^2.
+        a, b, c = -0.5 * math.pi * cs_angstrom * lam ** 3, math.pi * lam * defocus, offset - n * math.pi
+        disc = b * b - 4 * a * c
+        if disc < 0:
+            break
+        u = (-b + math.sqrt(disc)) / (2 * a)
+        if u <= 0:
+            continue
+        k = math.sqrt(u)
+        if k > max_frequency:
+            break
+        zeros.append(k)
+    return torch.tensor(zeros)
+
+
+@dataclass(frozen=True)
+class CTFTable:
+    """Per-image CTF parameters: defocus (Angstrom, positive = underfocus) and astigmatism angle (degrees)."""
+
+    defocus_u: np.ndarray
+    defocus_v: np.ndarray
+    defocus_angle: np.ndarray
+    voltage: float
+    cs: float
+    amplitude_contrast: float
+
+    def params(self, indices: np.ndarray) -> CTFParams:
+        """The :class:`CTFParams` of the images at ``indices``."""
+        return CTFParams(defocus_u=torch.as_tensor(self.defocus_u[indices], dtype=torch.float32),
+                         defocus_v=torch.as_tensor(self.defocus_v[indices], dtype=torch.float32),
+                         defocus_angle=torch.as_tensor(self.defocus_angle[indices], dtype=torch.float32),
+                         voltage=self.voltage, cs=self.cs, amplitude_contrast=self.amplitude_contrast)
+
+
+def ctf_table(particles) -> Optional[CTFTable]:
+    """The :class:`CTFTable` of a :class:`~deephemnma.data.particles.Particles` (None without defocus)."""
+    if particles.defocus_u is None:
+        return None
+    defocus_v = particles.defocus_v if particles.defocus_v is not None else particles.defocus_u
+    angle = particles.defocus_angle if particles.defocus_angle is not None else np.zeros(len(particles))
+    return CTFTable(np.asarray(particles.defocus_u), np.asarray(defocus_v), np.asarray(angle),
+                    float(particles.voltage), float(particles.cs), float(particles.amplitude_contrast))

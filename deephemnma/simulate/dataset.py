@@ -1,0 +1,192 @@
+"""TODO docstring"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import numpy as np
+import torch
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+from deephemnma.runtime.chunks import ChunkStore
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.nma.deform import deform
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.data.images import StackWriter, write_map
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.formats import write_particles
+from deephemnma.molecule.structure import write_structure
+from deephemnma.simulate.physics import CALIBRATION_COUNT
+from deephemnma.simulate.parameters import ParticleParameters
+from deephemnma.simulate.config import SimulationConfig
+from deephemnma.simulate.setup import SimulationSetup
+from deephemnma.simulate.setup import check_fits
+from deephemnma.simulate.parameters import chunk_seed
+from deephemnma.simulate.physics import ctf_rows
+from deephemnma.simulate.physics import noise_std_for_snr
+from deephemnma.simulate.parameters import sample_parameters
+from deephemnma.simulate.setup import setup_from_config
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.config import validate_config
+#: File names in a simulation folder.
+STACK_NAME = 'particles.mrcs'
+STAR_NAME = 'particles.star'
+XMD_NAME = 'particles.xmd'
+TRUTH_NAME = 'ground_truth.npz'
+AMPLITUDES_NAME = 'true_amplitudes.txt'
+REFERENCE_NAME = 'reference.pdb'
+MAP_NAME = 'reference_map.mrc'
+MODES_NAME = 'modes.npz'
+MODES_FOLDER = 'modes_xmipp'
+CONFIG_NAME = 'simulation.json'
+CHUNKS_FOLDER = '.chunks'
+
+
+def sampled_radius(setup: SimulationSetup, amplitudes: np.ndarray, limit: int = 2000) -> float:
+    """Largest atom distance (Angstrom) from the centre over (up to ``limit`` evenly spaced) conformations."""
+    rows = np.unique(np.linspace(0, len(amplitudes) - 1, min(limit, len(amplitudes))).astype(int))
+    with torch.no_grad():
+        coords = deform(setup.structure.coords, setup.modes.vectors, amplitudes[rows])
+    return float(max(setup.radius, coords.norm(dim=-1).max()))
+
+
+def check_setup(config: SimulationConfig, setup: SimulationSetup, params: ParticleParameters) -> Optional[str]:
+    """InputError when the configuration is impossible for this molecule (image too small, ...); returns a
+    warning when shifts may push the outermost atoms past the edge (see :func:`check_fits`)."""
+    problems = validate_config(config)
+    if problems:
+        raise InputError('; '.join(problems))
+    return check_fits(sampled_radius(setup, params.amplitudes), config.box, config.pixel_size, config.max_shift)
+
+
+class _Outputs:
+    """Paths of a simulation folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.stack, self.star, self.xmd = folder / STACK_NAME, folder / STAR_NAME, folder / XMD_NAME
+        self.truth, self.amplitudes = folder / TRUTH_NAME, folder / AMPLITUDES_NAME
+        self.reference, self.map, self.modes = folder / REFERENCE_NAME, folder / MAP_NAME, folder / MODES_NAME
+        self.modes_xmipp, self.config, self.chunks = folder / MODES_FOLDER, folder / CONFIG_NAME, folder / CHUNKS_FOLDER
+
+
+def write_reference_files(outputs: _Outputs, setup: SimulationSetup, config: SimulationConfig) -> None:
+    """Centred reference PDB, its modes (.npz and Xmipp layout) and its map at the images' sampling."""
+    from deephemnma.nma.files import write_modes
+    write_structure(outputs.reference, setup.structure)
+    setup.modes.save(outputs.modes)
+    write_modes(outputs.modes_xmipp, setup.modes, path_prefix=MODES_FOLDER)
+    volume = atoms_to_map(setup.structure.coords, list(setup.structure.elements), config.box, config.pixel_size,
+                          config.bfactor)
+    write_map(outputs.map, volume, config.pixel_size)
+
+
+def write_ground_truth(outputs: _Outputs, setup: SimulationSetup, config: SimulationConfig,
+                       params: ParticleParameters) -> None:
+    """STAR and .xmd metadata (poses, CTF, amplitudes), the amplitudes as text and everything as .npz."""
+    particles = Particles(image=stack_locations(STACK_NAME, config.count), pixel_size=config.pixel_size,
+                          angles=params.angles, shifts=params.shifts, amplitudes=params.amplitudes,
+                          defocus_u=params.defocus_u, defocus_v=params.defocus_v,
+                          defocus_angle=params.defocus_angle, voltage=config.voltage, cs=config.cs,
+                          amplitude_contrast=config.amplitude_contrast)
+    write_particles(outputs.star, particles)
+    write_particles(outputs.xmd, particles)
+    numbers = ' '.join(str(int(n)) for n in setup.modes.numbers)
+    with atomic_path(outputs.amplitudes, suffix='.txt') as tmp:
+        np.savetxt(tmp, params.amplitudes, fmt='%.6f',
+                   header=f'ground-truth amplitudes of modes {numbers} (unit-norm mode vectors on the '
+                          f'{len(setup.structure)}-atom reference); one row per image, in stack order')
+    arrays = {k: v for k, v in dataclasses.asdict(params).items() if v is not None}
+    with atomic_path(outputs.truth, suffix='.npz') as tmp:
+        np.savez(tmp, mode_numbers=setup.modes.numbers, centre=setup.centre, **arrays)
+
+
+def _load_finished(outputs: _Outputs, settings: dict) -> Optional[dict]:
+    if not (outputs.config.exists() and outputs.stack.exists()):
+        return None
+    record = json.loads(outputs.config.read_text())
+    return record if record.get('config') == settings else None
+
+
+def _simulate_chunks(chunks: Iterator[int], store: ChunkStore, writer: StackWriter, setup: SimulationSetup,
+                     config: SimulationConfig, params: ParticleParameters, ctf: Optional[CTFParams],
+                     noise_std: Optional[float], device: torch.device, batch_size: int) -> None:
+    """Simulate and write each pending chunk; its record is saved only once its images are on disk."""
+    for chunk in chunks:
+        rows = store.chunk_range(chunk)
+        part = slice(rows.start, rows.stop)
+        result = simulate_particles(
+            setup, params.amplitudes[part], params.angles[part], params.shifts[part], config.box,
+            config.pixel_size, None if ctf is None else ctf_rows(ctf, part),
+            config.snr, chunk_seed(config.seed, chunk), config.noise_before_ctf, config.snr_scope, noise_std,
+            config.phase_flip, config.invert_contrast, config.oversampling, return_clean=True, device=device,
+            batch_size=batch_size, snr_grid=config.snr_grid)
+        writer.write(rows.start, result.images)
+        writer.flush()
+        noise = result.images - result.clean
+        store.save(chunk, {'signal_variance': result.clean.var(axis=(1, 2), dtype=np.float64),
+                           'noise_variance': noise.var(axis=(1, 2), dtype=np.float64)})
+
+
+def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, device: str | torch.device = 'cpu',
+                     batch_size: int = 128, setup: Optional[SimulationSetup] = None,
+                     progress: Optional[Callable[[Iterator[int], int], Iterator[int]]] = None) -> dict:
+    """Simulate ``config.count`` images into ``out_dir`` chunk by chunk; resumable; returns the record.
+
+    Writes (see the module constants) the stack, STAR and .xmd metadata with the CTF and the ground-truth
+    poses and amplitudes, ``true_amplitudes.txt``, ``ground_truth.npz``, the centred reference PDB, its
+    modes and map, and ``simulation.json`` (the configuration, the noise level and the measured SNR) last.
+    Memory holds one chunk of images at a time. ``progress(iterator, total)`` may wrap the chunk loop (tqdm).
+    A finished folder with the same configuration is left as it is; a killed run resumes where it stopped.
+    """
+    outputs = _Outputs(Path(out_dir))
+    settings = config.to_dict()
+    finished = _load_finished(outputs, settings)
+    if finished is not None:
+        return finished
+    setup = setup_from_config(config) if setup is None else setup
+    params = sample_parameters(config, setup.num_modes)
+    warning = check_setup(config, setup, params)
+    outputs.folder.mkdir(parents=True, exist_ok=True)
+    write_reference_files(outputs, setup, config)
+    write_ground_truth(outputs, setup, config, params)
+    ctf = params.ctf(config)
+    ctf = None if ctf is None else ctf.batched(config.count, torch.device('cpu'))
+    device = torch.device(device)
+    noise_std = None
+    if config.snr is not None and config.snr_scope == 'dataset':
+        calibration = slice(0, min(config.count, CALIBRATION_COUNT))
+        noise_std = noise_std_for_snr(setup, params.amplitudes[calibration], params.angles[calibration],
+                                      params.shifts[calibration], config.box, config.pixel_size, config.snr,
+                                      None if ctf is None else ctf_rows(ctf, calibration), config.oversampling,
+                                      device, batch_size, config.snr_grid)
+    store = ChunkStore(outputs.chunks, config.count, config.chunk_size, settings={'config': settings,
+                                                                                  'device': device.type})
+    pending = store.pending()
+    chunks = progress(iter(pending), len(pending)) if progress else iter(pending)
+    partial = outputs.stack.with_name(outputs.stack.name + '.partial')
+    if len(pending) == store.num_chunks and partial.exists():
+        partial.unlink()  # left by a run whose chunk records were removed: start afresh
+    if not partial.exists() and (len(pending) < store.num_chunks and (pending or not outputs.stack.exists())):
+        raise InputError(f'{outputs.chunks} records finished chunks but the partial stack {partial} is gone: '
+                         f'remove {outputs.chunks} to start afresh')
+    if pending or partial.exists():
+        with StackWriter(outputs.stack, config.count, config.box, config.pixel_size,
+                         resume=partial.exists()) as writer:
+            _simulate_chunks(chunks, store, writer, setup, config, params, ctf, noise_std, device, batch_size)
+    stats = store.merged()
+    record = {'config': settings, 'device': device.type, 'noise_std': noise_std,
+              'measured_snr': float(stats['signal_variance'].mean() / stats['noise_variance'].mean())
+              if config.snr is not None else None,
+              'centre': setup.centre.tolist(), 'mode_numbers': [int(n) for n in setup.modes.numbers],
+              'num_atoms': len(setup.structure), 'warning': warning, 'files': {
+                  'stack': STACK_NAME, 'star': STAR_NAME, 'xmd': XMD_NAME, 'ground_truth': TRUTH_NAME,
+                  'amplitudes': AMPLITUDES_NAME, 'reference': REFERENCE_NAME, 'map': MAP_NAME,
+                  'modes': MODES_NAME, 'modes_xmipp': f'{MODES_FOLDER}/modes.xmd'}}
+    with atomic_path(outputs.config, suffix='.json') as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1))
+    shutil.rmtree(outputs.chunks, ignore_errors=True)
+    return record
