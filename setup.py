@@ -12,7 +12,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(),
     include_package_data=True,
-    package_data={'deephemnma': ['templates/*.json.template', 'tests/fixtures/*']},
+    package_data={'deephemnma': ['protocols.conf', 'templates/*.json.template', 'tests/data/*']},
     install_requires=[
         'scipion-pyworkflow>=3.11',
         'scipion-em>=3.11',
@@ -29,7 +29,7 @@ setup(
         'tqdm>=4.60',
         'matplotlib>=3.5',
     ],
-    extras_require={'test': ['pytest>=7'], 'umap': ['umap-learn']},
+    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3', 'ruff>=0.6'], 'umap': ['umap-learn']},
     entry_points={
         'pyworkflow.plugin': ['deephemnma = deephemnma'],
         'console_scripts': ['deephemnma = deephemnma.cli.main:console'],

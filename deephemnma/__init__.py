@@ -1,7 +1,9 @@
 """DeepHEMNMA: continuous conformational heterogeneity in cryo-EM images with normal modes and deep learning.
 
-The computational core (``deephemnma.core``, ``deephemnma.nn``, ``deephemnma.cli``) needs only torch,
-torchvision, numpy and scipy. The Scipion ``Plugin`` class is built on first access (Scipion's plugin discovery
+The computational core (the domain packages ``runtime``, ``molecule``, ``nma``, ``imaging``, ``data``,
+``simulate``, ``hemnma``, ``nn`` and ``space``) and the command line (``cli``, ``bench``) need only torch,
+torchvision, numpy and scipy (and the file-format libraries); the Scipion side is ``protocols``, ``viewers``,
+``convert`` and ``workflow``. The Scipion ``Plugin`` class is built on first access (Scipion's plugin discovery
 asks for it), so importing the core never imports pwem/pyworkflow: the core runs on a bare GPU node, starts fast,
 and the tests can set Scipion's environment before pyworkflow reads it.
 """
@@ -15,7 +17,7 @@ def _build_plugin_class():
         import pwem
     except ImportError as error:  # a bare compute node: no Scipion plugin there
         raise AttributeError(f'deephemnma.Plugin needs Scipion (pwem): {error}') from error
-    from deephemnma.constants import DEFAULT_DEVICE, DEVICE_VAR, TORCHRUN_VAR
+    from deephemnma.constants import TORCHRUN_VAR
 
     class Plugin(pwem.Plugin):
         """Scipion plugin entry: declares the plugin's variables (no binaries to install)."""
@@ -24,14 +26,8 @@ def _build_plugin_class():
 
         @classmethod
         def _defineVariables(cls) -> None:
-            cls._defineVar(DEVICE_VAR, DEFAULT_DEVICE,
-                           description='Default torch device for DeepHEMNMA: auto, cpu or cuda.')
             cls._defineVar(TORCHRUN_VAR, 'torchrun',
                            description='torchrun launcher used for multi-GPU and multi-node runs.')
-
-        @classmethod
-        def getDefaultDevice(cls) -> str:
-            return cls._variable(DEVICE_VAR, DEFAULT_DEVICE)
 
         @classmethod
         def getTorchrun(cls) -> str:

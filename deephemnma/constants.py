@@ -1,8 +1,6 @@
-"""Names shared by the core, the command line and the Scipion protocols."""
+"""The Scipion side's vocabulary: the plugin's variables and the per-particle attribute names of its sets."""
 
-DEVICE_VAR = 'DEEPHEMNMA_DEVICE'
 TORCHRUN_VAR = 'DEEPHEMNMA_TORCHRUN'
-DEFAULT_DEVICE = 'auto'
 
 #: Scipion attribute holding per-particle normal-mode amplitudes (same name as ContinuousFlex/Xmipp).
 AMPLITUDES_ATTR = '_xmipp_nmaDisplacements'
@@ -12,5 +10,5 @@ SCORE_ATTR = '_xmipp_cost'
 EXTRA_PREFIX = '_deephemnma_'
 #: Prefix of the simulator's ground-truth attributes (e.g. '_deephemnma_true_amplitudes').
 TRUE_PREFIX = EXTRA_PREFIX + 'true_'
-#: Smallest image size (px) the network may be given (the ResNet stem and pooling need at least this).
-MIN_NETWORK_BOX = 16
+#: Per-particle attribute holding a particle's coordinates in the conformational space (extra column 'space').
+SPACE_ATTR = EXTRA_PREFIX + 'space'

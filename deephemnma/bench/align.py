@@ -25,15 +25,14 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from deephemnma.hemnma.aligner import AlignSettings, Aligner
+from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.simulate.conformations import helix
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
-from deephemnma.simulate.setup import paper_ak_setup, paper_ctf
+from deephemnma.simulate.conformations import helix
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
-
+from deephemnma.simulate.setup import paper_ak_setup, paper_ctf
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

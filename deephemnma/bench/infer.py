@@ -20,17 +20,16 @@ import numpy as np
 import torch
 
 from deephemnma.bench import work_folder
-from deephemnma.data.images import write_stack
-from deephemnma.runtime.machine import resolve_device
-from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.nn import targets as tg
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.data.stacks import ImageSource
+from deephemnma.nn import targets as tg
+from deephemnma.nn.config import TrainConfig
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.config import TrainConfig
 from deephemnma.nn.modelfile import TrainedModel, load_model, save_model
-from deephemnma.runtime.machine import amp_supported
+from deephemnma.runtime.machine import amp_supported, resolve_device
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

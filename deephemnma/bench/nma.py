@@ -35,10 +35,10 @@ import scipy.ndimage
 import torch
 
 from deephemnma.molecule.density import atoms_to_map
-from deephemnma.nma.elastic import compute_modes
-from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
 from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms
 from deephemnma.molecule.structure import Structure, coarse_grain, read_structure, select_chains
+from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
+from deephemnma.nma.elastic import compute_modes
 
 COPIED_CHAINS = ('L50', 'L70', 'LA0', 'LAA')
 CONTACT_DISTANCE = 5.0

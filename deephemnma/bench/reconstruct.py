@@ -25,14 +25,14 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from deephemnma.molecule.density import atoms_to_map
-from deephemnma.imaging.fsc import fsc
-from deephemnma.imaging.ctf import CTFTable
 from deephemnma.data.stacks import array_batches
-from deephemnma.space.reconstruct import reconstruct
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.fsc import fsc
 from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
-from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.molecule.density import atoms_to_map
 from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.space.reconstruct import reconstruct
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +87,7 @@ def timed_reconstruction(count: int, box: int, pad: float, batch_size: int, devi
     angles = matrix_to_euler(random_rotations(count, rng))
     shifts = rng.uniform(-5, 5, (count, 2))
     defocus = rng.uniform(5000, 20000, count)
-    ctf = CTFTable(defocus, defocus, np.zeros(count), 200.0, 2.0, 0.1)
+    ctf = CTFParams(defocus, defocus, np.zeros(count), 200.0, 2.0, 0.1)
     if device == 'cuda':
         torch.cuda.synchronize()
     started = time.perf_counter()

@@ -18,8 +18,8 @@ Figures (the paper's adenylate kinase: 4AKE chain A, 1,656 atoms, modes 7-9, 128
   one-off calibration of a data set) with ``torch.set_num_threads(2)``, per wall-clock second; the load
   average of the machine before and after is reported, since the cores may be shared, and
   ``images_per_second_cpu_time`` gives the rate per second of the process's CPU time times its threads (the
-  rate the 2 threads reach on idle cores; thread spin-waiting counts as work, so it errs low). ``images_per_second_gpu`` likewise on CUDA
-  (null without a GPU).
+  rate the 2 threads reach on idle cores; thread spin-waiting counts as work, so it errs low).
+  ``images_per_second_gpu`` likewise on CUDA (null without a GPU).
 * ``peak_rss_mb``: peak resident memory (``VmHWM`` of a child process) of ``simulate_to_disk`` writing
   the stack; measured at several image counts to show that it does not grow with the number of images
   (the streaming bound: one chunk of images in memory, the stack's memory map opened per chunk).
@@ -43,14 +43,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from deephemnma.imaging.ctf import CTFParams, ctf_zero_frequencies
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.imaging.rotations import euler_to_matrix
+from deephemnma.molecule.density import atoms_to_map
 from deephemnma.simulate import conformations as conf
 from deephemnma.simulate.parameters import sample_angles, sample_shifts
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import SimulationSetup, paper_ak_setup, paper_ctf
-from deephemnma.imaging.ctf import CTFParams, ctf_zero_frequencies
-from deephemnma.molecule.density import atoms_to_map
-from deephemnma.imaging.filters import fourier_crop
-from deephemnma.imaging.rotations import euler_to_matrix
 
 PAPER_BOX, PAPER_PIXEL = 128, 0.65
 

@@ -30,19 +30,18 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from deephemnma.space.centroids import conformation_maps
-from deephemnma.simulate.conformations import helix
+from deephemnma.data.stacks import array_batches
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.fsc import fsc, soft_sphere_mask
+from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
+from deephemnma.simulate.conformations import helix
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.space.centroids import conformation_maps
 from deephemnma.space.groups import axis_slices, centroids, group_members
-from deephemnma.imaging.ctf import CTFTable
-from deephemnma.data.stacks import array_batches
+from deephemnma.space.plots import save_space_plot
 from deephemnma.space.reconstruct import reconstruct
 from deephemnma.space.reduction import fit_space
-from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
-from deephemnma.simulate.setup import paper_ak_setup
-from deephemnma.simulate.physics import simulate_particles
-from deephemnma.space.plots import save_space_plot
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +67,7 @@ def pc1_spearman(amplitudes: np.ndarray, r: np.ndarray) -> float:
 def _estimated_figure(args: argparse.Namespace) -> Optional[float]:
     if not args.estimated or not args.truth_r:
         return None
-    from deephemnma.cli.space import read_amplitude_set
+    from deephemnma.space.reduction import read_amplitude_set
     _, amplitudes, _ = read_amplitude_set(args.estimated)
     return round(pc1_spearman(amplitudes, np.loadtxt(args.truth_r).reshape(-1)), 4)
 
@@ -91,14 +90,12 @@ def groups_distinct(images: int, min_count: int, box: int, pixel_size: float, sn
     members = group_members(labels)
     centre_amplitudes = centroids(conformations.amplitudes, labels)
     centroid_maps = conformation_maps(setup.modes, centre_amplitudes, box, pixel_size)
-    table = CTFTable(defocus, defocus, np.zeros(images), 200.0, 2.0, 0.1)
+    table = CTFParams(defocus, defocus, np.zeros(images), 200.0, 2.0, 0.1)
     mask = soft_sphere_mask(box, 0.42 * box, 4.0)
     areas = np.zeros((len(members), len(members)))
     for group, indices in enumerate(members):
-        group_ctf = CTFTable(table.defocus_u[indices], table.defocus_v[indices], table.defocus_angle[indices],
-                             200.0, 2.0, 0.1)
         result = reconstruct(array_batches(stack[indices], 256), angles[indices], shifts[indices], box, pixel_size,
-                             ctf=group_ctf, ctf_mode='full')
+                             ctf=table.rows(indices), ctf_mode='full')
         for other, reference in enumerate(centroid_maps):
             areas[group, other] = fsc(result.volume, reference, pixel_size, mask).area()
     distinct = bool(all(areas[g, g] > np.delete(areas[g], g).max() for g in range(len(members))))

@@ -31,27 +31,25 @@ import numpy as np
 import torch
 
 from deephemnma.bench import work_folder
-from deephemnma.simulate import conformations
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, concatenate, stack_locations
+from deephemnma.data.stacks import ImageSource
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.nma.deform import deform
-from deephemnma.data.images import write_stack
-from deephemnma.runtime.machine import resolve_device
-from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.simulate.setup import PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf
+from deephemnma.nn.config import TrainConfig, preset_config
+from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
+from deephemnma.nn.infer import Predictor, predict_source
+from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.targets import decode, labels_from_particles, output_sizes
+from deephemnma.nn.trainer import run_training
+from deephemnma.runtime.machine import amp_supported, resolve_device
+from deephemnma.simulate import conformations
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
-from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.data.stacks import ImageSource
-from deephemnma.nn.infer import Predictor, predict_source
-from deephemnma.nn.targets import decode, output_sizes
-from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.config import TrainConfig, preset_config
-from deephemnma.runtime.machine import amp_supported
-from deephemnma.nn.targets import labels_from_particles
-from deephemnma.nn.modelfile import load_model
-from deephemnma.nn.trainer import run_training
+from deephemnma.simulate.setup import PAPER_DEFOCUS, PAPER_MICROSCOPE, paper_ak_setup, paper_ctf
 
 QUICK = dict(box=64, network_box=32, snr=1.0, ctf=False, train=2000, validation=250, heldout=500, arch='resnet18',
              epochs=None, batch_size=64, lr=1e-3, dropout=0.1, max_rotation=180.0, amp=False, budget_s=900,
@@ -136,16 +134,6 @@ def hemnma_labels(setup, particles: Particles, folder: Path, device: torch.devic
                            chunk_size=batch if device.type == 'cuda' else 64)
 
 
-def _concatenate(first: Particles, second: Particles) -> Particles:
-    join = (lambda a, b: None if a is None else np.concatenate([a, b]))
-    return Particles(image=join(first.image, second.image), pixel_size=first.pixel_size,
-                     angles=join(first.angles, second.angles), shifts=join(first.shifts, second.shifts),
-                     amplitudes=join(first.amplitudes, second.amplitudes),
-                     defocus_u=join(first.defocus_u, second.defocus_u),
-                     defocus_v=join(first.defocus_v, second.defocus_v),
-                     voltage=first.voltage, cs=first.cs, amplitude_contrast=first.amplitude_contrast)
-
-
 def run(args: argparse.Namespace) -> dict:
     with work_folder(args.workdir, 'train') as folder:
         return _measure(args, folder)
@@ -172,7 +160,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     heldout = simulate_set(setup, size['heldout'], size['box'], pixel_size, size['snr'], size['ctf'],
                            args.seed + 2, device, folder, 'heldout')
     simulation_seconds = time.time() - start
-    training_set = true_training_set = _concatenate(fit, validation)
+    training_set = true_training_set = concatenate([fit, validation])
     hemnma: dict = {}
     if size['labels'] == 'hemnma':
         align_start = time.time()

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.hemnma.aligner import CTF_MODES, AlignSettings
+from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.stack import align_particles
+from deephemnma.nma.files import load_modes
 from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.runtime.errors import InputError
-from deephemnma.data.formats import read_particles, write_particles
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -74,14 +75,6 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
                          top_k=args.top_k,
                          refine_resolutions=tuple(args.resolutions), refine_steps=steps, refine_keep=keep,
                          ctf_mode=args.ctf)
-
-
-def load_modes(path: str, reference: str | None, select):
-    """NormalModes from a .npz or an Xmipp modes.xmd, restricted to ``select`` (default: modes 7 and up)."""
-    from deephemnma.nma.files import read_modes
-    from deephemnma.nma.modes import NormalModes
-    modes = NormalModes.load(path) if path.endswith('.npz') else read_modes(path, reference)
-    return modes.select(select) if select else modes
 
 
 def main(args: argparse.Namespace) -> int:

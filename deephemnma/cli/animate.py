@@ -1,11 +1,12 @@
 """Structures from the space: group centroids (PDB + simulated map) and animations along the space's axes.
 
-``--modes`` is the modes file (``modes.npz`` of ``deephemnma nma``/``simulate``; ``--select`` picks the mode
-numbers the amplitudes belong to). With ``--centroids`` (``centroids.txt`` of ``deephemnma groups``, one row
-of mean amplitudes per group) writes ``centroid_NNN.pdb`` and, with ``--box``/``--pixel-size``, the map
-``centroid_NNN.mrc`` to compare with each group's reconstruction. With ``--space`` writes, for each
-``--axes``, ``axis_N.pdb`` (multi-model: ``--frames`` conformations from -spread to +spread standard
-deviations of the axis, mapped back to amplitudes) and ``axis_N.gif`` (projections at ``--view``).
+``--modes`` is the modes file (``modes.npz`` of ``deephemnma nma``/``simulate``, or an Xmipp ``modes.xmd`` with its
+``--reference``; ``--select`` picks the mode numbers the amplitudes belong to). With ``--centroids``
+(``centroids.txt`` of ``deephemnma groups``, one row of mean amplitudes per group) writes ``centroid_NNN.pdb``
+and, with ``--box``/``--pixel-size``, the map ``centroid_NNN.mrc`` to compare with each group's reconstruction.
+With ``--space`` writes, for each ``--axes``, ``axis_N.pdb`` (multi-model: ``--frames`` conformations from
+-spread to +spread standard deviations of the axis, mapped back to amplitudes) and ``axis_N.gif`` (projections
+at ``--view``).
 
 Examples::
 
@@ -20,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
-from deephemnma.nma.deform import write_axis_animation
+from deephemnma.nma.deform import write_animation
+from deephemnma.nma.files import load_modes
 from deephemnma.runtime.errors import InputError
-from deephemnma.nma.modes import NormalModes
+from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
 from deephemnma.space.reduction import Space
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--modes', required=True, help='modes.npz (the reference and its modes)')
+    parser.add_argument('--modes', required=True, help='modes.npz (the reference and its modes) or modes.xmd')
+    parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers of the amplitudes (default: all)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--space', help='space.pkl: animate along its axes')
@@ -45,9 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    modes = NormalModes.load(args.modes)
-    if args.select:
-        modes = modes.select(args.select)
+    modes = load_modes(args.modes, args.reference, args.select)
     if not args.space and not args.centroids:
         raise InputError('nothing to do: give --space (animations) and/or --centroids (group structures)')
     folder = Path(args.output)
@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         space = Space.load(args.space)
         for axis in args.axes:
             amplitudes = axis_amplitudes(space, axis - 1, args.frames, args.spread)
-            coordinates = write_axis_animation(folder / f'axis_{axis}.pdb', modes, amplitudes)
+            coordinates = write_animation(folder / f'axis_{axis}.pdb', modes, amplitudes)
             written.append(str(folder / f'axis_{axis}.pdb'))
             if not args.no_gif:
                 frames = projection_frames(modes, coordinates, args.box, args.pixel_size, args.view)

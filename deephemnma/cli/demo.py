@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
 
 def summarise(project, results: Path) -> Dict[str, object]:
     """Accuracy against the ground truth and the result files of a finished synthetic project."""
-    from deephemnma.convert import particles_from_set
+    from deephemnma.convert.particles import particles_from_set
     from deephemnma.workflow import find_protocol
     results.mkdir(parents=True, exist_ok=True)
     space = find_protocol(project, 'DeepHemnmaProtSpace')
@@ -125,7 +125,7 @@ def _group_resolutions(project) -> list:
     groups = []
     for path in sorted((Path(project.getPath()) / reconstruct._getExtraPath()).glob('group_*_fsc.json')):
         data = json.loads(path.read_text())
-        halves = data.get('half maps', {})
+        halves = data.get('half_maps', {})
         groups.append({'group': path.stem.replace('_fsc', ''), 'images': data.get('images'),
                        'halfmap_fsc05_angstrom': halves.get('resolution_05_angstrom'),
                        'halfmap_fsc0143_angstrom': halves.get('resolution_0143_angstrom')})

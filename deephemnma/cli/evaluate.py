@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
 from deephemnma.data.formats import read_particles
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
-from deephemnma.nn.targets import labels_from_particles
 from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.targets import labels_from_particles
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
 """Make groups of images in a conformational space: polygons from a file, axis slices, k-means, GMM, density peaks.
 
-Groups are made on the points of the space (``deephemnma space``), then reported for the points of one source
-(``--source``, default: the first) in that source's order: ``labels.txt`` (one label per image, 1-based group
+Groups are made on the points of the space (``--space``, written by ``deephemnma space``), then reported for the
+points of one source (``--source``, default: the first) in that source's order; or on the points of a particle
+file whose ``space`` column holds each particle's coordinates (``--points``, as the Scipion protocols write
+them). Outputs: ``labels.txt`` (one label per image, 1-based group
 numbers written 0-based with -1 for no group), ``centroids.txt`` (mean amplitudes of each group: its centroid
 conformation), ``groups.json`` (sizes) and ``groups.png``. With ``--particles`` (the particle file of that
 source) each group is also written as a particle subset ``group_001.star`` ...
@@ -11,6 +13,7 @@ Examples::
     deephemnma groups --space space/space.pkl --method slices --min-count 900 -o groups/ --particles pred.star
     deephemnma groups --space space/space.pkl --method kmeans --groups 5 -o groups_km/
     deephemnma groups --space space/space.pkl --method polygons --polygons selection.json -o picked/
+    deephemnma groups --points particles_in_space.star --method slices --groups 3 --equal-counts -o groups/
 """
 from __future__ import annotations
 
@@ -22,19 +25,29 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.space.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, centroids, group_members,
-                                     polygon_labels, read_polygons, write_labels)
-from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.space.reduction import Space
+from deephemnma.space.groups import (
+    AUTOMATIC_METHODS,
+    PAPER_MIN_COUNT,
+    automatic_labels,
+    centroids,
+    group_members,
+    polygon_labels,
+    read_polygons,
+    write_labels,
+)
 from deephemnma.space.plots import save_space_plot
+from deephemnma.space.reduction import Space
 
 METHODS = AUTOMATIC_METHODS + ('polygons',)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--space', required=True, help='space.pkl written by deephemnma space')
+    points = parser.add_mutually_exclusive_group(required=True)
+    points.add_argument('--space', help='space.pkl written by deephemnma space')
+    points.add_argument('--points', help="particle file with a 'space' column (coordinates) and amplitudes")
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--method', choices=METHODS, default='slices', help='how to make the groups')
     parser.add_argument('--polygons', help='JSON polygons (name -> [[x, y], ...]) for --method polygons')
@@ -56,34 +69,58 @@ def _read_polygons(args: argparse.Namespace) -> Dict[str, np.ndarray]:
     return read_polygons(args.polygons)
 
 
-def compute_labels(space: Space, args: argparse.Namespace,
-                   polygons: Optional[Dict[str, np.ndarray]]) -> np.ndarray:
-    """Group labels of every point of the space (``polygons``: those of ``--polygons`` for that method)."""
-    if args.method == 'polygons':
-        return polygon_labels(space.coords, list(polygons.values()))
-    return automatic_labels(space.coords, args.method, args.groups, args.axis - 1, args.min_count, args.trim,
-                            args.equal_counts, args.seed)
+@dataclasses.dataclass
+class Points:
+    """The points groups are made on (``coords``, all of them) and those reported (rows ``mine``, with their
+    ``amplitudes``), ``name`` being their source."""
+
+    coords: np.ndarray
+    mine: np.ndarray
+    amplitudes: np.ndarray
+    name: str
 
 
-def main(args: argparse.Namespace) -> int:
+def read_points(args: argparse.Namespace) -> Points:
+    """The points of ``--space`` (reported for ``--source``) or of ``--points``."""
+    if args.points:
+        particles = read_particles(args.points)
+        if 'space' not in particles.extra or particles.amplitudes is None:
+            raise InputError(f"{args.points}: the particles need a 'space' column (their coordinates in the space) "
+                             'and amplitudes')
+        coords = np.asarray(particles.extra['space'], dtype=np.float64).reshape(len(particles), -1)
+        return Points(coords, np.arange(len(particles)), particles.amplitudes, Path(args.points).stem)
     space = Space.load(args.space)
     source = args.source or space.source_names()[0]
     mine = np.nonzero(space.sources == source)[0]
     if mine.size == 0:
         raise InputError(f"the space has no points from '{source}' (it has: {', '.join(space.source_names())})")
-    polygons = _read_polygons(args) if args.method == 'polygons' else None
-    labels_all = compute_labels(space, args, polygons)
     mine = mine[np.argsort(space.source_index[mine], kind='stable')]
-    labels = labels_all[mine]
+    return Points(space.coords, mine, space.amplitudes[mine], source)
+
+
+def compute_labels(coords: np.ndarray, args: argparse.Namespace,
+                   polygons: Optional[Dict[str, np.ndarray]]) -> np.ndarray:
+    """Group labels of every point (``polygons``: those of ``--polygons`` for that method)."""
+    if args.method == 'polygons':
+        return polygon_labels(coords, list(polygons.values()))
+    return automatic_labels(coords, args.method, args.groups, args.axis - 1, args.min_count, args.trim,
+                            args.equal_counts, args.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    points = read_points(args)
+    polygons = _read_polygons(args) if args.method == 'polygons' else None
+    labels_all = compute_labels(points.coords, args, polygons)
+    labels = labels_all[points.mine]
     members = group_members(labels)
     folder = Path(args.output)
     folder.mkdir(parents=True, exist_ok=True)
     write_labels(folder / 'labels.txt', labels)
-    centroid_rows = centroids(space.amplitudes[mine], labels)
+    centroid_rows = centroids(points.amplitudes, labels)
     with atomic_path(folder / 'centroids.txt', suffix='.txt') as tmp:
         np.savetxt(tmp, centroid_rows, fmt='%.6f', header='mean amplitudes of each group (one row per group)')
     coloured = np.where(labels_all >= 0, labels_all, np.nan)
-    save_space_plot(folder / 'groups.png', space.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
+    save_space_plot(folder / 'groups.png', points.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
                     title=f'{len(members)} groups ({args.method})', polygons=polygons)
     if args.particles:
         particles = read_particles(args.particles)
@@ -93,10 +130,10 @@ def main(args: argparse.Namespace) -> int:
             [f'{index + 1:06d}@{path.resolve()}' for index, path in particles.locations(base_dir)]))
         if len(particles) != len(labels):
             raise InputError(f'{args.particles}: {len(particles)} particles but the space holds {len(labels)} '
-                             f"points of '{source}' (particles and space do not match)")
+                             f"points of '{points.name}' (particles and space do not match)")
         for number, indices in enumerate(members, start=1):
             write_particles(folder / f'group_{number:03d}.{args.subset_format}', particles.subset(indices))
-    summary = {'method': args.method, 'source': source, 'groups': [int(len(m)) for m in members],
+    summary = {'method': args.method, 'source': points.name, 'groups': [int(len(m)) for m in members],
                'unassigned': int((labels < 0).sum())}
     with atomic_path(folder / 'groups.json', suffix='.json') as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))

@@ -18,12 +18,12 @@ import json
 import shutil
 from pathlib import Path
 
-from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.nn import targets as tg
 from deephemnma.data.stacks import ImageSource
+from deephemnma.nn import targets as tg
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.modelfile import load_model
+from deephemnma.runtime.distributed import cleanup, start_process
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

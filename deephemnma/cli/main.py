@@ -21,7 +21,6 @@ from typing import List, Optional
 import deephemnma
 from deephemnma import cli as cli_package
 from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.machine import flush_denormals
 
 _NOT_COMMANDS = {'main'}
 
@@ -68,7 +67,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, '_command', None):
         parser.print_help()
         return 1
-    flush_denormals()  # before torch starts its worker threads, which inherit the setting
+    if 'torch' in sys.modules:  # commands that do not compute with torch start without importing it
+        from deephemnma.runtime.machine import flush_denormals
+        flush_denormals()  # before torch starts its worker threads, which inherit the setting
     result = args._command.main(args)
     return int(result or 0)
 

@@ -2,9 +2,9 @@
 
 Output folder: ``reference.pdb`` (the atoms the modes are defined on, in the order of the vector lines),
 ``modes.xmd`` and ``modes/vec.N`` (Xmipp/ContinuousFlex layout, rigid modes 1-6 included and disabled),
-``modes.npz`` (everything, for ``deephemnma.nma.modes.NormalModes.load``) and, with ``--animate``,
-``animations/mode_NNN.pdb`` (multi-model PDB). Mode vectors have unit norm over the 3N coordinates of the
-reference written there (amplitude convention: see ``deephemnma.nma.elastic``).
+``modes.npz`` (everything, for ``deephemnma.nma.modes.NormalModes.load``) and, with ``--animate`` or
+``--animate-enabled``, ``animations/mode_NNN.pdb`` (multi-model PDB). Mode vectors have unit norm over the 3N
+coordinates of the reference written there (amplitude convention: see ``deephemnma.nma.modes``).
 
 Examples::
 
@@ -18,12 +18,12 @@ import argparse
 import time
 from pathlib import Path
 
-from deephemnma.nma.deform import animate, mode_direction
-from deephemnma.runtime.machine import resolve_device
+from deephemnma.molecule.structure import COARSE_LEVELS, coarse_grain, read_structure, write_structure
+from deephemnma.nma.deform import mode_sweep, write_animation
+from deephemnma.nma.elastic import compute_modes
 from deephemnma.nma.files import write_modes
 from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD
-from deephemnma.nma.elastic import compute_modes
-from deephemnma.molecule.structure import COARSE_LEVELS, coarse_grain, read_structure, write_structure
+from deephemnma.runtime.machine import resolve_device
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--solver', choices=['auto', 'dense', 'sparse'], default='auto')
     parser.add_argument('--device', default='cpu', help="eigensolver device: cpu, cuda or auto")
     parser.add_argument('--animate', type=int, nargs='+', metavar='MODE', help='mode numbers to animate')
+    parser.add_argument('--animate-enabled', action='store_true',
+                        help='animate every mode enabled by the collectivity threshold')
     parser.add_argument('--amplitude', type=float, default=100.0, help='animation amplitude (mode units)')
     parser.add_argument('--frames', type=int, default=11, help='frames per animation')
 
@@ -69,12 +71,12 @@ def main(args: argparse.Namespace) -> int:
     for number, value, kappa, on in zip(modes.numbers, modes.eigenvalues, modes.collectivity,
                                         modes.enabled(args.collectivity_threshold)):
         print(f'mode {number:3d}  eigenvalue {value:.6e}  collectivity {kappa:.3f}{"" if on else "  (disabled)"}')
-    for number in args.animate or []:
-        position = list(modes.numbers).index(number) if number in modes.numbers else None
-        if position is None:
-            raise SystemExit(f'--animate {number}: mode not computed (available {modes.numbers[0]}-{modes.numbers[-1]})')
+    animated = list(args.animate or [])
+    if args.animate_enabled:
+        animated += [int(n) for n in modes.numbers[modes.enabled(args.collectivity_threshold)] if n not in animated]
+    for number in animated:
         path = out / 'animations' / f'mode_{number:03d}.pdb'
-        animate(path, structure, modes.vectors, mode_direction(len(modes), position), args.amplitude, args.frames)
+        write_animation(path, modes, mode_sweep(modes, number, args.amplitude, args.frames))
         print(f'animation of mode {number}: {path}')
     print(f'modes written to {out}')
     return 0

@@ -15,11 +15,15 @@ import argparse
 
 from tqdm import tqdm
 
-from deephemnma.runtime.errors import InputError
 from deephemnma.data.images import read_image, write_map
+from deephemnma.molecule.pseudoatoms import (
+    DEFAULT_SIGMA_VOXELS,
+    DEFAULT_TARGET_ERROR,
+    map_correlation,
+    map_to_pseudoatoms,
+)
+from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.machine import resolve_device
-from deephemnma.molecule.pseudoatoms import (DEFAULT_SIGMA_VOXELS, DEFAULT_TARGET_ERROR, map_correlation,
-                                             map_to_pseudoatoms)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -20,32 +20,25 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from deephemnma.runtime.distributed import Rank, cleanup, start_process
-from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
-from deephemnma.imaging.fsc import fsc
-from deephemnma.space.groups import group_members, read_labels
-from deephemnma.data.images import read_image, stack_info, write_map
-from deephemnma.data.particles import Particles
 from deephemnma.data.formats import read_particles
-from deephemnma.space.reconstruct import CTF_MODES, Reconstruction, reconstruct
-from deephemnma.imaging.ctf import ctf_table
-from deephemnma.data.stacks import particle_batches
-from deephemnma.runtime.distributed import rank_positions
-from deephemnma.space.plots import save_fsc_plot
-from deephemnma.data.stacks import ImageSource
+from deephemnma.data.images import read_image
+from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.runtime.errors import InputError
+from deephemnma.space.groups import group_members, read_labels
+from deephemnma.space.maps import check_particles, reconstruct_particles, write_reconstruction
+from deephemnma.space.reconstruct import CTF_MODES
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-i', '--particles', required=True, help='particle file with poses (.star, .xmd, .csv)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--groups', help='group labels, one per particle (deephemnma groups labels.txt)')
+    parser.add_argument('--name', default='map', help="base name of the output files without --groups (default "
+                                                      "'map': map.mrc, map_half1.mrc, map_fsc.json ...)")
     parser.add_argument('--ctf', choices=CTF_MODES, default='none',
                         help="'full': images carry the CTF; 'phase_flipped': images were phase-flipped; "
                              "'none': no CTF correction")
@@ -62,61 +55,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, help='torch CPU threads')
 
 
-def _check_particles(particles: Particles, source: str) -> None:
-    if len(particles) == 0:
-        raise InputError(f'{source}: holds no particle')
-    if not particles.has_alignment:
-        raise InputError(f'{source}: the particles have no poses (angles and shifts); align them first')
-
-
-def run_reconstruction(particles: Particles, base_dir: Path, ctf_mode: str, pad: float, wiener: float,
-                       pose_box: Optional[int], pixel_size: Optional[float], batch_size: int,
-                       device: torch.device, rank: Rank, label: str = '') -> Reconstruction:
-    """Reconstruct the given particles (this rank's share of the batches when run under torchrun)."""
-    source = ImageSource(particles.image, base_dir)
-    size = pixel_size or stack_info(source.paths[0]).pixel_size
-    if not size:
-        raise InputError(f'{source.paths[0]}: the stack header gives no pixel size; give it with --pixel-size')
-    scale = source.box / pose_box if pose_box else 1.0
-    ctf = ctf_table(particles) if ctf_mode != 'none' else None
-    if ctf_mode != 'none' and ctf is None:
-        raise InputError(f"CTF mode '{ctf_mode}' needs defocus values in the particle file")
-    positions = rank_positions(len(source), batch_size, rank.rank, rank.world_size)
-    progress = tqdm(particle_batches(source, batch_size, positions),
-                    total=(len(positions) + batch_size - 1) // batch_size, desc=f'reconstruct {label}'.strip(),
-                    unit='batch', disable=not rank.is_main)
-    return reconstruct(progress, particles.angles, particles.shifts, source.box, size, ctf, ctf_mode, pad, wiener,
-                       scale, device, reduce=rank.world_size > 1)
-
-
-def write_outputs(folder: Path, name: str, result: Reconstruction, reference: Optional[np.ndarray]) -> dict:
-    """Maps, half maps, FSC JSON and plot of one reconstruction; returns the FSC summary."""
-    write_map(folder / f'{name}.mrc', result.volume, result.pixel_size)
-    for half, volume in enumerate(result.half_maps, start=1):
-        write_map(folder / f'{name}_half{half}.mrc', volume, result.pixel_size)
-    curves = {'half maps': result.half_map_fsc()}
-    if reference is not None:
-        if reference.shape != result.volume.shape:
-            raise InputError(f'the reference map has shape {reference.shape} but the reconstruction '
-                             f'{result.volume.shape}')
-        curves['vs reference'] = fsc(result.volume, reference, result.pixel_size)
-    summary = {'images': result.count, 'pixel_size': result.pixel_size,
-               **{key.replace(' ', '_'): curve.as_dict() for key, curve in curves.items()}}
-    with atomic_path(folder / f'{name}_fsc.json', suffix='.json') as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1))
-    save_fsc_plot(folder / f'{name}_fsc.png', curves)
-    return summary
-
-
 def main(args: argparse.Namespace) -> int:
     source = Path(args.particles)
     particles = read_particles(source, args.pixel_size)
-    _check_particles(particles, str(source))
+    check_particles(particles, str(source))
     base_dir = Path(args.base_dir) if args.base_dir else source.parent
     device, rank = start_process(args.threads, args.device)
     reference = read_image(args.reference)[0] if args.reference else None
     folder = Path(args.output)
-    jobs: List[tuple] = [('map', np.arange(len(particles)))]
+    jobs: List[tuple] = [(args.name, np.arange(len(particles)))]
     if args.groups:
         labels = read_labels(args.groups)
         if len(labels) != len(particles):
@@ -125,10 +72,10 @@ def main(args: argparse.Namespace) -> int:
     summaries = {}
     try:
         for name, members in jobs:
-            result = run_reconstruction(particles.subset(members), base_dir, args.ctf, args.pad, args.wiener,
-                                        args.pose_box, args.pixel_size, args.batch_size, device, rank, name)
+            result = reconstruct_particles(particles.subset(members), base_dir, args.ctf, args.pad, args.wiener,
+                                           args.pose_box, args.pixel_size, args.batch_size, device, rank, name)
             if rank.is_main:
-                summary = write_outputs(folder, name, result, reference)
+                summary = write_reconstruction(folder, name, result, reference)
                 summaries[name] = {'images': summary['images'],
                                    'halfmap_fsc0143_angstrom': summary['half_maps']['resolution_0143_angstrom']}
                 if reference is not None:

@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deephemnma.simulate.conformations import KINDS
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.machine import resolve_device
 from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig
+from deephemnma.simulate.conformations import KINDS
 from deephemnma.simulate.dataset import simulate_to_disk
 
 _DEFAULTS = SimulationConfig()

@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import numpy as np
 
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.data.formats import read_particles
-from deephemnma.space.reduction import METHODS, Space, fit_space
 from deephemnma.space.plots import save_space_plot
-
-_METADATA = ('.star', '.xmd', '.csv')
+from deephemnma.space.reduction import METHODS, Space, fit_space, read_amplitude_set
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -47,25 +44,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--load', help='an existing space.pkl (with --transform)')
     parser.add_argument('--transform', help='amplitudes to place in the loaded space')
     parser.add_argument('--no-plot', action='store_true', help='skip the plots')
-
-
-def read_amplitude_set(spec: str) -> Tuple[str, np.ndarray, Optional[np.ndarray]]:
-    """``NAME=FILE`` or ``FILE`` -> (name, amplitudes (n, m), score (n,) or None)."""
-    name, _, path_text = spec.rpartition('=')
-    path = Path(path_text)
-    name = name or path.stem
-    if path.suffix.lower() in _METADATA:
-        particles = read_particles(path)
-        if particles.amplitudes is None:
-            raise InputError(f'{path}: the particles have no normal-mode amplitudes')
-        return name, np.asarray(particles.amplitudes).reshape(len(particles), -1), particles.score
-    if not path.exists():
-        raise InputError(f'{path}: no such amplitude file')
-    try:
-        values = np.load(path) if path.suffix.lower() == '.npy' else np.loadtxt(path, ndmin=2)
-    except ValueError as error:
-        raise InputError(f'{path}: not a numeric amplitude table ({error})') from error
-    return name, np.asarray(values, dtype=np.float64).reshape(len(values), -1), None
 
 
 def write_plots(folder: Path, space: Space, scores: Dict[str, np.ndarray]) -> None:

@@ -24,18 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deephemnma.runtime.distributed import cleanup, start_process
-from deephemnma.runtime.files import atomic_path
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.nn import targets as tg
 from deephemnma.data.stacks import ImageSource
+from deephemnma.nn import targets as tg
+from deephemnma.nn.config import PRESETS, SCHEDULES, TrainConfig, preset_config
 from deephemnma.nn.evaluate import parameter_errors
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, NORMS
 from deephemnma.nn.modelfile import MODEL_FILE, load_model
-from deephemnma.nn.config import PRESETS, SCHEDULES, TrainConfig, preset_config
 from deephemnma.nn.targets import labels_from_particles
 from deephemnma.nn.trainer import run_training
+from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.runtime.files import atomic_path
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

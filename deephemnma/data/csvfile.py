@@ -1,17 +1,18 @@
-"""TODO docstring"""
+"""Particles as CSV (one column per value: ``rot``, ``shift_x``, ``amplitude_1`` ...), for spreadsheets and
+scripts.
+"""
 from __future__ import annotations
 
 import csv
-import numpy as np
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+import numpy as np
+
+from deephemnma.data.particles import Particles
+from deephemnma.data.star import float_column, format_floats, read_text, require_columns
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.data.particles import Particles
-from deephemnma.data.star import float_column
-from deephemnma.data.star import format_floats
-from deephemnma.data.star import read_text
-from deephemnma.data.star import require_columns
 
 
 # ----------------------------------------------------------------------------------------------
@@ -27,7 +28,8 @@ def _csv_columns(particles: Particles) -> Dict[str, List[str]]:
         for i, name in enumerate(('rot', 'tilt', 'psi')):
             columns[name] = format_floats(particles.angles[:, i])
     if particles.shifts is not None:
-        columns['shift_x'], columns['shift_y'] = format_floats(particles.shifts[:, 0]), format_floats(particles.shifts[:, 1])
+        columns['shift_x'] = format_floats(particles.shifts[:, 0])
+        columns['shift_y'] = format_floats(particles.shifts[:, 1])
     if particles.amplitudes is not None:
         for k in range(particles.amplitudes.shape[1]):
             columns[f'amplitude_{k + 1}'] = format_floats(particles.amplitudes[:, k])

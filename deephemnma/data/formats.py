@@ -1,17 +1,20 @@
-"""TODO docstring"""
+"""Reading and writing particle files, the format chosen by the extension: RELION ``.star``
+(:mod:`deephemnma.data.relion`), Xmipp ``.xmd`` (:mod:`deephemnma.data.xmipp`) and ``.csv``
+(:mod:`deephemnma.data.csvfile`). Reading checks required columns and reports the file and the missing names
+(image indices beyond the end of their stacks are reported by :class:`deephemnma.data.stacks.ImageSource`, which
+reads the images).
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Optional
-from deephemnma.runtime.errors import InputError
+
+from deephemnma.data.csvfile import read_csv, write_csv
 from deephemnma.data.particles import Particles
-from deephemnma.data.csvfile import read_csv
-from deephemnma.data.relion import read_star
-from deephemnma.data.xmipp import read_xmd
-from deephemnma.data.csvfile import write_csv
-from deephemnma.data.relion import write_star
-from deephemnma.data.xmipp import write_xmd
+from deephemnma.data.relion import read_star, write_star
+from deephemnma.data.xmipp import read_xmd, write_xmd
+from deephemnma.runtime.errors import InputError
 
 
 # ----------------------------------------------------------------------------------------------

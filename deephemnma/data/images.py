@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import mrcfile
-import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
+
+import mrcfile
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 

@@ -1,21 +1,29 @@
-"""TODO docstring"""
+"""RELION 3.1 STAR particle files (``data_optics`` and ``data_particles`` blocks).
+
+RELION's ``rlnOriginX/YAngst`` carry the same sign as Xmipp's ``shiftX/Y`` (both map to the same Scipion
+Transform) and are stored in Angstrom; amplitudes and scores go in this plugin's own columns
+(``deephemnmaAmplitudes``, comma-separated, and ``deephemnmaScore``).
+"""
 from __future__ import annotations
 
-import numpy as np
 from pathlib import Path
 from typing import Dict, Optional, Sequence
-from deephemnma.runtime.errors import InputError
-from deephemnma.data.particles import Particles
-from deephemnma.data.star import Table
-from deephemnma.data.star import extra_columns
-from deephemnma.data.star import float_column
-from deephemnma.data.star import format_floats
-from deephemnma.data.star import format_vectors
-from deephemnma.data.star import read_star_tables
-from deephemnma.data.star import require_columns
-from deephemnma.data.star import vector_column
-from deephemnma.data.star import write_star_tables
 
+import numpy as np
+
+from deephemnma.data.particles import Particles
+from deephemnma.data.star import (
+    Table,
+    extra_columns,
+    float_column,
+    format_floats,
+    format_vectors,
+    read_star_tables,
+    require_columns,
+    vector_column,
+    write_star_tables,
+)
+from deephemnma.runtime.errors import InputError
 
 # ----------------------------------------------------------------------------------------------
 # RELION 3.1 STAR

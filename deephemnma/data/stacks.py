@@ -6,15 +6,17 @@ for are read, in any order; every stack is opened (and checked against the locat
 from __future__ import annotations
 
 import os
-import numpy as np
-import torch
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Iterator, Tuple, Deque
-from deephemnma.runtime.errors import InputError
-from deephemnma.data.images import read_stack
-from deephemnma.data.particles import parse_location
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from deephemnma.data.images import read_stack
+from deephemnma.data.particles import parse_location
+from deephemnma.runtime.errors import InputError
 
 
 def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:

@@ -1,23 +1,17 @@
-"""Particle metadata: RELION 3.1 STAR, Xmipp .xmd (ContinuousFlex's HEMNMA ``images.xmd``) and CSV.
-
-One in-memory form, :class:`Particles`, holds per-particle columns: image locations (``'INDEX@stack.mrcs'``,
-1-based), Euler angles (Xmipp ZYZ, degrees), shifts (pixels, Xmipp sign: the translation that brings the particle
-back to the centre), normal-mode amplitudes, CTF and a score. RELION's ``rlnOriginX/YAngst`` carry the same sign
-as Xmipp's ``shiftX/Y`` (both map to the same Scipion Transform) and are stored in Angstrom.
-
-Format chosen by extension: ``.star``, ``.xmd``, ``.csv``. Reading checks required columns and reports the file
-and the missing names (image indices beyond the end of their stacks are reported by
-:class:`deephemnma.data.stacks.ImageSource`, which reads the images).
+"""The STAR syntax shared by RELION's ``.star`` and Xmipp's ``.xmd`` files: blocks of loops and key-value
+pairs, values quoted as CIF does (a quote closes a value only before white space, no escapes), and the helpers
+that turn columns into numbers with errors naming the file and the column.
 """
 from __future__ import annotations
 
 import re
-import numpy as np
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-
 
 # ----------------------------------------------------------------------------------------------
 # STAR tables (RELION and Xmipp share the syntax)

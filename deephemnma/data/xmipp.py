@@ -1,21 +1,26 @@
-"""TODO docstring"""
+"""Xmipp metadata (``.xmd``), e.g. ContinuousFlex's HEMNMA ``images.xmd``: columns ``image, enabled,
+angleRot, angleTilt, anglePsi, shiftX, shiftY, nmaDisplacements, cost`` and Xmipp's CTF labels.
+"""
 from __future__ import annotations
 
-import numpy as np
 from pathlib import Path
 from typing import Optional
-from deephemnma.data.particles import Particles
-from deephemnma.data.star import Table
-from deephemnma.data.star import XMIPP_HEADER
-from deephemnma.data.star import extra_columns
-from deephemnma.data.star import float_column
-from deephemnma.data.star import format_floats
-from deephemnma.data.star import format_vectors
-from deephemnma.data.star import read_star_tables
-from deephemnma.data.star import require_columns
-from deephemnma.data.star import vector_column
-from deephemnma.data.star import write_star_tables
 
+import numpy as np
+
+from deephemnma.data.particles import Particles
+from deephemnma.data.star import (
+    XMIPP_HEADER,
+    Table,
+    extra_columns,
+    float_column,
+    format_floats,
+    format_vectors,
+    read_star_tables,
+    require_columns,
+    vector_column,
+    write_star_tables,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Xmipp .xmd (ContinuousFlex's images.xmd)

@@ -21,15 +21,18 @@ independently of the others in its batch, so results do not depend on how images
 from __future__ import annotations
 
 import math
-import numpy as np
-import torch
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
-from deephemnma.imaging.ctf import CTFParams, ctf_2d
-from deephemnma.nma.deform import deform
-from deephemnma.imaging.projection import FourierProjector, crop_rfft, fourier_indices
-from deephemnma.imaging.rotations import euler_to_matrix, matrix_to_euler
+
+import numpy as np
+import torch
+
 from deephemnma.hemnma.reference import AlignReference
+from deephemnma.imaging.ctf import CTFParams, ctf_2d
+from deephemnma.imaging.projection import FourierProjector, ProjectorCache, crop_rfft, fourier_indices
+from deephemnma.imaging.rotations import euler_to_matrix, matrix_to_euler
+from deephemnma.nma.deform import deform
+
 CTF_MODES = ('flipped', 'full', 'none')
 #: Up to this many modes the default global search starts from all 2^M corners of the amplitude box.
 MAX_CORNER_MODES = 3
@@ -224,7 +227,8 @@ class Aligner:
         self.rotation_unit = 1.0 / max(reference.radius_of_gyration(), 1.0)
         self.shift_unit = 1.0 / self.pixel_size
         self._library: Optional[_Library] = None
-        self._projectors: Dict[float, FourierProjector] = {}
+        self._projectors = ProjectorCache(lambda box, pixel_size, radius, device, dtype:
+                                          FourierProjector(self.model, box, pixel_size, radius, device, dtype))
 
     # -- forward model ----------------------------------------------------------------------------
     def radius(self, resolution: float) -> float:
@@ -233,10 +237,7 @@ class Aligner:
 
     def projector(self, band: FourierBand) -> FourierProjector:
         """The forward model on the cropped grid of ``band`` (made once per band radius)."""
-        if band.radius not in self._projectors:
-            self._projectors[band.radius] = FourierProjector(self.model, self.box, self.pixel_size, band.radius,
-                                                             self.device, self.dtype)
-        return self._projectors[band.radius]
+        return self._projectors(self.box, self.pixel_size, band.radius, self.device, self.dtype)
 
     def deformed(self, amplitudes: torch.Tensor) -> torch.Tensor:
         """Coordinates (B, N, 3) of the reference displaced by amplitudes (B, M)."""
@@ -245,7 +246,7 @@ class Aligner:
     def project_band(self, amplitudes: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
                      band: FourierBand) -> torch.Tensor:
         """Model transforms (B, F) on ``band`` (no CTF)."""
-        return band.take(self.projector(band)(self.deformed(amplitudes), rotations, shifts))
+        return band.take(self.projector(band).project(self.deformed(amplitudes), rotations, shifts))
 
     # -- global search ------------------------------------------------------------------------------
     def library(self) -> _Library:
@@ -266,7 +267,7 @@ class Aligner:
                 coords = self.deformed(amplitudes[None])[0]
                 for start in range(0, len(rotations), s.template_chunk):
                     chunk = rotations[start:start + s.template_chunk]
-                    values = band.take(self.projector(band)(coords, chunk, None))
+                    values = band.take(self.projector(band).project(coords, chunk, None))
                     parts.append(torch.cat([values.real, values.imag], dim=1))
                     powers.append(values.abs() ** 2)
                 rot_all.append(rotations)

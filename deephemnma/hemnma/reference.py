@@ -1,12 +1,20 @@
-"""TODO docstring"""
+"""The reference the images are aligned against: a coarse (or all-atom) model of the structure the modes
+are defined on, with the mode vectors restricted to it.
+
+Residue beads sit at the scattering-weighted centre of their atoms with their summed scattering and spread
+(:func:`residue_beads`), one per residue or two (main chain and side chain); C-alpha models get beads of
+:data:`CA_BEAD_SIGMA`; pseudoatom references keep their own Gaussians. Amplitudes keep the meaning they have on
+the model the modes were computed on (:mod:`deephemnma.nma.modes`).
+"""
 from __future__ import annotations
 
-import numpy as np
 from dataclasses import dataclass
 from typing import Optional
-from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
-from deephemnma.imaging.projection import AtomModel
 
+import numpy as np
+
+from deephemnma.imaging.projection import AtomModel
+from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
 
 #: Main-chain atom names: with ``split_side_chains`` they form one bead per residue, the others a second one.
 MAIN_CHAIN_ATOMS = frozenset({'N', 'CA', 'C', 'O', 'OXT', 'P', "O5'", "C5'", "C4'", "C3'", "O3'", 'OP1', 'OP2'})

@@ -9,17 +9,18 @@ on the chunk it belongs to, never on the number of processes.
 from __future__ import annotations
 
 import os
+from typing import Callable, Dict, Iterator, Optional
+
 import numpy as np
 import torch
-from typing import Callable, Dict, Iterator, Optional
+
+from deephemnma.data.particles import Particles
+from deephemnma.data.stacks import ImageSource
+from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import AlignReference
-from deephemnma.hemnma.aligner import AlignSettings, Aligner
 from deephemnma.runtime.chunks import ChunkStore
 from deephemnma.runtime.distributed import Rank
 from deephemnma.runtime.errors import InputError
-from deephemnma.data.particles import Particles
-from deephemnma.imaging.ctf import ctf_table
-from deephemnma.data.stacks import ImageSource
 
 
 def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings,
@@ -35,7 +36,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
         raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
     reader = ImageSource(particles.image, base_dir)
     aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
-    ctf = ctf_table(particles)
+    ctf = particles.ctf()
     store = ChunkStore(work_folder, len(particles), chunk_size,
                        {'settings': settings.__dict__, 'local': local, 'box': reader.box,
                         'modes': reference.mode_numbers, 'pixel_size': particles.pixel_size,
@@ -49,7 +50,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
             initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
             if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
                 initial['amplitudes'] = particles.amplitudes[index]
-        return aligner.align(images, None if ctf is None else ctf.params(index), initial)
+        return aligner.align(images, None if ctf is None else ctf.rows(index), initial)
 
     store.run(compute, rank, progress)
     if not rank.is_main:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
-from deephemnma.runtime.errors import InputError
-from deephemnma.data.particles import Particles
+
+import numpy as np
+
 from deephemnma.data.formats import read_particles
+from deephemnma.data.particles import Particles
+from deephemnma.runtime.errors import InputError
 
 PROGRAM = 'xmipp_nma_alignment'
 DONE_NAME = 'nmaDone.xmd'

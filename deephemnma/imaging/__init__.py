@@ -1,0 +1,1 @@
+"""Image formation and comparison: rotations, the CTF, projection, Fourier filters, noise and FSC."""

@@ -14,10 +14,11 @@ potential projection). Xmipp writes defocus in Angstrom too (``ctfDefocusU``); i
 from __future__ import annotations
 
 import math
-import torch
-import numpy as np
 from dataclasses import dataclass, fields
-from typing import Union, Optional
+from typing import Union
+
+import numpy as np
+import torch
 
 Number = Union[float, torch.Tensor]
 
@@ -28,9 +29,18 @@ def wavelength(voltage_kv: float) -> float:
     return 12.2642598 / math.sqrt(volts * (1.0 + 0.978466e-6 * volts))
 
 
+#: Fields of :class:`CTFParams` shared by all images of a set (the microscope).
+_SHARED = ('voltage', 'cs', 'amplitude_contrast')
+
+
 @dataclass
 class CTFParams:
-    """CTF parameters; each field a float or a ``(B,)`` tensor (one value per image)."""
+    """CTF parameters: the one CTF type of the project (simulation, alignment, reconstruction).
+
+    Per-image fields (defocus, astigmatism angle, phase shift) are a float, or one value per image as a
+    ``(B,)`` numpy array or tensor; ``voltage``, ``cs`` and ``amplitude_contrast`` are floats. Defocus in
+    Angstrom (positive = underfocus), angles in degrees.
+    """
 
     defocus_u: Number
     defocus_v: Number
@@ -45,11 +55,20 @@ class CTFParams:
         values = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name in ('voltage', 'cs', 'amplitude_contrast'):
+            if field.name in _SHARED:
                 values[field.name] = float(value)
             else:
                 tensor = torch.as_tensor(value, device=device, dtype=dtype)
                 values[field.name] = tensor.expand(count).clone() if tensor.ndim == 0 else tensor.reshape(count)
+        return CTFParams(**values)
+
+    def rows(self, index) -> 'CTFParams':
+        """The parameters of the images at ``index`` (positions, a mask or a slice) of per-image fields."""
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            per_image = field.name not in _SHARED and np.ndim(value) > 0
+            values[field.name] = value[index] if per_image else value
         return CTFParams(**values)
 
 
@@ -113,32 +132,3 @@ def ctf_zero_frequencies(defocus: float, voltage: float, cs: float, amplitude_co
             break
         zeros.append(k)
     return torch.tensor(zeros)
-
-
-@dataclass(frozen=True)
-class CTFTable:
-    """Per-image CTF parameters: defocus (Angstrom, positive = underfocus) and astigmatism angle (degrees)."""
-
-    defocus_u: np.ndarray
-    defocus_v: np.ndarray
-    defocus_angle: np.ndarray
-    voltage: float
-    cs: float
-    amplitude_contrast: float
-
-    def params(self, indices: np.ndarray) -> CTFParams:
-        """The :class:`CTFParams` of the images at ``indices``."""
-        return CTFParams(defocus_u=torch.as_tensor(self.defocus_u[indices], dtype=torch.float32),
-                         defocus_v=torch.as_tensor(self.defocus_v[indices], dtype=torch.float32),
-                         defocus_angle=torch.as_tensor(self.defocus_angle[indices], dtype=torch.float32),
-                         voltage=self.voltage, cs=self.cs, amplitude_contrast=self.amplitude_contrast)
-
-
-def ctf_table(particles) -> Optional[CTFTable]:
-    """The :class:`CTFTable` of a :class:`~deephemnma.data.particles.Particles` (None without defocus)."""
-    if particles.defocus_u is None:
-        return None
-    defocus_v = particles.defocus_v if particles.defocus_v is not None else particles.defocus_u
-    angle = particles.defocus_angle if particles.defocus_angle is not None else np.zeros(len(particles))
-    return CTFTable(np.asarray(particles.defocus_u), np.asarray(defocus_v), np.asarray(angle),
-                    float(particles.voltage), float(particles.cs), float(particles.amplitude_contrast))

@@ -8,10 +8,12 @@ first drop below it.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
+import torch
+
 from deephemnma.imaging.filters import rfft_weights
 
 

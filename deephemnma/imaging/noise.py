@@ -22,8 +22,10 @@ instead of two. Phase flipping multiplies by
 """
 from __future__ import annotations
 
-import torch
 from typing import Optional, Tuple
+
+import torch
+
 from deephemnma.imaging.filters import mean_full_grid
 
 

@@ -19,11 +19,14 @@ Two classes compute this: :class:`FourierProjector` (complex, differentiable, an
 """
 from __future__ import annotations
 
+import abc
 import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
 import numpy as np
 import torch
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+
 from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
 
 
@@ -132,7 +135,42 @@ def crop_rfft(transforms: torch.Tensor, radius: float) -> torch.Tensor:
     return transforms[..., rows, :][..., :len(ix)]
 
 
-class FourierProjector:
+class Projector(abc.ABC):
+    """The projection interface: the 2D DFT of projections of one atom model on one grid.
+
+    :meth:`project` takes ``coords`` (N, 3) or (B, N, 3) Angstrom (centred on the box centre), Xmipp rotation
+    matrices ``rotations`` (B, 3, 3) and shifts (B, 2) pixels (Xmipp: the particle is drawn at ``-shift``) or
+    None, and returns the unnormalised DFT (as ``torch.fft.rfft2`` gives it) of the projections, complex, on the
+    projector's rfft grid (full, or cropped to a band). Implementations: :class:`FourierProjector` (any model,
+    differentiable: the aligner) and :class:`DirectProjector` (atoms, forward only, fast: the simulator).
+    """
+
+    box: int
+    pixel_size: float
+
+    @abc.abstractmethod
+    def project(self, coords: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor]) -> torch.Tensor:
+        """DFT ``(B, H, W)`` of the projections (see the class docstring)."""
+
+
+class ProjectorCache:
+    """Projectors of one model, each made once per grid and kept: ``cache(box, pixel_size, radius, device,
+    dtype)`` calls ``make`` with the same arguments the first time (building a projector precomputes its
+    frequency grid and form factors)."""
+
+    def __init__(self, make: Callable[[int, float, Optional[float], torch.device, torch.dtype], Projector]):
+        self._make = make
+        self._made: Dict[tuple, Projector] = {}
+
+    def __call__(self, box: int, pixel_size: float, radius: Optional[float] = None,
+                 device: torch.device = torch.device('cpu'), dtype: torch.dtype = torch.float32) -> Projector:
+        key = (int(box), float(pixel_size), None if radius is None else float(radius), str(device), dtype)
+        if key not in self._made:
+            self._made[key] = self._make(int(box), float(pixel_size), radius, torch.device(device), dtype)
+        return self._made[key]
+
+
+class FourierProjector(Projector):
     """Complex, differentiable projections of one atom model on one (cropped) rfft grid: the aligner's forward model.
 
     The frequency grid, the projected form factors, the atoms of each type and their blur factors depend only on
@@ -163,8 +201,8 @@ class FourierProjector:
                                                             self.fy / self.pixel_size)
                 self.groups.append((factors[t], idx, magnitude_x, magnitude_y))
 
-    def __call__(self, coords: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
-                 ctf: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def project(self, coords: torch.Tensor, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
+                ctf: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Unnormalised DFT (as ``torch.fft.rfft2`` would give) of the projections, complex ``(B, H, W)``.
 
         ``coords`` (N, 3) or (B, N, 3) Angstrom, centred; ``rotations`` (B, 3, 3) Xmipp matrices; ``shifts``
@@ -198,7 +236,7 @@ def project_fourier(coords: torch.Tensor, model: AtomModel, rotations: torch.Ten
                     ctf: Optional[torch.Tensor] = None, atom_chunk: int = 8192) -> torch.Tensor:
     """One call of a :class:`FourierProjector` made for it, on the device and in the dtype of ``rotations``."""
     projector = FourierProjector(model, box, pixel_size, radius, rotations.device, rotations.dtype, atom_chunk)
-    return projector(coords, rotations, shifts, ctf)
+    return projector.project(coords, rotations, shifts, ctf)
 
 
 def _atom_magnitudes(model: AtomModel, idx: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor):
@@ -225,7 +263,7 @@ def project_atoms(coords: torch.Tensor, model: AtomModel, rotations: torch.Tenso
     return torch.fft.irfft2(transform, s=(box, box))
 
 
-class DirectProjector:
+class DirectProjector(Projector):
     """Exact Fourier-space projections of one atom model on one image grid, specialised for fast simulation.
 
     The same mathematics as :func:`project_fourier` (separable exponentials per

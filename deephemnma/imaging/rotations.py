@@ -15,9 +15,10 @@ Conventions (checked against Xmipp's ``Euler_angles2matrix`` in the tests):
 from __future__ import annotations
 
 import math
+from typing import Tuple
+
 import numpy as np
 import torch
-from typing import Tuple
 
 ArrayLike = np.ndarray
 

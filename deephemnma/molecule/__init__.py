@@ -1,0 +1,1 @@
+"""Molecules: atomic structures, electron scattering factors, density maps and pseudoatoms."""

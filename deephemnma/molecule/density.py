@@ -9,19 +9,26 @@ integral of the potential over the voxel divided by the voxel volume.
 from __future__ import annotations
 
 import math
+from typing import Iterable, Optional
+
 import numpy as np
 import torch
-from typing import Iterable, Optional
+
 from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
+
+
+def voxel_fractions(distance_px: torch.Tensor, sigma_px: torch.Tensor | float) -> torch.Tensor:
+    """Integral of a unit 1D Gaussian of standard deviation ``sigma_px`` over the unit voxel whose centre lies
+    ``distance_px`` from the Gaussian's centre (pixels; broadcast): ``(erf((d + 1/2) / (sqrt 2 s)) - erf((d -
+    1/2) / (sqrt 2 s))) / 2``. The one voxel-integration rule of atom, bead and pseudoatom maps; differentiable."""
+    scale = 1.0 / (math.sqrt(2.0) * sigma_px)
+    return 0.5 * (torch.erf((distance_px + 0.5) * scale) - torch.erf((distance_px - 0.5) * scale))
 
 
 def _axis_weights(positions_px: torch.Tensor, sigmas_px: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Integral over unit voxels of 1D unit Gaussians: ``(N, K, W)`` for voxels ``floor(pos) + offsets``."""
     base = torch.floor(positions_px)[:, None, None] + offsets[None, None, :]
-    scale = 1.0 / (math.sqrt(2.0) * sigmas_px[:, :, None])
-    upper = torch.erf((base + 0.5 - positions_px[:, None, None]) * scale)
-    lower = torch.erf((base - 0.5 - positions_px[:, None, None]) * scale)
-    return 0.5 * (upper - lower)
+    return voxel_fractions(base - positions_px[:, None, None], sigmas_px[:, :, None])
 
 
 def atoms_to_map(coords: np.ndarray, elements: Iterable[str], box: int, pixel_size: float,

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
-from deephemnma.molecule.density import gaussians_to_map
-from deephemnma.runtime.errors import InputError
+
+from deephemnma.molecule.density import gaussians_to_map, voxel_fractions
 from deephemnma.molecule.structure import Structure, read_structure, write_structure
+from deephemnma.runtime.errors import InputError
 
 PSEUDO_NAME = 'DENS'
 #: ContinuousFlex's default pseudoatom Gaussian standard deviation, in voxels.
@@ -87,9 +89,7 @@ def read_pseudoatoms(path: str | os.PathLike) -> PseudoAtoms:
 def _axis_weights(positions: torch.Tensor, sigma: float, box: int) -> torch.Tensor:
     """(P, box): integral of a unit 1D Gaussian (sigma in voxels) over each voxel of one axis."""
     grid = torch.arange(box, dtype=positions.dtype, device=positions.device)
-    scale = 1.0 / (math.sqrt(2.0) * sigma)
-    centred = grid[None, :] - positions[:, None]
-    return 0.5 * (torch.erf((centred + 0.5) * scale) - torch.erf((centred - 0.5) * scale))
+    return voxel_fractions(grid[None, :] - positions[:, None], sigma)
 
 
 def render(positions: torch.Tensor, masses: torch.Tensor, sigma: float, box: int, chunk: int = 2048) -> torch.Tensor:

@@ -7,10 +7,12 @@ B-factor ``B`` (Debye-Waller factor ``exp(-B s^2)``) adds ``B`` to every ``b_i``
 """
 from __future__ import annotations
 
-import gemmi
-import numpy as np
 from functools import lru_cache
 from typing import Iterable, Tuple
+
+import gemmi
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
 
 #: Peng's fits cover 0 < s < 2 Angstrom^-1.

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import string
-import numpy as np
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 
@@ -99,6 +101,28 @@ class Structure:
     def centre(self) -> np.ndarray:
         """The geometric centre (3,) Angstrom."""
         return self.coords.mean(axis=0)
+
+    def radius(self) -> float:
+        """Largest distance (Angstrom) of an atom from the geometric centre."""
+        return float(np.linalg.norm(self.coords - self.centre(), axis=1).max())
+
+
+def check_fits(radius: float, box: int, pixel_size: float, max_shift: float) -> Optional[str]:
+    """Refuse (InputError) a box whose half width is smaller than the molecule's ``radius`` (Angstrom);
+    return a warning (else None) when shifts of up to ``max_shift`` px can push its outermost atoms past
+    the edge (they then wrap around to the opposite edge, as in any periodic projection)."""
+    half_width = (box // 2) * pixel_size
+    if radius > half_width:
+        minimum = int(np.ceil(2 * radius / pixel_size)) + 2
+        raise InputError(f'the image is too small for the molecule: its atoms reach {radius:.1f} A from the '
+                         f'centre but a box of {box} px at {pixel_size:g} A/px reaches only {half_width:.1f} A; '
+                         f'use a box of at least {minimum} px or a larger pixel size')
+    reach = radius + abs(max_shift) * pixel_size
+    if reach > half_width:
+        return (f'the outermost atoms ({radius:.1f} A from the centre) plus shifts of up to {max_shift:g} px '
+                f'reach {reach:.1f} A, beyond the half width of the box ({half_width:.1f} A): in rare poses a '
+                'few atoms wrap around to the opposite edge')
+    return None
 
 
 def _check_readable(path: Path) -> None:

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Comparisons of normal modes: with other modes (RMSIP) and with a displacement (overlaps, e.g. with the
+change between two structures of the same molecule).
+"""
 from __future__ import annotations
 
 import numpy as np

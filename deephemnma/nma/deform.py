@@ -2,18 +2,22 @@
 
 Shapes: reference coordinates x0 (N, 3) Angstrom, mode vectors (M, N, 3) (unit norm over 3N on the model
 they are defined on: see ``deephemnma.nma.elastic``), amplitudes (B, M) -> coordinates (B, N, 3).
-Animations sample amplitudes along a mode or any direction of amplitude space and are written as
-multi-model PDB files (one model per frame).
+This is the one deformation of the project: the simulator, the aligner, the centroids and the animations all
+call :func:`deform`. Animations sample amplitudes along a mode (:func:`mode_sweep`), a direction of amplitude
+space (:func:`amplitude_path`) or an axis of the conformational space, and are written as multi-model PDB files
+(one model per frame) by :func:`write_animation`.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional, Sequence, Union
+
 import numpy as np
 import torch
-from typing import Optional, Sequence, Union
-from deephemnma.molecule.structure import Structure, write_structure
+
+from deephemnma.molecule.structure import write_structure
+from deephemnma.nma.modes import NormalModes, check_amplitude_table
 from deephemnma.runtime.errors import InputError
-from deephemnma.nma.modes import NormalModes
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[float]]
 
@@ -66,34 +70,26 @@ def mode_direction(num_modes: int, index: int) -> np.ndarray:
     return direction
 
 
-def animate(path: str | os.PathLike, structure: Structure, vectors: ArrayLike, direction: ArrayLike,
-            amplitude: float, frames: int = 11) -> np.ndarray:
-    """Write a multi-model PDB/mmCIF of ``structure`` deformed along ``direction`` (amplitude units of the
-    modes) from ``-amplitude`` to ``+amplitude``; returns the amplitudes (frames, M) of the frames."""
-    amplitudes = amplitude_path(direction, amplitude, frames)
+def mode_sweep(modes: NormalModes, number: int, amplitude: float, frames: int = 11) -> np.ndarray:
+    """Amplitudes (frames, M) sweeping mode ``number`` (Xmipp numbering) of ``modes`` from ``-amplitude`` to
+    ``+amplitude`` (InputError for a mode that was not computed)."""
+    numbers = [int(n) for n in modes.numbers]
+    if int(number) not in numbers:
+        raise InputError(f'mode {number} was not computed (available: {", ".join(map(str, numbers))})')
+    return amplitude_path(mode_direction(len(numbers), numbers.index(int(number))), amplitude, frames)
+
+
+def deformed_coordinates(modes: NormalModes, amplitudes: ArrayLike) -> np.ndarray:
+    """Coordinates ``(n, N, 3)`` Angstrom of ``modes.structure`` deformed by each amplitude row (:func:`deform`)."""
     with torch.no_grad():
-        models = deform(structure.coords, vectors, amplitudes).numpy()
-    write_structure(path, structure, models=models)
-    return amplitudes
+        table = check_amplitude_table(np.atleast_2d(np.asarray(amplitudes, dtype=np.float64)),
+                                      'amplitudes (select the modes they were estimated with)', len(modes))
+        return deform(modes.structure.coords, modes.vectors, table).numpy()
 
 
-def check_amplitudes(modes: NormalModes, amplitudes: np.ndarray) -> np.ndarray:
-    """Amplitudes ``(n, M)`` checked against the number of modes."""
-    amplitudes = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
-    if amplitudes.shape[1] != len(modes):
-        raise InputError(f'{amplitudes.shape[1]} amplitudes per conformation, but the modes file has '
-                         f'{len(modes)} modes (select the modes the amplitudes were estimated with)')
-    return amplitudes
-
-
-def deformed_coordinates(modes: NormalModes, amplitudes: np.ndarray) -> np.ndarray:
-    """Coordinates ``(n, N, 3)`` Angstrom of the reference deformed by each amplitude row."""
-    amplitudes = check_amplitudes(modes, amplitudes)
-    return modes.structure.coords[None] + np.einsum('bm,mnk->bnk', amplitudes, modes.vectors)
-
-
-def write_axis_animation(path: str | os.PathLike, modes: NormalModes, amplitudes: np.ndarray) -> np.ndarray:
-    """Multi-model PDB of the reference deformed by each amplitude row; returns the coordinates."""
+def write_animation(path: str | os.PathLike, modes: NormalModes, amplitudes: ArrayLike) -> np.ndarray:
+    """A multi-model PDB/mmCIF of ``modes.structure`` deformed by each amplitude row (one model per frame);
+    returns the coordinates ``(frames, N, 3)``."""
     coordinates = deformed_coordinates(modes, amplitudes)
     write_structure(path, modes.structure, models=coordinates)
     return coordinates

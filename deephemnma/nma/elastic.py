@@ -7,37 +7,23 @@ the rigid-body motions, skipped and reported. Non-rigid modes are numbered as in
 RTB (rotation-translation blocks; Tama et al. 2000): blocks of ``rtb_block_size`` consecutive residues of a
 chain move rigidly; the Hessian is projected on the 6 rigid-body motions of each block, diagonalised there,
 and the vectors are mapped back to the atoms (they stay of unit norm since the projection is orthonormal).
-
-Amplitude convention (used everywhere in DeepHEMNMA):
-
-* Mode vectors ``v_k`` (N, 3) have unit norm over the 3N coordinates of the model they are defined on, and a
-  conformation is ``x(q) = x0 + sum_k q_k v_k`` (Angstrom). An amplitude q therefore moves the atoms of that
-  model by ``|q| / sqrt(N)`` Angstrom RMS: the amplitude scale depends on the model (the same q = 200 moves
-  the 1,656-atom AK chain by about 5 A RMS and its 214-atom C-alpha model by about 14 A).
-* Modes are carried to another model of the same molecule with :meth:`NormalModes.transfer_to`, WITHOUT
-  renormalising: coarse -> full, every atom takes the displacement of its residue's representative atom
-  (C-alpha or P); full -> coarse, the representative atoms keep their own displacement. So one amplitude
-  vector produces the same displacement of corresponding atoms on both models; the transferred vectors are
-  no longer of unit norm on the new model (``norm_atoms`` remembers the size of the model they are
-  normalised on).
-* Mode files exchanged with Xmipp/ContinuousFlex hold these vectors as they are (Xmipp applies amplitudes
-  without normalising), so amplitudes estimated by Xmipp with our files have the same meaning.
+The amplitude convention of the vectors is described in :mod:`deephemnma.nma.modes`.
 """
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-from typing import Optional, Tuple
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
-from deephemnma.runtime.errors import InputError
+
 from deephemnma.molecule.structure import Structure
-from deephemnma.nma.modes import FIRST_MODE_NUMBER
-from deephemnma.nma.modes import NormalModes
-from deephemnma.nma.modes import RIGID_MODES
-from deephemnma.nma.modes import collectivity
+from deephemnma.nma.modes import FIRST_MODE_NUMBER, RIGID_MODES, NormalModes, collectivity
+from deephemnma.runtime.errors import InputError
+
 #: Neighbours per atom of the distance histogram behind a percentile cutoff (10: the 95th percentile then
 #: gives a rigid network on C-alpha and pseudoatom models, where 3 neighbours leave floppy atoms).
 PERCENTILE_NEIGHBOURS = 10
@@ -207,6 +193,24 @@ def resolve_cutoff(coords: np.ndarray, cutoff: Optional[float], percentile: Opti
     return float(cutoff)
 
 
+def degrees_of_freedom(structure: Structure, rtb_block_size: int = 0) -> int:
+    """Degrees of freedom of the elastic network: 3 per atom, or the rigid motions of each RTB block."""
+    if not rtb_block_size:
+        return 3 * len(structure)
+    coords = np.asarray(structure.coords, dtype=np.float64)
+    return rtb_projection(coords, rtb_blocks(structure, rtb_block_size)).shape[1]
+
+
+def check_mode_count(n_modes: int, dof: int, atoms: int, rtb_block_size: int = 0) -> None:
+    """InputError when ``n_modes`` non-rigid modes exceed what ``dof`` degrees of freedom allow."""
+    if n_modes < 1:
+        raise InputError(f'number of modes {n_modes} must be at least 1')
+    if n_modes + RIGID_MODES > dof:
+        raise InputError(f'{n_modes} modes asked but the model has only {dof - RIGID_MODES} non-rigid degrees '
+                         f'of freedom ({atoms} atoms' + (f', RTB blocks of {rtb_block_size} residues)'
+                                                         if rtb_block_size else ')'))
+
+
 def compute_modes(structure: Structure, n_modes: int = 20, cutoff: Optional[float] = 10.0,
                   percentile: Optional[float] = None, rtb_block_size: int = 0, gamma: float = 1.0,
                   solver: str = 'auto', device: str = 'cpu') -> NormalModes:
@@ -220,8 +224,7 @@ def compute_modes(structure: Structure, n_modes: int = 20, cutoff: Optional[floa
     coords = np.asarray(structure.coords, dtype=np.float64)
     radius = resolve_cutoff(coords, cutoff, percentile)
     pairs = check_network(coords, radius)
-    if n_modes < 1:
-        raise InputError(f'number of modes {n_modes} must be at least 1')
+    check_mode_count(n_modes, 3 * len(coords), len(coords), rtb_block_size)
     hessian = anm_hessian(coords, radius, gamma, pairs)
     projection = None
     if rtb_block_size:
@@ -231,11 +234,8 @@ def compute_modes(structure: Structure, n_modes: int = 20, cutoff: Optional[floa
     else:
         matrix = hessian
     dof = matrix.shape[0]
+    check_mode_count(n_modes, dof, len(coords), rtb_block_size)
     count = n_modes + RIGID_MODES
-    if count > dof:
-        raise InputError(f'{n_modes} modes asked but the model has only {dof - RIGID_MODES} non-rigid degrees '
-                         f'of freedom ({len(coords)} atoms' + (f', RTB blocks of {rtb_block_size} residues)'
-                                                               if rtb_block_size else ')'))
     values, reduced = solve_lowest(matrix, count, solver, device)
     check_rigidity(values, float(matrix.diagonal().mean()), radius)
     vectors = projection @ reduced if projection is not None else reduced

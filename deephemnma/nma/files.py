@@ -13,15 +13,17 @@ Layout written by ContinuousFlex's NMA protocol, reproduced here without Xmipp:
 from __future__ import annotations
 
 import os
-import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from deephemnma.data.star import XMIPP_HEADER, Table, read_star_tables, write_star_tables
+from deephemnma.molecule.structure import Structure, read_structure
+from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes, collectivity
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.data.star import XMIPP_HEADER, Table, read_star_tables, write_star_tables
-from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes, collectivity
-from deephemnma.molecule.structure import Structure, read_structure
 
 MODES_XMD = 'modes.xmd'
 MODES_FOLDER = 'modes'
@@ -175,6 +177,27 @@ def read_modes(xmd: Union[str, os.PathLike], reference: Union[Structure, str, os
     return NormalModes(vectors=vectors[~rigid], eigenvalues=eigenvalues[~rigid], numbers=numbers[~rigid],
                        collectivity=kappa[~rigid], rigid_eigenvalues=eigenvalues[rigid],
                        rigid_vectors=vectors[rigid], structure=structure, cutoff=float('nan'), method='file')
+
+
+def load_modes(path: Union[str, os.PathLike], reference: Union[Structure, str, os.PathLike, None] = None,
+               select: Optional[Sequence[int]] = None) -> NormalModes:
+    """Modes from a DeepHEMNMA ``.npz`` (:meth:`NormalModes.save`) or an Xmipp/ContinuousFlex ``modes.xmd``.
+
+    ``reference``: the structure (or its file) the vectors belong to: needed for a modes.xmd without a reference
+    PDB beside it, and checked against the modes' atom count when given as a Structure. ``select``: Xmipp mode
+    numbers to keep, in that order (default: every non-rigid mode).
+    """
+    path = Path(path)
+    if path.suffix == '.npz':
+        modes = NormalModes.load(path)
+    elif path.suffix == '.xmd':
+        modes = read_modes(path, reference)
+    else:
+        raise InputError(f'{path}: modes must be a DeepHEMNMA .npz or an Xmipp modes.xmd')
+    if isinstance(reference, Structure) and modes.num_atoms != len(reference):
+        raise InputError(f'{path}: the modes are defined on {modes.num_atoms} atoms but the reference has '
+                         f'{len(reference)} atoms: they do not belong to this reference')
+    return modes.select(select) if select else modes
 
 
 def enabled_numbers(xmd: Union[str, os.PathLike]) -> List[int]:

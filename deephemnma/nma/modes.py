@@ -1,13 +1,32 @@
-"""TODO docstring"""
+"""Normal modes and the amplitude convention used everywhere in DeepHEMNMA.
+
+* Mode vectors ``v_k`` (N, 3) have unit norm over the 3N coordinates of the model they are defined on, and a
+  conformation is ``x(q) = x0 + sum_k q_k v_k`` (Angstrom; :mod:`deephemnma.nma.deform`). An amplitude q
+  therefore moves the atoms of that model by ``|q| / sqrt(N)`` Angstrom RMS: the amplitude scale depends on the
+  model (the same q = 200 moves the 1,656-atom AK chain by about 5 A RMS and its 214-atom C-alpha model by
+  about 14 A).
+* Modes are carried to another model of the same molecule with :meth:`NormalModes.transfer_to`, WITHOUT
+  renormalising: coarse -> full, every atom takes the displacement of its residue's representative atom
+  (C-alpha or P); full -> coarse, the representative atoms keep their own displacement. So one amplitude
+  vector produces the same displacement of corresponding atoms on both models; the transferred vectors are
+  no longer of unit norm on the new model (``norm_atoms`` remembers the size of the model they are
+  normalised on).
+* Mode files exchanged with Xmipp/ContinuousFlex (:mod:`deephemnma.nma.files`) hold these vectors as they are
+  (Xmipp applies amplitudes without normalising), so amplitudes estimated by Xmipp with our files have the
+  same meaning.
+* Numbering as in Xmipp: modes 1-6 are the rigid-body motions, 7 is the first non-rigid mode.
+"""
 from __future__ import annotations
 
 import os
-import numpy as np
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from deephemnma.molecule.structure import Structure
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.molecule.structure import Structure
 
 #: Number of rigid-body modes of a connected 3D network.
 RIGID_MODES = 6
@@ -15,6 +34,25 @@ RIGID_MODES = 6
 FIRST_MODE_NUMBER = RIGID_MODES + 1
 #: ContinuousFlex's default collectivity threshold for enabling modes.
 DEFAULT_COLLECTIVITY_THRESHOLD = 0.15
+
+
+def check_amplitude_table(values, source: str, num_modes: Optional[int] = None) -> np.ndarray:
+    """Amplitudes as a float ``(images, modes)`` array (a vector holds one mode's amplitude of each image).
+
+    InputError naming ``source`` when the table is empty, has another number of modes than ``num_modes`` or
+    holds NaN or infinite values.
+    """
+    table = np.asarray(values, dtype=np.float64)
+    if table.ndim == 1:
+        table = table[:, None]
+    if table.ndim != 2 or table.size == 0:
+        raise InputError(f'{source}: expected a non-empty (images, modes) table of amplitudes, got shape '
+                         f'{table.shape}')
+    if num_modes is not None and table.shape[1] != num_modes:
+        raise InputError(f'{source}: {table.shape[1]} amplitudes per row for {num_modes} modes')
+    if not np.all(np.isfinite(table)):
+        raise InputError(f'{source}: NaN or infinite amplitudes')
+    return table
 
 
 def parse_mode_numbers(text: str) -> List[int]:
@@ -86,13 +124,6 @@ class NormalModes:
     def enabled(self, threshold: float = DEFAULT_COLLECTIVITY_THRESHOLD) -> np.ndarray:
         """Boolean mask of the modes whose collectivity reaches ``threshold`` (ContinuousFlex's rule)."""
         return self.collectivity >= threshold
-
-    def displace(self, amplitudes: Sequence[float]) -> np.ndarray:
-        """Coordinates (N, 3) Angstrom of ``x0 + sum_k q_k v_k`` for one amplitude vector (M,)."""
-        q = np.asarray(amplitudes, dtype=np.float64)
-        if q.shape != (len(self),):
-            raise ValueError(f'{q.shape[0] if q.ndim else 1} amplitudes for {len(self)} modes')
-        return self.structure.coords + np.tensordot(q, self.vectors, axes=1)
 
     def transfer_to(self, target: Structure) -> 'NormalModes':
         """These modes on another model of the same molecule, amplitudes keeping their meaning.

@@ -1,1 +1,1 @@
-"""The DeepHEMNMA network: ResNet + MLP, its data, training and inference (no Scipion imports)."""
+"""The network: model, targets, data, augmentation, settings, training, model file, prediction and evaluation."""

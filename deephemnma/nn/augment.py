@@ -1,10 +1,21 @@
-"""TODO docstring"""
+"""In-plane augmentation of images with exactly consistent labels, for training and test-time averaging.
+
+* Augmentation is an in-plane rotation by ``phi`` and a translation by ``t`` (pixels) of the image content,
+  ``p' = R(phi) p + t`` with ``R(phi) = [[cos, -sin], [sin, cos]]`` acting on ``(x = column, y = row)``
+  around the centre pixel ``box // 2``. The labels follow exactly: the projection direction does not change,
+  the Xmipp matrix becomes ``A' = Rz(-phi) A`` i.e. ``psi' = psi - phi`` (rot and tilt unchanged), and the
+  shift (the translation that brings the particle back to the centre) becomes ``s' = R(phi) s - t``.
+* Test-time augmentation runs the network on in-plane rotated copies of each image and merges the outputs
+  after undoing each rotation on the labels (:func:`merge_rotated_outputs`).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+
 from deephemnma.imaging import rotations
 from deephemnma.nn import targets as tg
 

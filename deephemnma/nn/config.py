@@ -1,12 +1,21 @@
-"""TODO docstring"""
+"""Settings of a training run: :class:`TrainConfig`, the presets and the learning-rate schedules.
+
+* Presets: ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation in the
+  second half of the epochs) and ``paper`` (batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400
+  epochs, no early stop).
+* The settings that change the trained weights must stay the same for a resume (:func:`result_settings`); how
+  images are read (threads, RAM limit) may change.
+"""
 from __future__ import annotations
 
-import torch
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, Tuple
-from deephemnma.constants import MIN_NETWORK_BOX
-from deephemnma.runtime.errors import InputError
+
+import torch
+
 from deephemnma.nn import targets as tg
+from deephemnma.nn.model import MIN_NETWORK_BOX
+from deephemnma.runtime.errors import InputError
 
 
 @dataclass
@@ -64,11 +73,12 @@ def result_settings(config: dict) -> dict:
     return {name: value for name, value in config.items() if name not in READING_SETTINGS}
 
 
+#: Training presets (the order of the Scipion form's choices).
 PRESETS: Dict[str, Dict[str, object]] = {
-    'paper': dict(batch_size=2, lr=1e-5, schedule='step', step_epochs=80, step_gamma=0.1, epochs=400,
-                  amp=False, patience=0, max_rotation_deg=0.0, max_translation_px=0.0),
     'fast': dict(batch_size=128, lr=1e-3, schedule='onecycle', epochs=60, amp=True, patience=10,
                  max_rotation_deg=180.0, max_translation_px=0.0),
+    'paper': dict(batch_size=2, lr=1e-5, schedule='step', step_epochs=80, step_gamma=0.1, epochs=400,
+                  amp=False, patience=0, max_rotation_deg=0.0, max_translation_px=0.0),
 }
 
 

@@ -1,28 +1,23 @@
-"""Training and inference data: images from stacks, labels, outlier removal, splits and augmentation.
+"""Training data: outlier removal, the split by particle, image statistics and the prepared data set.
 
-* Images are read from stacks through :func:`deephemnma.data.images.read_stack` (memory-mapped); a
-  training set that fits in the allowed memory is copied to RAM once.
 * Outliers: images whose amplitudes lie farther than a threshold (3.2 by default, as in the paper) in
   Mahalanobis distance from the mean of all amplitudes are removed before the split.
 * Split: by particle (the image location ``index@stack``), so that no particle can be in two sets.
-* Augmentation is an in-plane rotation by ``phi`` and a translation by ``t`` (pixels) of the image content,
-  ``p' = R(phi) p + t`` with ``R(phi) = [[cos, -sin], [sin, cos]]`` acting on ``(x = column, y = row)``
-  around the centre pixel ``box // 2``. The labels follow exactly: the projection direction does not change,
-  the Xmipp matrix becomes ``A' = Rz(-phi) A`` i.e. ``psi' = psi - phi`` (rot and tilt unchanged), and the
-  shift (the translation that brings the particle back to the centre) becomes ``s' = R(phi) s - t``.
-* Test-time augmentation runs the network on in-plane rotated copies of each image and merges the outputs
-  after undoing each rotation on the labels (:func:`merge_rotated_outputs`).
+* :func:`prepare_data` fits the scaling on the training set, encodes the targets and copies the images used
+  to RAM when they fit in the allowed memory (otherwise they are streamed from their stacks).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
 import numpy as np
 import torch
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple, Sequence
-from deephemnma.runtime.errors import InputError
+
 from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import targets as tg
 from deephemnma.nn.config import TrainConfig
+from deephemnma.runtime.errors import InputError
 
 
 # ----------------------------------------------------------------------------------------------

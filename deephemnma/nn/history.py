@@ -1,13 +1,18 @@
-"""TODO docstring"""
+"""The record of a training run: the loss history per epoch (``loss_history.csv``), its plot
+(``loss_curves.png``) and the run's summary (``training_summary.json``: settings, outliers removed, split sizes,
+best epochs and losses).
+"""
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
 from typing import List, Optional
-from deephemnma.runtime.files import atomic_path
-from deephemnma.nn.data import PreparedData
+
 from deephemnma.nn.config import TrainConfig
+from deephemnma.nn.data import PreparedData
+from deephemnma.runtime.files import atomic_path, save_figure
+
 HISTORY_CSV = 'loss_history.csv'
 CURVES_PNG = 'loss_curves.png'
 SUMMARY_FILE = 'training_summary.json'
@@ -46,9 +51,7 @@ def plot_history(path: Path, history: List[dict]) -> None:
         axis.set_xlabel('epoch')
         axis.legend()
     figure.tight_layout()
-    with atomic_path(path, suffix='.png') as tmp:
-        figure.savefig(tmp, format='png', dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def write_summary(output_dir: Path, config: TrainConfig, data: PreparedData, history: List[dict],

@@ -15,18 +15,16 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from deephemnma.data.particles import Particles
+from deephemnma.data.stacks import ImageSource, read_ahead
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.nn import targets as tg
+from deephemnma.nn.augment import merge_rotated_outputs, transform_images
+from deephemnma.nn.modelfile import TrainedModel
 from deephemnma.runtime.chunks import ChunkStore
 from deephemnma.runtime.distributed import Rank, barrier
 from deephemnma.runtime.errors import InputError
-from deephemnma.imaging.filters import fourier_crop
-from deephemnma.runtime.machine import flush_denormals
-from deephemnma.data.particles import Particles
-from deephemnma.nn import targets as tg
-from deephemnma.data.stacks import ImageSource
-from deephemnma.nn.augment import merge_rotated_outputs, transform_images
-from deephemnma.data.stacks import read_ahead
-from deephemnma.nn.modelfile import TrainedModel
-from deephemnma.runtime.machine import amp_supported
+from deephemnma.runtime.machine import amp_supported, flush_denormals
 
 
 class Predictor:

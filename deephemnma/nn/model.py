@@ -23,11 +23,14 @@ import torch
 from torch import nn
 from torchvision import models
 
+#: Feature extractors (torchvision ResNets), the paper's first; the order of the Scipion form's choices.
 ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {
-    'resnet18': models.resnet18, 'resnet34': models.resnet34,
+    'resnet34': models.resnet34, 'resnet18': models.resnet18,
     'resnet50': models.resnet50, 'resnet101': models.resnet101,
 }
 LAYOUTS = ('combined', 'separate')
+#: Smallest image size (px) the network may be given (the ResNet stem and pooling need at least this).
+MIN_NETWORK_BOX = 16
 NORMS = ('batch', 'group')
 FEATURES = 1000
 HIDDEN = (512, 128)

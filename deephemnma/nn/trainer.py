@@ -1,16 +1,13 @@
-"""Training of the DeepHEMNMA network: presets, epochs, validation, checkpoints, resume and DDP.
+"""Training of the DeepHEMNMA network: epochs, validation, checkpoints, resume and DDP.
 
-* Loss: L1 (see :mod:`deephemnma.nn.targets`); optimiser Adam with L2 weight decay (1e-5 by default).
-* Presets: ``paper`` (batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs, no early stop)
-  and ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation in the
-  second half of the epochs).
+* Loss: L1 (see :mod:`deephemnma.nn.targets`); optimiser Adam with L2 weight decay (1e-5 by default); settings
+  and presets in :mod:`deephemnma.nn.config`.
 * Every epoch ``checkpoint_last.pt`` (model, optimiser, schedule, random state, history) is written
-  atomically; ``model.pt`` holds the best weights so far (by validation loss, per independent network in the
-  ``separate`` layout) with the network configuration and the scaling statistics: it is all inference needs.
-  A killed run started again with the same settings resumes from the last epoch and ends with the same
-  weights as an uninterrupted run (data order and augmentation are drawn from ``(seed, epoch)``, dropout's
-  random state is saved).
-* ``loss_history.csv`` and ``loss_curves.png`` record the training and validation losses per epoch.
+  atomically; ``model.pt`` (:mod:`deephemnma.nn.modelfile`) holds the best weights so far (by validation loss,
+  per independent network in the ``separate`` layout): it is all inference needs. A killed run started again
+  with the same settings resumes from the last epoch and ends with the same weights as an uninterrupted run
+  (data order and augmentation are drawn from ``(seed, epoch)``, dropout's random state is saved).
+* The loss history and plots are written by :mod:`deephemnma.nn.history`.
 * Several processes (``torchrun``; gloo on CPU, NCCL on GPU): each global batch is split evenly among the
   ranks (DistributedDataParallel averages the gradients), so a run on W processes follows the run on one
   process (exactly with ``norm='group'``; batch-norm statistics are per process on CPU and synchronised on
@@ -19,34 +16,28 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
 import numpy as np
 import torch
 import torch.distributed as dist
-from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from deephemnma.data.stacks import ImageSource, read_ahead
+from deephemnma.imaging.filters import fourier_crop
+from deephemnma.nn import targets as tg
+from deephemnma.nn.augment import Augmentation, transform_images, transform_quaternions, transform_shifts
+from deephemnma.nn.config import SCHEDULES, TrainConfig, result_settings
+from deephemnma.nn.data import PreparedData, prepare_data
+from deephemnma.nn.history import CURVES_PNG, plot_history, write_history, write_summary
+from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.modelfile import MODEL_FILE, MODEL_FORMAT, save_model
+from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.distributed import Rank, barrier, local_device
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.imaging.filters import fourier_crop
-from deephemnma.runtime.machine import flush_denormals
-from deephemnma.data.stacks import ImageSource, read_ahead
-from deephemnma.nn import targets as tg
-from deephemnma.nn.augment import Augmentation, transform_images, transform_quaternions, transform_shifts
-from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.history import CURVES_PNG
-from deephemnma.nn.modelfile import MODEL_FILE
-from deephemnma.nn.modelfile import MODEL_FORMAT
-from deephemnma.nn.data import PreparedData
-from deephemnma.nn.config import SCHEDULES
-from deephemnma.nn.config import TrainConfig
-from deephemnma.runtime.machine import amp_supported
-from deephemnma.nn.targets import labels_from_particles
-from deephemnma.nn.history import plot_history
-from deephemnma.nn.data import prepare_data
-from deephemnma.nn.config import result_settings
-from deephemnma.nn.modelfile import save_model
-from deephemnma.nn.history import write_history
-from deephemnma.nn.history import write_summary
+from deephemnma.runtime.machine import amp_supported, flush_denormals
+
 LAST_CHECKPOINT = 'checkpoint_last.pt'
 SPLIT_FILE = 'split.npz'
 PROGRESS_EVERY = 10  # steps between updates of the progress bar's loss (each one waits for the GPU)

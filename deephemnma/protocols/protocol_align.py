@@ -4,16 +4,14 @@ from __future__ import annotations
 import os
 from typing import List
 
-import numpy as np
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import (absolute_image_paths, copy_with_estimates, modes_mismatch, particles_from_set,
-                                write_modes_xmd_from_set)
+from deephemnma.convert.modes import modes_mismatch, write_modes_xmd_from_set
+from deephemnma.convert.particles import absolute_image_paths, copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.runtime.errors import InputError
 from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
-from deephemnma.protocols.compute import gpu_command, gpu_ids
+from deephemnma.protocols.base import DeepHemnmaProtocol
+from deephemnma.runtime.errors import InputError
 
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1
@@ -21,7 +19,7 @@ MODEL_CHOICES = ['residues2', 'residues', 'atoms']
 CTF_CHOICES = ['flipped', 'full', 'none']
 
 
-class DeepHemnmaProtAlign(EMProtocol):
+class DeepHemnmaProtAlign(DeepHemnmaProtocol):
     """HEMNMA: for every particle, the normal-mode amplitudes, Euler angles and shifts that make the projection
     of the deformed reference match the image (elastic and rigid-body 3D-to-2D alignment). The DeepHEMNMA engine
     runs on CPU or GPUs, batched, with a global search and a joint continuous refinement; Xmipp's
@@ -66,9 +64,7 @@ class DeepHemnmaProtAlign(EMProtocol):
         form.addParam('trustRegionScale', params.IntParam, default=1, label='Trust region scale',
                       condition='backend == 1', expertLevel=params.LEVEL_ADVANCED,
                       help='Xmipp program: scale of the trust region of its amplitude optimiser.')
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=False, label='Use GPU',
-                       help='Align on the GPUs listed below (several: torchrun, each aligns a share).')
-        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs')
+        self._defineGpuParams(form, 'Align on the GPUs listed below (several: torchrun, each aligns a share).')
         form.addParallelSection(threads=1, mpi=1)
 
     # ------------------------------------------------------------------------------------------
@@ -110,8 +106,7 @@ class DeepHemnmaProtAlign(EMProtocol):
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
         if self.localOnly.get():
             arguments += ' --local-refine'
-        program, arguments, env = gpu_command(self, 'align', arguments)
-        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+        self.runCommand('align', arguments)
 
     def _alignXmipp(self) -> None:
         from deephemnma.hemnma.xmipp import XmippAlignmentJob, is_pseudoatom_pdb
@@ -165,12 +160,12 @@ class DeepHemnmaProtAlign(EMProtocol):
             if program_path() is None:
                 errors.append('xmipp_nma_alignment is not on the PATH: install Xmipp or choose the DeepHEMNMA '
                               'engine.')
-        if self.useGpu.get() and self.backend.get() == BACKEND_ENGINE and not gpu_ids(self):
-            errors.append('"Use GPU" is on but the GPU list is empty.')
+        if self.backend.get() == BACKEND_ENGINE:
+            errors += self._validateGpus()
         return errors
 
     def _checkReference(self, modes, selected: List[int], particle_set) -> List[str]:
-        from deephemnma.molecule.structure import read_structure
+        from deephemnma.molecule.structure import check_fits, read_structure
         pdb = modes.getPdb()
         if pdb is None or not os.path.exists(pdb.getFileName()):
             return ['The normal modes have no reference structure file.']
@@ -178,16 +173,13 @@ class DeepHemnmaProtAlign(EMProtocol):
         problem = modes_mismatch(modes, selected, len(structure))
         if problem:
             return [f'{problem} (reference {os.path.basename(pdb.getFileName())}).']
-        errors = []
         if particle_set is not None and particle_set.getSize():
-            box, pixel = particle_set.getXDim(), particle_set.getSamplingRate()
-            radius = float(np.linalg.norm(structure.coords - structure.centre(), axis=1).max())
-            half = (box // 2) * pixel
-            if radius > half:
-                errors.append(f'The images ({box} px at {pixel:g} A/px, {half:.0f} A from the centre to the edge) '
-                              f'are too small for the reference, whose atoms reach {radius:.0f} A from its '
-                              'centre: check the pixel size of the particles or of the reference.')
-        return errors
+            try:
+                check_fits(structure.radius(), particle_set.getXDim(), particle_set.getSamplingRate(), 0.0)
+            except InputError as error:
+                return [f'{error} (reference {os.path.basename(pdb.getFileName())}; check the pixel size of the '
+                        'particles or of the reference).']
+        return []
 
     def _summary(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):

@@ -1,19 +1,25 @@
 """Scipion protocol: centroid structures of groups and animations along the axes of the conformational space."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from pwem.objects import AtomStruct, Volume
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import missing_modes, mode_files, normal_modes_from_set, particles_from_set
+from deephemnma.convert.modes import missing_modes, mode_files, write_modes_xmd_from_set
+from deephemnma.convert.particles import particles_from_set
+from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
+from deephemnma.protocols.base import DeepHemnmaProtocol
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
-from deephemnma.nma.modes import RIGID_MODES, NormalModes, parse_mode_numbers
+
+CENTROIDS_FILE = 'centroids.txt'
+MODES_XMD = 'modes.xmd'
 
 
-class DeepHemnmaProtAnimate(EMProtocol):
+class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
     """Atomic structures from the conformational space: the centroid conformation of each group (the
     reference deformed by the group's mean amplitudes, with its simulated map for comparison with the group's
     reconstruction), and animations of the reference along the axes of the space (multi-model PDB and GIF)."""
@@ -43,14 +49,14 @@ class DeepHemnmaProtAnimate(EMProtocol):
                       label='Pixel size (A)', help='0: that of the groups\' images.')
 
     def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
         self._insertFunctionStep(self.structuresStep)
         self._insertFunctionStep(self.createOutputStep)
 
-    def _modes(self) -> NormalModes:
-        return normal_modes_from_set(self.inputModes.get(), self._numbers() or None)
-
     def _numbers(self) -> list:
-        return parse_mode_numbers(self.modeNumbers.get())
+        """The mode numbers of the amplitudes (default: every non-rigid mode of the set)."""
+        return parse_mode_numbers(self.modeNumbers.get()) or \
+            [n for n in sorted(mode_files(self.inputModes.get())) if n > RIGID_MODES]
 
     def _grid(self):
         groups = [p.get() for p in self.inputGroups] if self.inputGroups else []
@@ -58,27 +64,26 @@ class DeepHemnmaProtAnimate(EMProtocol):
         pixel = self.pixelSize.get() or (groups[0].getSamplingRate() if groups else 1.5)
         return int(box), float(pixel)
 
-    def _centroids(self) -> np.ndarray:
-        return np.stack([particles_from_set(p.get(), require_amplitudes=True).amplitudes.mean(axis=0)
-                         for p in self.inputGroups])
+    def convertInputStep(self) -> None:
+        write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath(MODES_XMD))
+        if self.inputGroups:
+            centroids = np.stack([particles_from_set(p.get(), require_amplitudes=True).amplitudes.mean(axis=0)
+                                  for p in self.inputGroups])
+            with atomic_path(self._getExtraPath(CENTROIDS_FILE)) as tmp:
+                np.savetxt(tmp, centroids, fmt='%.6f', header='mean amplitudes of each group (one row per group)')
 
     def structuresStep(self) -> None:
-        from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
-        from deephemnma.nma.deform import write_axis_animation
-        from deephemnma.space.reduction import Space
-        modes = self._modes()
         box, pixel = self._grid()
+        reference = os.path.abspath(self.inputModes.get().getPdb().getFileName())
+        arguments = (f'--modes {self._getExtraPath(MODES_XMD)} --reference {reference} '
+                     f'--select {" ".join(map(str, self._numbers()))} -o {self._getExtraPath()} '
+                     f'--box {box} --pixel-size {pixel}')
         if self.inputGroups:
-            centroids = self._centroids()
-            with atomic_path(self._getExtraPath('centroids.txt')) as tmp:
-                np.savetxt(tmp, centroids, fmt='%.6f')
-            write_centroids(self._getExtraPath(), modes, centroids, box, pixel)
+            arguments += f' --centroids {self._getExtraPath(CENTROIDS_FILE)}'
         if self.inputSpace.get() is not None:
-            space = Space.load(self.inputSpace.get().space_path())
-            for axis in self._axes():
-                amplitudes = axis_amplitudes(space, axis - 1, self.frames.get(), self.spread.get())
-                coordinates = write_axis_animation(self._getExtraPath(f'axis_{axis}.pdb'), modes, amplitudes)
-                write_gif(self._getExtraPath(f'axis_{axis}.gif'), projection_frames(modes, coordinates, box, pixel))
+            arguments += (f' --space {self.inputSpace.get().space_path()} --axes {" ".join(map(str, self._axes()))} '
+                          f'--frames {self.frames.get()} --spread {self.spread.get()}')
+        self.runCommand('animate', arguments)
 
     def _axes(self):
         return [int(v) for v in (self.axes.get() or '1').replace(',', ' ').split()]
@@ -109,12 +114,11 @@ class DeepHemnmaProtAnimate(EMProtocol):
             return ['The set of normal modes is empty.']
         if not self.inputGroups and self.inputSpace.get() is None:
             errors.append('Nothing to do: give groups (centroids) and/or a space (animations).')
-        files = mode_files(modes_set)
         try:
-            numbers = self._numbers() or [n for n in files if n > RIGID_MODES]
+            numbers = self._numbers()
         except InputError as error:
             return errors + [str(error)]
-        missing = missing_modes(files, numbers)
+        missing = missing_modes(mode_files(modes_set), numbers)
         if missing:
             errors.append(f'The {missing}.')
         for number, pointer in enumerate(self.inputGroups or [], start=1):

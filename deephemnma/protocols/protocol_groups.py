@@ -3,46 +3,28 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-from pwem.objects import SetOfParticles
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import particles_from_set
-from deephemnma.space.groups import (AUTOMATIC_METHODS, PAPER_MIN_COUNT, automatic_labels, group_members,
-                                     polygon_labels, read_polygons, write_labels)
+from deephemnma.constants import SPACE_ATTR
+from deephemnma.convert.particles import first_item_has, particles_from_set, space_coordinates, subset_of
+from deephemnma.data.formats import write_particles
+from deephemnma.protocols.base import DeepHemnmaProtocol
 from deephemnma.runtime.errors import InputError
-from deephemnma.protocols.protocol_space import SPACE_ATTR, first_item_has
+from deephemnma.space.groups import (
+    AUTOMATIC_METHODS,
+    PAPER_MIN_COUNT,
+    group_members,
+    polygon_labels,
+    read_labels,
+    read_polygons,
+)
 
 METHODS = AUTOMATIC_METHODS + ('polygons',)
 LABELS_FILE = 'labels.txt'
+POINTS_FILE = 'points.star'
 
 
-def space_coordinates(particle_set: SetOfParticles) -> np.ndarray:
-    """The space coordinates ``(n, k)`` of the particles (attribute written by the space protocol)."""
-    particles = particles_from_set(particle_set)
-    if 'space' not in particles.extra:
-        raise InputError(f'{particle_set.getObjLabel() or particle_set.getFileName()}: the particles have no '
-                         'space coordinates; use the output of the conformational space protocol')
-    return np.asarray(particles.extra['space'], dtype=np.float64).reshape(len(particles), -1)
-
-
-def subset_of(protocol: EMProtocol, source: SetOfParticles, members: np.ndarray, suffix: str) -> SetOfParticles:
-    """The particles of ``source`` at positions ``members`` (id order) as a new set."""
-    output = protocol._createSetOfParticles(suffix=suffix)
-    output.copyInfo(source)
-    wanted = np.zeros(source.getSize(), dtype=bool)
-    wanted[members] = True
-    position = iter(range(len(wanted)))
-
-    def keep(item, _row=None):
-        item._appendItem = bool(wanted[next(position)])
-
-    output.copyItems(source, updateItemCallback=keep, copyDisabled=True, orderBy='id')
-    return output
-
-
-class DeepHemnmaProtGroups(EMProtocol):
+class DeepHemnmaProtGroups(DeepHemnmaProtocol):
     """Make groups of particles in the conformational space: polygons (drawn in the viewer or given in a file),
     quasi-uniform slices of an axis (the paper), k-means, Gaussian mixtures or density peaks. Each group is
     output as a subset of the particles, ready for 3D reconstruction."""
@@ -78,34 +60,33 @@ class DeepHemnmaProtGroups(EMProtocol):
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label='Random seed')
 
     def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
         self._insertFunctionStep(self.groupStep)
         self._insertFunctionStep(self.createOutputStep)
 
-    def _labels(self, coords: np.ndarray) -> np.ndarray:
-        """The group of every particle, from its space coordinates ``coords``."""
+    def convertInputStep(self) -> None:
+        write_particles(self._getExtraPath(POINTS_FILE), particles_from_set(self.inputParticles.get(),
+                                                                            require_amplitudes=True))
+
+    def _arguments(self) -> str:
         method = METHODS[self.method.get()]
+        arguments = f'--points {self._getExtraPath(POINTS_FILE)} -o {self._getExtraPath()} --method {method}'
         if method == 'polygons':
-            return polygon_labels(coords, list(read_polygons(self.polygonsFile.get()).values()))
-        count = self.numberOfGroups.get() or None
-        return automatic_labels(coords, method, count, self.axis.get() - 1, self.minCount.get(), self.trim.get(),
-                                self.equalCounts.get(), self.seed.get())
+            return arguments + f' --polygons {os.path.abspath(self.polygonsFile.get())}'
+        arguments += f' --axis {self.axis.get()} --min-count {self.minCount.get()} --trim {self.trim.get()} ' \
+                     f'--seed {self.seed.get()}'
+        if self.numberOfGroups.get():
+            arguments += f' --groups {self.numberOfGroups.get()}'
+        return arguments + (' --equal-counts' if self.equalCounts.get() else '')
 
     def groupStep(self) -> None:
-        from deephemnma.space.plots import save_space_plot
-        coords = space_coordinates(self.inputParticles.get())
-        labels = self._labels(coords)
-        group_members(labels)  # refuses empty groups with a clear message
-        write_labels(self._getExtraPath(LABELS_FILE), labels)
-        if coords.shape[1] >= 2:
-            polygons = read_polygons(self.polygonsFile.get()) if METHODS[self.method.get()] == 'polygons' else None
-            save_space_plot(self._getExtraPath('groups.png'), coords, 'score', values=labels.astype(float),
-                            title='groups', polygons=polygons)
+        self.runCommand('groups', self._arguments())
 
     def createOutputStep(self) -> None:
-        from deephemnma.space.groups import read_labels
         source = self.inputParticles.get()
         members = group_members(read_labels(self._getExtraPath(LABELS_FILE)))
-        outputs = {f'outputGroup{number}': subset_of(self, source, indices, f'group{number}')
+        outputs = {f'outputGroup{number}': subset_of(self._createSetOfParticles(suffix=f'group{number}'), source,
+                                                     indices)
                    for number, indices in enumerate(members, start=1)}
         self._defineOutputs(**outputs)
         for output in outputs.values():
@@ -125,7 +106,8 @@ class DeepHemnmaProtGroups(EMProtocol):
             if not path or not os.path.exists(path):
                 return [f'Polygon file not found: {path}']
             try:
-                group_members(self._labels(space_coordinates(self.inputParticles.get())))
+                polygons = list(read_polygons(path).values())
+                group_members(polygon_labels(space_coordinates(self.inputParticles.get()), polygons))
             except InputError as error:
                 errors.append(f'The polygons select no valid groups: {error}')
         elif method == 'slices':

@@ -3,26 +3,21 @@ from __future__ import annotations
 
 import os
 
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import absolute_image_paths, copy_with_estimates, particles_from_set
+from deephemnma.convert.particles import absolute_image_paths, copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.protocols.compute import gpu_command, gpu_ids
+from deephemnma.nn.modelfile import read_model_info
+from deephemnma.protocols.base import DeepHemnmaProtocol
 
 
-def model_box(model_path: str) -> int:
-    """The image size (px) a model file was trained on."""
-    import torch
-    return int(torch.load(model_path, map_location='cpu', weights_only=True)['box'])
-
-
-class DeepHemnmaProtInfer(EMProtocol):
+class DeepHemnmaProtInfer(DeepHemnmaProtocol):
     """Predict the normal-mode amplitudes, orientation (Euler angles) and shifts of particle images with a
     network trained by "train network". The output particles carry the predicted pose as their transform and
     the amplitudes as _xmipp_nmaDisplacements, like HEMNMA's output, for the conformational space protocols."""
 
     _label = 'predict with network'
+    _gpuDefault = True
 
     def _defineParams(self, form) -> None:
         form.addSection(label='Input')
@@ -40,9 +35,7 @@ class DeepHemnmaProtInfer(EMProtocol):
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
         form.addParam('readers', params.IntParam, default=2, label='Reading threads',
                       expertLevel=params.LEVEL_ADVANCED, help='Threads reading images ahead of the network.')
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label='Use GPU',
-                       help='Predict on the GPUs listed below (several: torchrun, each predicts a share).')
-        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs')
+        self._defineGpuParams(form, 'Predict on the GPUs listed below (several: torchrun, each predicts a share).')
 
     def _insertAllSteps(self) -> None:
         self._insertFunctionStep(self.convertInputStep)
@@ -65,8 +58,7 @@ class DeepHemnmaProtInfer(EMProtocol):
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
                      f'--batch-size {self.batchSize.get()} --readers {self.readers.get()} '
                      f'--rotations {self.rotations.get()} --quiet')
-        program, arguments, env = gpu_command(self, 'infer', arguments)
-        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+        self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:
         predicted = read_particles(self.predictions_path())
@@ -84,7 +76,7 @@ class DeepHemnmaProtInfer(EMProtocol):
         if training is None or not os.path.exists(training.model_path()):
             errors.append('The training protocol has no model yet: run it first.')
         elif particle_set is not None and particle_set.getSize():
-            box = model_box(training.model_path())
+            box = read_model_info(training.model_path())['box']
             size = particle_set.getXDim()
             if size != box:
                 errors.append(f'The particles are {size} px but the network was trained on {box} px images: '
@@ -93,9 +85,7 @@ class DeepHemnmaProtInfer(EMProtocol):
             errors.append('The batch size must be at least 1.')
         if self.rotations.get() < 1:
             errors.append('The number of in-plane rotations per image must be at least 1.')
-        if self.useGpu.get() and not gpu_ids(self):
-            errors.append('"Use GPU" is on but the GPU list is empty.')
-        return errors
+        return errors + self._validateGpus()
 
     def _summary(self):
         if not hasattr(self, 'outputParticles'):

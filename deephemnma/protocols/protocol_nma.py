@@ -1,20 +1,20 @@
 """Scipion protocol: normal modes of an atomic structure or of an EM map converted into pseudoatoms."""
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import numpy as np
 from pwem.objects import AtomStruct, SetOfNormalModes
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.convert import set_of_modes_from_xmd
+from deephemnma.convert.modes import set_of_modes_from_xmd
+from deephemnma.nma.elastic import check_mode_count, check_network, degrees_of_freedom, resolve_cutoff
+from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD, NormalModes
+from deephemnma.protocols.base import COARSE_CHOICES, DeepHemnmaProtocol
 from deephemnma.runtime.errors import InputError
-from deephemnma.nma.modes import DEFAULT_COLLECTIVITY_THRESHOLD, RIGID_MODES, NormalModes
 
 INPUT_ATOMS, INPUT_MAP = 0, 1
-_COARSE = ('all heavy atoms', 'C-alpha', 'C-alpha and P')
-_COARSE_LEVELS = (None, 'CA', 'CA+P')
 CUTOFF_ABSOLUTE, CUTOFF_RELATIVE = 0, 1
 REFERENCE_PDB = 'reference.pdb'
 PSEUDOATOMS_PDB = 'pseudoatoms.pdb'
@@ -23,7 +23,7 @@ MODES_NPZ = 'modes.npz'
 MIN_ATOMS = 4
 
 
-class DeepHemnmaProtNMA(EMProtocol):
+class DeepHemnmaProtNMA(DeepHemnmaProtocol):
     """Normal mode analysis with an elastic network (Tirion 1996; ANM, or RTB for large complexes), on an
     atomic structure (optionally reduced to C-alpha or C-alpha and P atoms) or on an EM map converted into
     pseudoatoms (Gaussians approximating the map to a target error; Jonic & Sorzano 2016). The 6 rigid-body
@@ -44,7 +44,7 @@ class DeepHemnmaProtNMA(EMProtocol):
                       help='PDB or mmCIF model. Hydrogens and waters are removed.')
         form.addParam('chains', params.StringParam, default='', condition=f'inputType == {INPUT_ATOMS}',
                       label='Chains', help='Chain identifiers to keep, separated by spaces; empty: all chains.')
-        form.addParam('coarse', params.EnumParam, choices=list(_COARSE), default=0,
+        form.addParam('coarse', params.EnumParam, choices=[label for label, _ in COARSE_CHOICES], default=0,
                       condition=f'inputType == {INPUT_ATOMS}', label='Atoms',
                       help='All heavy atoms, or one atom per residue (C-alpha; C-alpha and P for nucleic acids, '
                            'as the paper\'s ribosome model). Amplitudes are relative to the model used: 200 moves '
@@ -88,8 +88,7 @@ class DeepHemnmaProtNMA(EMProtocol):
                       help='Animations sweep each enabled mode from -amplitude to +amplitude (mode units: see '
                            'the protocol help).')
         form.addParam('frames', params.IntParam, default=11, label='Frames', expertLevel=params.LEVEL_ADVANCED)
-        form.addParam('device', params.StringParam, default='cpu', label='Device', expertLevel=params.LEVEL_ADVANCED,
-                      help="'cpu', 'cuda' or 'auto' for the dense eigensolver and the pseudoatom fit.")
+        self._defineGpuParams(form, 'Compute the dense eigensolver and the pseudoatom fit on the first GPU listed.')
 
     # ------------------------------------------------------------------------------------------
     def _insertAllSteps(self) -> None:
@@ -104,6 +103,9 @@ class DeepHemnmaProtNMA(EMProtocol):
     def _chains(self) -> Optional[List[str]]:
         return (self.chains.get() or '').replace(',', ' ').split() or None
 
+    def _coarseLevel(self) -> Optional[str]:
+        return COARSE_CHOICES[self.coarse.get()][1]
+
     def _referenceStructure(self):
         """The atoms the modes are computed on (pseudoatoms after the first step for a map)."""
         from deephemnma.molecule.structure import coarse_grain, read_structure
@@ -111,7 +113,7 @@ class DeepHemnmaProtNMA(EMProtocol):
             from deephemnma.molecule.pseudoatoms import read_pseudoatoms
             return read_pseudoatoms(self._getPath(PSEUDOATOMS_PDB)).to_structure()
         structure = read_structure(self.inputStructure.get().getFileName(), chains=self._chains())
-        level = _COARSE_LEVELS[self.coarse.get()]
+        level = self._coarseLevel()
         return coarse_grain(structure, level) if level else structure
 
     def _mapData(self):
@@ -121,39 +123,26 @@ class DeepHemnmaProtNMA(EMProtocol):
         return data, volume.getSamplingRate()
 
     def pseudoatomsStep(self) -> None:
-        from deephemnma.runtime.machine import resolve_device
-        from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms
-        volume, pixel_size = self._mapData()
-        pseudo = map_to_pseudoatoms(volume, pixel_size, sigma=self.pseudoSigma.get() * pixel_size,
-                                    target_error=self.targetError.get() / 100.0,
-                                    device=str(resolve_device(self.device.get())))
-        pseudo.write(self._getPath(PSEUDOATOMS_PDB))
-        correlation = map_correlation(volume, pseudo.to_map(volume.shape[0], pixel_size))
-        self.info(f'{len(pseudo)} pseudoatoms, relative error {pseudo.relative_error:.4f}, '
-                  f'map correlation {correlation:.4f}')
+        volume = self.inputVolume.get()
+        pixel_size = volume.getSamplingRate()
+        self.runCommand('pseudoatoms', f'{os.path.abspath(volume.getFileName())} -o {self._getPath(PSEUDOATOMS_PDB)} '
+                                       f'--sigma {self.pseudoSigma.get() * pixel_size} '
+                                       f'--target-error {self.targetError.get() / 100.0} --pixel-size {pixel_size}')
 
     def computeModesStep(self) -> None:
-        from deephemnma.nma.deform import animate, mode_direction
-        from deephemnma.runtime.machine import resolve_device
-        from deephemnma.nma.files import write_modes
-        from deephemnma.nma.elastic import compute_modes
-        from deephemnma.molecule.structure import write_structure
-        structure = self._referenceStructure()
         relative = self.cutoffMode.get() == CUTOFF_RELATIVE
-        modes = compute_modes(structure, n_modes=self.numberOfModes.get(),
-                              cutoff=None if relative else self.cutoff.get(),
-                              percentile=self.percentile.get() if relative else None,
-                              rtb_block_size=0 if self._isMap() else self.rtbBlockSize.get(),
-                              device=str(resolve_device(self.device.get())))
-        write_structure(self._getPath(REFERENCE_PDB), structure)
-        write_modes(self._getPath(), modes, threshold=self.collectivityThreshold.get())
-        modes.save(self._getExtraPath(MODES_NPZ))
-        for index in np.flatnonzero(modes.enabled(self.collectivityThreshold.get())):
-            number = int(modes.numbers[index])
-            animate(self._getExtraPath('animations', f'animated_mode_{number:03d}.pdb'), structure, modes.vectors,
-                    mode_direction(len(modes), index), self.amplitude.get(), self.frames.get())
-        self.info(f'{len(structure)} atoms, cutoff {modes.cutoff:.2f} A, {modes.method}: '
-                  f'eigenvalues {", ".join(f"{v:.3e}" for v in modes.eigenvalues)}')
+        arguments = [f'-o {self._getPath()} --modes {self.numberOfModes.get()}',
+                     f'--percentile {self.percentile.get()}' if relative else f'--cutoff {self.cutoff.get()}',
+                     f'--collectivity-threshold {self.collectivityThreshold.get()} --animate-enabled',
+                     f'--amplitude {self.amplitude.get()} --frames {self.frames.get()}']
+        if self._isMap():
+            arguments.insert(0, self._getPath(PSEUDOATOMS_PDB))
+        else:
+            arguments.insert(0, os.path.abspath(self.inputStructure.get().getFileName()))
+            if self._chains():
+                arguments.append('--chains ' + ' '.join(self._chains()))
+            arguments.append(f'--coarse {self._coarseLevel() or "none"} --rtb-block {self.rtbBlockSize.get()}')
+        self.runCommand('nma', ' '.join(arguments))
 
     def createOutputStep(self) -> None:
         structure = AtomStruct(filename=self._getPath(REFERENCE_PDB), pseudoatoms=self._isMap())
@@ -168,7 +157,7 @@ class DeepHemnmaProtNMA(EMProtocol):
 
     def loadModes(self) -> NormalModes:
         """The computed modes (with their reference) as the core's NormalModes."""
-        return NormalModes.load(self._getExtraPath(MODES_NPZ))
+        return NormalModes.load(self._getPath(MODES_NPZ))
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> List[str]:
@@ -203,7 +192,7 @@ class DeepHemnmaProtNMA(EMProtocol):
             errors.append('The target error must be a percentage between 0 and 100.')
         if self._isMap() and not self.pseudoSigma.get() > 0:
             errors.append('The pseudoatom sigma must be positive.')
-        return errors
+        return errors + self._validateGpus()
 
     def _validateMap(self) -> List[str]:
         try:
@@ -217,17 +206,12 @@ class DeepHemnmaProtNMA(EMProtocol):
         return []
 
     def _validateNetwork(self, structure) -> List[str]:
-        from deephemnma.nma.elastic import check_network, resolve_cutoff, rtb_blocks
         if len(structure) < MIN_ATOMS:
             return [f'Only {len(structure)} atom(s) selected: an elastic network needs at least {MIN_ATOMS}.']
-        blocks = len(np.unique(rtb_blocks(structure, self.rtbBlockSize.get()))) if self.rtbBlockSize.get() else 0
-        dof = 6 * blocks if blocks else 3 * len(structure)
-        if self.numberOfModes.get() > dof - RIGID_MODES:
-            return [f'{self.numberOfModes.get()} modes asked but the model has only {dof - RIGID_MODES} non-rigid '
-                    f'degrees of freedom ({len(structure)} atoms'
-                    + (f' in {blocks} RTB blocks)' if blocks else ')') + '.']
         relative = self.cutoffMode.get() == CUTOFF_RELATIVE
         try:
+            check_mode_count(self.numberOfModes.get(), degrees_of_freedom(structure, self.rtbBlockSize.get()),
+                             len(structure), self.rtbBlockSize.get())
             radius = resolve_cutoff(structure.coords, None if relative else self.cutoff.get(),
                                     self.percentile.get() if relative else None)
             check_network(structure.coords, radius)

@@ -3,35 +3,26 @@ from __future__ import annotations
 
 import json
 import os
-from itertools import islice
-from pathlib import Path
 
 import numpy as np
-from pwem.objects import SetOfParticles, Volume
-from pwem.protocols import EMProtocol
+from pwem.objects import Volume
 from pyworkflow.protocol import params
 
-from deephemnma.convert import particles_from_set
-from deephemnma.runtime.files import atomic_path
+from deephemnma.convert.particles import absolute_image_paths, max_shift, particles_from_set
+from deephemnma.data.formats import write_particles
+from deephemnma.data.particles import concatenate
+from deephemnma.protocols.base import DeepHemnmaProtocol
+from deephemnma.space.groups import write_labels
 from deephemnma.space.reconstruct import CTF_MODES
-from deephemnma.imaging.rotations import pose_from_transform
 
-_VALIDATION_SAMPLE = 2000
-
-
-def max_shift(particle_set: SetOfParticles, limit: int = _VALIDATION_SAMPLE) -> float:
-    """Largest |shift| (pixels) among the first ``limit`` particles (0 without alignment)."""
-    matrices = [np.array(p.getTransform().getMatrix()) for p in islice(particle_set.iterItems(), limit)
-                if p.hasTransform()]
-    if not matrices:
-        return 0.0
-    return float(np.abs(pose_from_transform(np.array(matrices))[1]).max())
+PARTICLES_FILE = 'particles.star'
+LABELS_FILE = 'labels.txt'
 
 
-class DeepHemnmaProtReconstruct(EMProtocol):
+class DeepHemnmaProtReconstruct(DeepHemnmaProtocol):
     """Reconstruct a map of each input set of particles (e.g. each group of the conformational space) from
     their images and poses by direct Fourier inversion with CTF correction, with half maps, FSC curves and,
-    optionally, the FSC against a reference map. Runs on CPU or GPU."""
+    optionally, the FSC against a reference map. Runs on CPU, a GPU or several GPUs (torchrun)."""
 
     _label = 'reconstruct groups'
 
@@ -54,49 +45,35 @@ class DeepHemnmaProtReconstruct(EMProtocol):
         form.addParam('wiener', params.FloatParam, default=0.01, expertLevel=params.LEVEL_ADVANCED,
                       label='Wiener regularisation',
                       help='Added to the CTF^2 weights, as a fraction of their mean in each Fourier shell.')
-        form.addParam('device', params.StringParam, default='auto', expertLevel=params.LEVEL_ADVANCED,
-                      label='Device', help='auto, cpu or cuda.')
         form.addParam('batchSize', params.IntParam, default=256, expertLevel=params.LEVEL_ADVANCED,
                       label='Images per batch')
+        self._defineGpuParams(form, 'Reconstruct on the GPUs listed below (several: torchrun, each inserts a share '
+                                    'of the images).')
 
     def _insertAllSteps(self) -> None:
-        for number in range(1, len(self.inputSets) + 1):
-            self._insertFunctionStep(self.reconstructStep, number)
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.reconstructStep)
         self._insertFunctionStep(self.createOutputStep)
 
     def _name(self, number: int) -> str:
         return self._getExtraPath(f'group_{number:03d}')
 
-    def reconstructStep(self, number: int) -> None:
-        from deephemnma.imaging.fsc import fsc
-        from deephemnma.data.images import read_image, write_map
-        from deephemnma.runtime.machine import resolve_device
-        from deephemnma.imaging.ctf import ctf_table
-        from deephemnma.data.stacks import particle_batches
-        from deephemnma.space.reconstruct import reconstruct
-        from deephemnma.space.plots import save_fsc_plot
-        from deephemnma.data.stacks import ImageSource
-        particle_set = self.inputSets[number - 1].get()
-        particles = particles_from_set(particle_set, require_alignment=True)
-        source = ImageSource(particles.image, os.getcwd())
-        scale = source.box / self.poseBox.get() if self.poseBox.get() else 1.0
-        mode = CTF_MODES[self.ctfMode.get()]
-        result = reconstruct(particle_batches(source, self.batchSize.get()), particles.angles, particles.shifts,
-                             source.box, particle_set.getSamplingRate(), ctf_table(particles) if mode != 'none'
-                             else None, mode, self.pad.get(), self.wiener.get(), scale,
-                             resolve_device(self.device.get()))
-        name = self._name(number)
-        write_map(f'{name}.mrc', result.volume, result.pixel_size)
-        for half, volume in enumerate(result.half_maps, start=1):
-            write_map(f'{name}_half{half}.mrc', volume, result.pixel_size)
-        curves = {'half maps': result.half_map_fsc()}
+    def convertInputStep(self) -> None:
+        """All sets in one particle file, with one group label per particle (set ``k`` is group ``k``)."""
+        sets = [particles_from_set(pointer.get(), require_alignment=True) for pointer in self.inputSets]
+        write_particles(self._getExtraPath(PARTICLES_FILE), absolute_image_paths(concatenate(sets)))
+        write_labels(self._getExtraPath(LABELS_FILE), np.repeat(np.arange(len(sets)), [len(s) for s in sets]))
+
+    def reconstructStep(self) -> None:
+        arguments = (f'-i {self._getExtraPath(PARTICLES_FILE)} --groups {self._getExtraPath(LABELS_FILE)} '
+                     f'-o {self._getExtraPath()} --ctf {CTF_MODES[self.ctfMode.get()]} --pad {self.pad.get()} '
+                     f'--wiener {self.wiener.get()} --batch-size {self.batchSize.get()} '
+                     f'--pixel-size {self.inputSets[0].get().getSamplingRate()}')
+        if self.poseBox.get():
+            arguments += f' --pose-box {self.poseBox.get()}'
         if self.referenceVolume.get() is not None:
-            reference, _ = read_image(self.referenceVolume.get().getFileName())
-            curves['vs reference'] = fsc(result.volume, reference, result.pixel_size)
-        summary = {key: curve.as_dict() for key, curve in curves.items()}
-        with atomic_path(f'{name}_fsc.json') as tmp:
-            Path(tmp).write_text(json.dumps({'images': result.count, **summary}, indent=1))
-        save_fsc_plot(f'{name}_fsc.png', curves)
+            arguments += f' --reference {os.path.abspath(self.referenceVolume.get().getFileName())}'
+        self.runCommand('reconstruct', arguments)
 
     def createOutputStep(self) -> None:
         volumes = self._createSetOfVolumes()
@@ -120,9 +97,9 @@ class DeepHemnmaProtReconstruct(EMProtocol):
     def fsc_summary(self, number: int) -> str:
         record = self.fsc_curves(number)
         text = (f"{record['images']} images; half maps: "
-                f"{record['half maps']['resolution_0143_angstrom']:.2f} A at FSC 0.143")
-        if 'vs reference' in record:
-            text += f"; vs reference: {record['vs reference']['resolution_05_angstrom']:.2f} A at FSC 0.5"
+                f"{record['half_maps']['resolution_0143_angstrom']:.2f} A at FSC 0.143")
+        if 'vs_reference' in record:
+            text += f"; vs reference: {record['vs_reference']['resolution_05_angstrom']:.2f} A at FSC 0.5"
         return text
 
     def _validate(self):
@@ -158,7 +135,7 @@ class DeepHemnmaProtReconstruct(EMProtocol):
                 errors.append(f'The reference map is {reference.getXDim()} px wide but the particles {box} px.')
         if self.pad.get() < 1:
             errors.append('The padding factor must be at least 1.')
-        return errors
+        return errors + self._validateGpus()
 
     def _summary(self):
         if not hasattr(self, 'outputVolumes'):

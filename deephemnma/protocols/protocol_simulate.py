@@ -7,22 +7,24 @@ from typing import List
 
 import numpy as np
 from pwem.objects import AtomStruct, SetOfNormalModes
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
 from deephemnma.constants import TRUE_PREFIX
-from deephemnma.convert import fill_set_of_particles, modes_mismatch, set_of_modes_from_xmd, write_modes_xmd_from_set
-from deephemnma.simulate.conformations import KINDS
-from deephemnma.runtime.errors import InputError
+from deephemnma.convert.modes import modes_mismatch, set_of_modes_from_xmd, write_modes_xmd_from_set
+from deephemnma.convert.particles import fill_set_of_particles
 from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.molecule.structure import check_fits
 from deephemnma.nma.modes import parse_mode_numbers
+from deephemnma.protocols.base import COARSE_CHOICES, DeepHemnmaProtocol
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
 from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, validate_config
-from deephemnma.simulate.setup import ak_reference_path, check_fits
+from deephemnma.simulate.conformations import KINDS
+from deephemnma.simulate.setup import ak_reference_path
 
 SIMULATION_FOLDER = 'simulation'
 INPUT_MODES_XMD = 'input_modes.xmd'
-_COARSE = ('all atoms', 'C-alpha', 'C-alpha and P')
-_COARSE_LEVELS = (None, 'CA', 'CA+P')
+SETTINGS_FILE = 'simulation_settings.json'
 _ANGLE_LABELS = ('uniform on SO(3)', 'uniform in each angle (paper)')
 _SCOPE_LABELS = ('one noise level for all images', 'per image')
 _GRID_LABELS = ('output images', 'oversampled images (the paper)')
@@ -43,7 +45,7 @@ def _snr_images(config: dict) -> str:
     return 'output images'
 
 
-class DeepHemnmaProtSimulate(EMProtocol):
+class DeepHemnmaProtSimulate(DeepHemnmaProtocol):
     """Simulate cryo-EM particle images of a flexible molecule, like the paper's synthetic data: each image is
     the reference displaced along normal modes (x = x0 + sum q_k v_k), converted to electron scattering
     densities (Peng 1996), rotated, shifted and projected exactly, multiplied by a CTF, with noise before and
@@ -65,7 +67,8 @@ class DeepHemnmaProtSimulate(EMProtocol):
                            'line per atom of the reference.')
         form.addParam('modeNumbers', params.StringParam, default='7 8 9', label='Modes to use',
                       help='Mode numbers (7 is the first non-rigid mode); the paper uses 7 8 9.')
-        form.addParam('coarse', params.EnumParam, choices=list(_COARSE), default=0, label='Atoms',
+        form.addParam('coarse', params.EnumParam, choices=[label for label, _ in COARSE_CHOICES], default=0,
+                      label='Atoms',
                       condition='not inputModes',
                       help='All atoms (the paper), or one atom per residue. The amplitude scale depends on the '
                            'model the modes are defined on: 200 moves the all-atom AK chain by about 5 A RMS and '
@@ -153,8 +156,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
                            'the ground truth). The ground truth is always stored as _deephemnma_true_* attributes.')
 
         form.addParallelSection(threads=2, mpi=0)
-        form.addParam('device', params.StringParam, default='', label='Device', expertLevel=params.LEVEL_ADVANCED,
-                      help="'cpu', 'cuda' or 'cuda:N'; empty: the plugin's default (DEEPHEMNMA_DEVICE).")
+        self._defineGpuParams(form, 'Simulate on the first GPU listed below.')
         form.addParam('chunkSize', params.IntParam, default=1000, label='Images per chunk',
                       expertLevel=params.LEVEL_ADVANCED, help='A stopped run resumes from its last finished chunk.')
 
@@ -178,7 +180,7 @@ class DeepHemnmaProtSimulate(EMProtocol):
         return SimulationConfig(
             count=self.count.get(), box=self.box.get(), pixel_size=self.pixelSize.get(), seed=self.seed.get(),
             structure=os.path.abspath(structure.getFileName()) if structure is not None else None,
-            coarse=None if self.inputModes.hasValue() else _COARSE_LEVELS[self.coarse.get()],
+            coarse=None if self.inputModes.hasValue() else COARSE_CHOICES[self.coarse.get()][1],
             modes=modes_file, mode_numbers=_mode_numbers(self.modeNumbers.get()), cutoff=self.cutoff.get(),
             bfactor=self.bfactor.get(), conformations=distribution, amplitude_scale=self.amplitudeScale.get(),
             states=json.loads(self.states.get()) if distribution == 'discrete' else None,
@@ -198,15 +200,13 @@ class DeepHemnmaProtSimulate(EMProtocol):
             chunk_size=self.chunkSize.get())
 
     def simulateStep(self) -> None:
-        import torch
-        from deephemnma import Plugin
-        from deephemnma.runtime.machine import resolve_device
-        from deephemnma.simulate.dataset import simulate_to_disk
-        torch.set_num_threads(max(1, self.numberOfThreads.get()))
         if self.inputModes.hasValue():  # mode number = item id
             write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath(INPUT_MODES_XMD))
-        device = resolve_device(self.device.get() or Plugin.getDefaultDevice())
-        simulate_to_disk(self._config(), self._simulationPath(), device=device)
+        settings = self._getExtraPath(SETTINGS_FILE)
+        with atomic_path(settings) as tmp:
+            with open(tmp, 'w') as handle:
+                json.dump(self._config().to_dict(), handle, indent=1)
+        self.runCommand('simulate', f'-o {self._simulationPath()} --config {settings} --threads {self._threads()}')
 
     def _record(self) -> dict:
         """The simulation's record (simulation.json: configuration, files, measured SNR, ...)."""
@@ -254,12 +254,11 @@ class DeepHemnmaProtSimulate(EMProtocol):
             return errors
         try:
             reference = self._referenceForValidation(config)
-            radius = float(np.linalg.norm(reference.coords - reference.coords.mean(axis=0), axis=1).max())
-            check_fits(radius, config.box, config.pixel_size, 0.0)
+            check_fits(reference.radius(), config.box, config.pixel_size, 0.0)
             errors += self._checkModes(reference, config.mode_numbers)
         except InputError as error:
             errors.append(str(error))
-        return errors
+        return errors + self._validateGpus()
 
     def _referenceForValidation(self, config: SimulationConfig):
         from deephemnma.molecule.structure import coarse_grain, read_structure

@@ -1,45 +1,19 @@
 """Scipion protocol: the conformational space of normal-mode amplitudes (PCA and other reductions)."""
 from __future__ import annotations
 
-import numpy as np
-from pwem.objects import SetOfParticles
-from pwem.protocols import EMProtocol
-from pyworkflow.object import CsvList
 from pyworkflow.protocol import params
 
-from deephemnma.constants import AMPLITUDES_ATTR, EXTRA_PREFIX
-from deephemnma.convert import particles_from_set
-from deephemnma.space.reduction import METHODS, TRANSFORMABLE, fit_space
+from deephemnma.constants import AMPLITUDES_ATTR, SPACE_ATTR
+from deephemnma.convert.particles import copy_with_vectors, first_item_has, particles_from_set
+from deephemnma.data.formats import write_particles
+from deephemnma.protocols.base import DeepHemnmaProtocol, quoted
+from deephemnma.space.reduction import METHODS, TRANSFORMABLE
 
-#: Per-particle attribute holding the coordinates of the particle in the space (read back as extra 'space').
-SPACE_ATTR = EXTRA_PREFIX + 'space'
 SPACE_FILE = 'space.pkl'
 _FIT_CHOICES = ('both sets', 'first set', 'second set')
 
 
-def first_item_has(particle_set: SetOfParticles, attribute: str) -> bool:
-    """Whether the first particle of a set carries ``attribute`` (a cheap check for ``_validate``)."""
-    first = particle_set.getFirstItem() if particle_set.getSize() else None
-    return first is not None and getattr(first, attribute, None) is not None
-
-
-def copy_with_vectors(protocol: EMProtocol, source: SetOfParticles, rows: np.ndarray, attribute: str,
-                      suffix: str) -> SetOfParticles:
-    """A copy of ``source`` where particle ``i`` (in id order) gets the vector ``rows[i]`` as ``attribute``."""
-    output = protocol._createSetOfParticles(suffix=suffix)
-    output.copyInfo(source)
-    position = iter(range(len(rows)))
-
-    def attach(item, _row=None):
-        values = CsvList(pType=float)
-        values.set([float(v) for v in rows[next(position)]])
-        setattr(item, attribute, values)
-
-    output.copyItems(source, updateItemCallback=attach, copyDisabled=True, orderBy='id')
-    return output
-
-
-class DeepHemnmaProtSpace(EMProtocol):
+class DeepHemnmaProtSpace(DeepHemnmaProtocol):
     """Reduce the normal-mode amplitudes of particles (predicted, HEMNMA-estimated or both) to a 2D or 3D
     conformational space. Each particle becomes a point; near points are similar conformations."""
 
@@ -78,6 +52,7 @@ class DeepHemnmaProtSpace(EMProtocol):
         form.addParam('seed', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label='Random seed')
 
     def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
         self._insertFunctionStep(self.buildSpaceStep)
         self._insertFunctionStep(self.createOutputStep)
 
@@ -92,18 +67,23 @@ class DeepHemnmaProtSpace(EMProtocol):
         choice = self.fitOn.get() if len(names) > 1 else 0
         return names if choice == 0 else [names[choice - 1]]
 
+    def _amplitudesPath(self, number: int) -> str:
+        return self._getExtraPath(f'amplitudes_{number}.star')
+
+    def convertInputStep(self) -> None:
+        for number, (_, particle_set) in enumerate(self._sets(), start=1):
+            write_particles(self._amplitudesPath(number), particles_from_set(particle_set, require_amplitudes=True))
+
     def buildSpaceStep(self) -> None:
-        from deephemnma.space.plots import save_space_plot
-        amplitudes = {name: particles_from_set(s, require_amplitudes=True).amplitudes for name, s in self._sets()}
-        space = fit_space(amplitudes, METHODS[self.method.get()], self.components.get(), self._fit_on(),
-                          self.standardise.get(), self.neighbours.get(), self.perplexity.get(), self.seed.get())
-        space.save(self._getExtraPath(SPACE_FILE))
-        space.write_coordinates(self._getExtraPath('coordinates.csv'))
-        if space.n_components >= 2:
-            save_space_plot(self._getExtraPath('space_density.png'), space.coords, 'density')
-            if len(amplitudes) > 1:
-                save_space_plot(self._getExtraPath('space_source.png'), space.coords, 'source',
-                                sources=space.sources)
+        inputs = ' '.join(f'-i {quoted(f"{name}={self._amplitudesPath(number)}")}'
+                          for number, (name, _) in enumerate(self._sets(), start=1))
+        arguments = (f'{inputs} -o {self._getExtraPath()} --method {METHODS[self.method.get()]} '
+                     f'--components {self.components.get()} --fit-on {quoted(*self._fit_on())} '
+                     f'--neighbours {self.neighbours.get()} --perplexity {self.perplexity.get()} '
+                     f'--seed {self.seed.get()}')
+        if self.standardise.get():
+            arguments += ' --standardise'
+        self.runCommand('space', arguments)
 
     def space_path(self) -> str:
         """The fitted space file (reload with :meth:`deephemnma.space.reduction.Space.load`)."""
@@ -115,7 +95,8 @@ class DeepHemnmaProtSpace(EMProtocol):
         outputs = {}
         for number, (name, particle_set) in enumerate(self._sets(), start=1):
             key = 'outputParticles' if number == 1 else f'outputParticles{number}'
-            outputs[key] = copy_with_vectors(self, particle_set, space.of_source(name), SPACE_ATTR, str(number))
+            outputs[key] = copy_with_vectors(self._createSetOfParticles(suffix=str(number)), particle_set,
+                                             space.of_source(name), SPACE_ATTR)
         self._defineOutputs(**outputs)
         for number, (_, particle_set) in enumerate(self._sets(), start=1):
             key = 'outputParticles' if number == 1 else f'outputParticles{number}'

@@ -5,35 +5,20 @@ import json
 import os
 
 from pwem.objects import EMFile
-from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 
-from deephemnma.constants import AMPLITUDES_ATTR, MIN_NETWORK_BOX, TRUE_PREFIX
-from deephemnma.convert import absolute_image_paths, particles_from_set
-from deephemnma.protocols.compute import gpu_command, gpu_ids
-from deephemnma.runtime.errors import InputError
+from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
+from deephemnma.convert.particles import labelled_particles
 from deephemnma.data.formats import write_particles
+from deephemnma.nn.config import PRESETS
+from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, MIN_NETWORK_BOX
+from deephemnma.nn.modelfile import MODEL_FILE
+from deephemnma.nn.targets import TYPES
+from deephemnma.protocols.base import DeepHemnmaProtocol
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
-PRESETS = ('fast', 'paper')
-LAYOUTS = ('combined', 'separate')
-ARCHITECTURES = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
-TYPE_PARAMS = (('learnAmplitudes', 'amplitudes'), ('learnOrientation', 'orientation'), ('learnShifts', 'shifts'))
-
-
-def labelled_particles(particle_set, source: int):
-    """The core's particles of ``particle_set`` with the labels to learn in angles/shifts/amplitudes, image
-    paths made absolute (InputError when the chosen labels are missing)."""
-    particles = particles_from_set(particle_set)
-    if source == 1:
-        missing = [k for k in ('true_angles', 'true_shifts', 'true_amplitudes') if k not in particles.extra]
-        if missing:
-            raise InputError(f'the particles carry no ground truth ({", ".join(TRUE_PREFIX + m[5:] for m in missing)});'
-                             ' choose the alignment and amplitudes as labels')
-        from deephemnma.nn.targets import true_labels_from_particles
-        truth = true_labels_from_particles(particles)
-        particles.angles, particles.shifts, particles.amplitudes = truth.angles, truth.shifts, truth.amplitudes
-    return absolute_image_paths(particles)
+#: The form's parameter-type switches, one per type of :data:`deephemnma.nn.targets.TYPES`.
+TYPE_PARAMS = tuple(zip(('learnAmplitudes', 'learnOrientation', 'learnShifts'), TYPES))
 
 
 def _stopping(config: dict) -> str:
@@ -42,7 +27,7 @@ def _stopping(config: dict) -> str:
     return f', early stopping after {patience} epochs without a lower validation loss' if patience else ''
 
 
-class DeepHemnmaProtTrain(EMProtocol):
+class DeepHemnmaProtTrain(DeepHemnmaProtocol):
     """Train the DeepHEMNMA network (ResNet feature extractor and MLP predictor) to predict the normal-mode
     amplitudes, orientation and shifts of particle images from labelled particles: this plugin's HEMNMA
     alignment, ContinuousFlex's (attribute _xmipp_nmaDisplacements and the particle transform), or the
@@ -50,6 +35,7 @@ class DeepHemnmaProtTrain(EMProtocol):
     training, validation and test sets; the best model (by validation loss) is the output."""
 
     _label = 'train network'
+    _gpuDefault = True
 
     def _defineParams(self, form) -> None:
         form.addSection(label='Input')
@@ -103,10 +89,8 @@ class DeepHemnmaProtTrain(EMProtocol):
         form.addParam('testSize', params.FloatParam, default=0.1, label='Test set',
                       help='Fraction (< 1) or number of particles held out to report the errors.')
         form.addParam('seed', params.IntParam, default=0, label='Random seed', expertLevel=params.LEVEL_ADVANCED)
-        form.addHidden(params.USE_GPU, params.BooleanParam, default=True, label='Use GPU',
-                       help='Train on the GPUs listed below (several: torchrun with DistributedDataParallel).')
-        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs',
-                       help='GPUs to use, e.g. "0 1 2 3".')
+        self._defineGpuParams(form, 'Train on the GPUs listed below (several: torchrun with '
+                                    'DistributedDataParallel).')
 
     # ------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
@@ -124,16 +108,17 @@ class DeepHemnmaProtTrain(EMProtocol):
         return self._getExtraPath('training')
 
     def model_path(self) -> str:
-        return os.path.join(self.training_dir(), 'model.pt')
+        return os.path.join(self.training_dir(), MODEL_FILE)
 
     def convertInputStep(self) -> None:
-        write_particles(self.particles_path(), labelled_particles(self.inputParticles.get(), self.labelSource.get()))
+        write_particles(self.particles_path(), labelled_particles(self.inputParticles.get(),
+                                                                 self.labelSource.get() == 1))
 
     def _arguments(self) -> str:
         arguments = [f'-i {self.particles_path()}', f'-o {self.training_dir()}',
-                     f'--preset {PRESETS[self.preset.get()]}',
+                     f'--preset {list(PRESETS)[self.preset.get()]}',
                      f'--types {" ".join(self._types())}', f'--layout {LAYOUTS[self.layout.get()]}',
-                     f'--arch {ARCHITECTURES[self.arch.get()]}', f'--weight-decay {self.weightDecay.get()}',
+                     f'--arch {list(ARCHITECTURES)[self.arch.get()]}', f'--weight-decay {self.weightDecay.get()}',
                      f'--dropout {self.dropout.get()}', f'--outlier-threshold {self.outlierThreshold.get()}',
                      f'--validation {self.validationSize.get()}', f'--test {self.testSize.get()}',
                      f'--network-box {self.networkBox.get()}', f'--seed {self.seed.get()}', '--quiet']
@@ -148,8 +133,7 @@ class DeepHemnmaProtTrain(EMProtocol):
         return ' '.join(arguments)
 
     def trainStep(self) -> None:
-        program, arguments, env = gpu_command(self, 'train', self._arguments())
-        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+        self.runCommand('train', self._arguments())
 
     def createOutputStep(self) -> None:
         model = EMFile(filename=self.model_path())
@@ -197,9 +181,7 @@ class DeepHemnmaProtTrain(EMProtocol):
         if network_box and (network_box < MIN_NETWORK_BOX or (box and network_box > box)):
             errors.append(f'The network input size must lie between {MIN_NETWORK_BOX} px and the image size '
                           f'({box} px), or be 0.')
-        if self.useGpu.get() and not gpu_ids(self):
-            errors.append('"Use GPU" is on but the GPU list is empty.')
-        return errors
+        return errors + self._validateGpus()
 
     def _summary(self):
         summary = self.training_summary()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import numpy as np
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+
 from deephemnma.runtime.distributed import Rank, barrier
 from deephemnma.runtime.files import atomic_path
 

@@ -7,10 +7,11 @@ Run any command on several GPUs or nodes with ``torchrun --nproc_per_node=N -m d
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.distributed as dist
-import numpy as np
-from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,5 @@
-"""TODO docstring"""
+"""The one error type of bad user input: its message names the file or setting and the problem."""
 from __future__ import annotations
-
 
 
 class InputError(ValueError):

@@ -5,7 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -25,3 +25,13 @@ def atomic_path(final_path: str | os.PathLike, suffix: str = '') -> Iterator[str
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: Optional[int] = None, tight: bool = False) -> None:
+    """Save a matplotlib ``figure`` atomically, in the format of ``path``'s extension (PNG by default), and close
+    it."""
+    import matplotlib.pyplot as plt
+    suffix = Path(path).suffix or '.png'
+    with atomic_path(path, suffix=suffix) as tmp:
+        figure.savefig(tmp, format=suffix.lstrip('.'), dpi=dpi, bbox_inches='tight' if tight else None)
+    plt.close(figure)

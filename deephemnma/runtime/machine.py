@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import Dict
+
 import numpy as np
 import torch
-from typing import Dict
 
 
 def resolve_device(name: str = 'auto') -> torch.device:

@@ -1,11 +1,15 @@
-"""TODO docstring"""
+"""The settings of a simulated data set (:class:`SimulationConfig`, stored in ``simulation.json``) and
+their vocabularies and checks.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
-from deephemnma.simulate import conformations as conf
+
 from deephemnma.runtime.errors import InputError
+from deephemnma.simulate import conformations as conf
+
 ANGLE_SAMPLINGS = ('uniform', 'angles')
 SNR_SCOPES = ('dataset', 'image')
 #: Where the SNR holds: the output images, or the finer images simulated with ``oversampling`` (before the crop).

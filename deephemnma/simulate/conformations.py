@@ -14,10 +14,13 @@ defined on; ``x = x0 + sum_k q_k v_k``). Distributions:
 from __future__ import annotations
 
 import os
-import numpy as np
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+import numpy as np
+
+from deephemnma.nma.modes import check_amplitude_table
 from deephemnma.runtime.errors import InputError
 
 KINDS = ('helix', 'uniform', 'gaussian', 'discrete', 'file')
@@ -81,14 +84,7 @@ def read_amplitudes(path: str | os.PathLike, num_modes: Optional[int] = None) ->
             values = np.array([[float(v) for v in row] for row in rows if row])
     except ValueError as error:
         raise InputError(f'{path}: not a table of numbers ({error})') from error
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    if values.size == 0:
-        raise InputError(f'{path}: no amplitudes in the file')
-    if num_modes is not None and values.shape[1] != num_modes:
-        raise InputError(f'{path}: {values.shape[1]} amplitudes per row for {num_modes} modes')
-    if not np.all(np.isfinite(values)):
-        raise InputError(f'{path}: non-finite amplitudes')
-    return values
+    return check_amplitude_table(values, str(path), num_modes)
 
 
 def sample(kind: str, count: int, num_modes: int, rng: np.random.Generator, scale: Optional[float] = None,

@@ -1,36 +1,39 @@
-"""TODO docstring"""
+"""A simulated data set on disk: images streamed chunk by chunk, resumable, with their ground truth.
+
+:func:`simulate_to_disk` writes into a folder (file names below): the stack, STAR and .xmd metadata with the CTF
+and the ground-truth poses and amplitudes, ``true_amplitudes.txt``, ``ground_truth.npz``, the centred reference
+PDB, its modes (.npz and Xmipp layout) and map, and ``simulation.json`` (the configuration, the noise level and
+the measured SNR) last. Finished chunks are recorded (:class:`~deephemnma.runtime.chunks.ChunkStore`), so a killed
+run resumes and writes the same images as an uninterrupted one (the noise of chunk ``c`` comes from
+:func:`~deephemnma.simulate.parameters.chunk_seed`; same chunk size and device type).
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import shutil
-import numpy as np
-import torch
 from pathlib import Path
 from typing import Callable, Iterator, Optional
-from deephemnma.runtime.chunks import ChunkStore
-from deephemnma.imaging.ctf import CTFParams
-from deephemnma.nma.deform import deform
-from deephemnma.molecule.density import atoms_to_map
-from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
+
+import numpy as np
+import torch
+
+from deephemnma.data.formats import write_particles
 from deephemnma.data.images import StackWriter, write_map
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.data.formats import write_particles
-from deephemnma.molecule.structure import write_structure
-from deephemnma.simulate.physics import CALIBRATION_COUNT
-from deephemnma.simulate.parameters import ParticleParameters
-from deephemnma.simulate.config import SimulationConfig
-from deephemnma.simulate.setup import SimulationSetup
-from deephemnma.simulate.setup import check_fits
-from deephemnma.simulate.parameters import chunk_seed
-from deephemnma.simulate.physics import ctf_rows
-from deephemnma.simulate.physics import noise_std_for_snr
-from deephemnma.simulate.parameters import sample_parameters
-from deephemnma.simulate.setup import setup_from_config
-from deephemnma.simulate.physics import simulate_particles
-from deephemnma.simulate.config import validate_config
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.molecule.structure import check_fits, write_structure
+from deephemnma.nma.deform import deform
+from deephemnma.runtime.chunks import ChunkStore
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.simulate.config import SimulationConfig, validate_config
+from deephemnma.simulate.parameters import ParticleParameters, chunk_seed, sample_parameters
+from deephemnma.simulate.physics import CALIBRATION_COUNT, noise_std_for_snr, simulate_particles
+from deephemnma.simulate.setup import SimulationSetup, setup_from_config
+
 #: File names in a simulation folder.
 STACK_NAME = 'particles.mrcs'
 STAR_NAME = 'particles.star'
@@ -120,7 +123,7 @@ def _simulate_chunks(chunks: Iterator[int], store: ChunkStore, writer: StackWrit
         part = slice(rows.start, rows.stop)
         result = simulate_particles(
             setup, params.amplitudes[part], params.angles[part], params.shifts[part], config.box,
-            config.pixel_size, None if ctf is None else ctf_rows(ctf, part),
+            config.pixel_size, None if ctf is None else ctf.rows(part),
             config.snr, chunk_seed(config.seed, chunk), config.noise_before_ctf, config.snr_scope, noise_std,
             config.phase_flip, config.invert_contrast, config.oversampling, return_clean=True, device=device,
             batch_size=batch_size, snr_grid=config.snr_grid)
@@ -161,7 +164,7 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
         calibration = slice(0, min(config.count, CALIBRATION_COUNT))
         noise_std = noise_std_for_snr(setup, params.amplitudes[calibration], params.angles[calibration],
                                       params.shifts[calibration], config.box, config.pixel_size, config.snr,
-                                      None if ctf is None else ctf_rows(ctf, calibration), config.oversampling,
+                                      None if ctf is None else ctf.rows(calibration), config.oversampling,
                                       device, batch_size, config.snr_grid)
     store = ChunkStore(outputs.chunks, config.count, config.chunk_size, settings={'config': settings,
                                                                                   'device': device.type})

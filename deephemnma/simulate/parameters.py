@@ -1,17 +1,20 @@
-"""TODO docstring"""
+"""Per-image ground truth of a simulation: conformations, Euler angles, shifts and CTF, drawn from
+independent random streams of one seed (so each kind of parameter stays the same when another changes).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from dataclasses import dataclass
-from typing import Optional, Tuple
-from deephemnma.simulate import conformations as conf
+
 from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.rotations import matrix_to_euler, random_euler_uniform_angles, random_rotations
 from deephemnma.runtime.errors import InputError
-from deephemnma.imaging.rotations import (matrix_to_euler, random_euler_uniform_angles,
-                                          random_rotations)
-from deephemnma.simulate.config import ANGLE_SAMPLINGS
-from deephemnma.simulate.config import SimulationConfig
+from deephemnma.simulate import conformations as conf
+from deephemnma.simulate.config import ANGLE_SAMPLINGS, SimulationConfig
+
 #: Independent random streams derived from the seed.
 STREAMS = {'conformations': 0, 'angles': 1, 'shifts': 2, 'defocus': 3, 'noise': 4}
 

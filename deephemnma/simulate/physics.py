@@ -1,5 +1,5 @@
-"""Synthetic particle images like the paper's: conformations along normal modes, exact projections of
-scattering-factor densities, CTF, noise at a set SNR, streamed to disk with ground truth.
+"""The imaging physics of synthetic particles: conformations along normal modes, exact projections of
+scattering-factor densities, CTF and noise at a set SNR, in memory (:func:`simulate_particles`).
 
 Physics of one image (batched in torch, on CPU or GPU):
 
@@ -29,10 +29,8 @@ Noise level: ``snr_scope='dataset'`` (default, as a real microscope) uses one no
 images, calibrated on the mean signal variance of the first :data:`CALIBRATION_COUNT` images;
 ``'image'`` scales the noise of each image to its own signal variance.
 
-API: :func:`paper_ak_setup` (or :meth:`SimulationSetup.create` for any structure and modes), then
-:func:`simulate_particles` for images in memory, or :class:`SimulationConfig` + :func:`simulate_to_disk` for
-a streamed, resumable data set with its ground truth; :func:`sample_angles`, :func:`sample_shifts`,
-:func:`sample_defocus` and :mod:`deephemnma.simulate.conformations` draw the per-image parameters.
+Data sets on disk with their ground truth: :mod:`deephemnma.simulate.dataset`; per-image parameters:
+:mod:`deephemnma.simulate.parameters`; the molecule: :mod:`deephemnma.simulate.setup`.
 
 Determinism: the per-image parameters come from ``numpy`` streams of the seed; the noise of chunk ``c`` comes
 from a torch generator seeded with ``(seed, c)`` (:func:`chunk_seed`), so a resumed run writes the same images
@@ -41,18 +39,19 @@ as an uninterrupted one (same chunk size and device type; CPU and CUDA generator
 from __future__ import annotations
 
 import dataclasses
-import numpy as np
-import torch
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+
 from deephemnma.imaging.ctf import CTFParams, ctf_2d
-from deephemnma.nma.deform import deform
-from deephemnma.runtime.errors import InputError
 from deephemnma.imaging.filters import crop_rfft_to_box, rfft_weights
 from deephemnma.imaging.noise import noise_spectrum_scale, split_noise_variances, total_noise_variance
-from deephemnma.imaging.rotations import (euler_to_matrix_torch)
-from deephemnma.simulate.config import SNR_GRIDS
-from deephemnma.simulate.config import SNR_SCOPES
+from deephemnma.imaging.rotations import euler_to_matrix_torch
+from deephemnma.nma.deform import deform
+from deephemnma.runtime.errors import InputError
+from deephemnma.simulate.config import SNR_GRIDS, SNR_SCOPES
 from deephemnma.simulate.setup import SimulationSetup
 
 #: Images whose mean signal variance sets the noise level of a dataset (``snr_scope='dataset'``).
@@ -92,11 +91,6 @@ class _Imaging:
     def snr_box(self) -> int:
         """Size (pixels) of the images on which the SNR holds."""
         return self.fine_box if self.snr_grid == 'simulation' else self.box
-
-
-def ctf_rows(ctf: CTFParams, rows: slice) -> CTFParams:
-    return dataclasses.replace(ctf, defocus_u=ctf.defocus_u[rows], defocus_v=ctf.defocus_v[rows],
-                               defocus_angle=ctf.defocus_angle[rows], phase_shift=ctf.phase_shift[rows])
 
 
 def _signal_batch(setup: SimulationSetup, imaging: _Imaging, amplitudes: np.ndarray, angles: np.ndarray,
@@ -154,7 +148,7 @@ def _signal_variances(setup: SimulationSetup, imaging: _Imaging, amplitudes, ang
     for start in range(0, len(amplitudes), batch_size):
         rows = slice(start, start + batch_size)
         transform, _ = _signal_batch(setup, imaging, amplitudes[rows], angles[rows], shifts[rows],
-                                     None if ctf is None else ctf_rows(ctf, rows))
+                                     None if ctf is None else ctf.rows(rows))
         out.append(_variance_from_rfft(_on_snr_grid(transform, imaging), imaging.snr_box).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -226,7 +220,7 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
         calibration = slice(0, min(count, CALIBRATION_COUNT))
         noise_std = _calibrated_noise_std(setup, imaging, amplitudes[calibration], angles[calibration],
                                           shifts[calibration],
-                                          None if batched_ctf is None else ctf_rows(batched_ctf, calibration),
+                                          None if batched_ctf is None else batched_ctf.rows(calibration),
                                           snr, batch_size)
     generator = torch.Generator(device=imaging.device).manual_seed(int(seed))
     images = np.empty((count, box, box), dtype=np.float32)
@@ -236,7 +230,7 @@ def simulate_particles(setup: SimulationSetup, amplitudes: np.ndarray, angles: n
             rows = slice(start, min(start + batch_size, count))
             noisy_batch, clean_batch = _simulate_batch(
                 setup, imaging, amplitudes[rows], angles[rows], shifts[rows],
-                None if batched_ctf is None else ctf_rows(batched_ctf, rows), snr, noise_before_ctf, snr_scope,
+                None if batched_ctf is None else batched_ctf.rows(rows), snr, noise_before_ctf, snr_scope,
                 noise_std, generator, return_clean)
             images[rows] = noisy_batch
             if clean is not None:

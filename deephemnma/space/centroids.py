@@ -1,30 +1,32 @@
 """Structures from the conformational space: group centroids and animations along the axes of the space.
 
-* Centroid of a group: the reference deformed by the group's mean amplitudes, ``x0 + sum_k qbar_k v_k``,
+* Centroid of a group: the reference deformed by the group's mean amplitudes (:mod:`deephemnma.nma.deform`),
   written as PDB, and its scattering-potential map (:func:`deephemnma.molecule.density.atoms_to_map`) for FSC
   comparison with the group's reconstruction. Maps are centred like the simulator's images: the geometric
   centre of the reference atoms is the centre voxel ``box // 2``.
 * Animation along axis ``a`` of the space: points from ``-spread`` to ``+spread`` standard deviations of that
-  axis through the mean of the space, mapped back to amplitudes (:meth:`Space.inverse_transform`), then the
-  reference is deformed; written as a multi-model PDB (one model per frame) and as an animated GIF of
+  axis through the mean of the space, mapped back to amplitudes (:meth:`Space.inverse_transform`); the
+  deformed reference is written by :func:`deephemnma.nma.deform.write_animation`, and an animated GIF of
   projections at one fixed view (exact Fourier projections of the atoms, :mod:`deephemnma.imaging.projection`).
 """
 from __future__ import annotations
 
 import os
-import numpy as np
-import torch
 from pathlib import Path
 from typing import List, Optional, Sequence
-from deephemnma.molecule.density import atoms_to_map
-from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
-from deephemnma.nma.modes import NormalModes
+
+import numpy as np
+import torch
+
 from deephemnma.imaging.projection import AtomModel, project_atoms
-from deephemnma.space.reduction import Space, axis_points
 from deephemnma.imaging.rotations import euler_to_matrix
+from deephemnma.molecule.density import atoms_to_map
 from deephemnma.molecule.structure import write_structure
 from deephemnma.nma.deform import deformed_coordinates
+from deephemnma.nma.modes import NormalModes
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import atomic_path
+from deephemnma.space.reduction import Space, axis_points
 
 
 def conformation_maps(modes: NormalModes, amplitudes: np.ndarray, box: int, pixel_size: float,

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import numpy as np
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 

@@ -11,10 +11,12 @@ follows the number of points (:func:`auto_bins`), so that a few thousand points 
 from __future__ import annotations
 
 import os
-import numpy as np
 from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
 from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.files import save_figure
 
 COLOUR_MODES = ('density', 'source', 'score')
 _SOURCE_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
@@ -114,7 +116,7 @@ def save_space_plot(path: str | os.PathLike, coords: np.ndarray, colour_by: str 
         ax.plot(closed[:, 0], closed[:, 1], '-', lw=1.5, color='red')
         ax.annotate(name, closed[0], color='red')
     ax.set_title(title or f'{len(coords):,} images, coloured by {colour_by}')
-    _save(figure, path)
+    save_figure(figure, path, tight=True)
 
 
 def save_fsc_plot(path: str | os.PathLike, curves: Mapping[str, object], thresholds=(0.5, 0.143)) -> None:
@@ -132,7 +134,7 @@ def save_fsc_plot(path: str | os.PathLike, curves: Mapping[str, object], thresho
     ax.set_ylabel('FSC')
     ax.set_ylim(-0.1, 1.05)
     ax.legend(fontsize=7, loc='lower left')
-    _save(figure, path)
+    save_figure(figure, path, tight=True)
 
 
 def save_map_slices(path: str | os.PathLike, volume: np.ndarray, title: str = '') -> None:
@@ -150,10 +152,4 @@ def save_map_slices(path: str | os.PathLike, volume: np.ndarray, title: str = ''
         ax.set_axis_off()
     if title:
         figure.suptitle(title)
-    _save(figure, path)
-
-
-def _save(figure, path: str | os.PathLike) -> None:
-    suffix = os.path.splitext(str(path))[1] or '.png'
-    with atomic_path(path, suffix=suffix) as tmp:
-        figure.savefig(tmp, format=suffix.lstrip('.'), bbox_inches='tight')
+    save_figure(figure, path, tight=True)

@@ -22,15 +22,16 @@ multiplied by the CTF sign: samples are weighted by ``|c|``). Half maps come fro
 from __future__ import annotations
 
 import math
-import numpy as np
-import torch
 from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+
 from deephemnma.imaging.ctf import CTFParams, ctf_2d
-from deephemnma.runtime.errors import InputError
 from deephemnma.imaging.fsc import FSCCurve, fsc, soft_sphere_mask
 from deephemnma.imaging.rotations import euler_to_matrix_torch
-from deephemnma.imaging.ctf import CTFTable
+from deephemnma.runtime.errors import InputError
 
 CTF_MODES = ('none', 'full', 'phase_flipped')
 #: Points inserted per vectorised step: small on one CPU thread (temporaries stay in cache), large with several
@@ -235,7 +236,7 @@ class Reconstruction:
 
 
 def reconstruct(batches: Iterable[Tuple[np.ndarray, np.ndarray]], angles: np.ndarray, shifts: np.ndarray,
-                box: int, pixel_size: float, ctf: Optional[CTFTable] = None, ctf_mode: str = 'none',
+                box: int, pixel_size: float, ctf: Optional[CTFParams] = None, ctf_mode: str = 'none',
                 pad: float = 1.0, wiener: float = 0.01, shift_scale: float = 1.0,
                 device: torch.device | str = 'cpu', reduce: bool = False) -> Reconstruction:
     """Reconstruct from ``batches`` of ``(indices, images)``; poses are looked up by those indices.
@@ -258,7 +259,7 @@ def reconstruct(batches: Iterable[Tuple[np.ndarray, np.ndarray]], angles: np.nda
             if take.size:
                 chosen = indices[take]
                 accumulator.insert(images[take], angles[chosen], shifts[chosen] * shift_scale,
-                                   ctf.params(chosen) if ctf is not None and ctf_mode != 'none' else None)
+                                   ctf.rows(chosen) if ctf is not None and ctf_mode != 'none' else None)
     if reduce:
         for accumulator in halves:
             accumulator.all_reduce()

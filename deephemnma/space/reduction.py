@@ -17,9 +17,14 @@ fit them on a subset (``fit_on``) or a sample and transform the rest where the m
 from __future__ import annotations
 
 import os
-import numpy as np
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from deephemnma.data.formats import read_particles
+from deephemnma.nma.modes import check_amplitude_table
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 
@@ -87,7 +92,7 @@ class Space:
 
     def transform(self, amplitudes: np.ndarray) -> np.ndarray:
         """Space coordinates of new amplitude vectors ``(n, m)`` (PCA, kernel PCA, Isomap, UMAP only)."""
-        amplitudes = _check_amplitudes(amplitudes, 'new amplitudes', self.mean.shape[0])
+        amplitudes = check_amplitude_table(amplitudes, 'new amplitudes', self.mean.shape[0])
         if self.method not in TRANSFORMABLE:
             raise InputError(f"the '{self.method}' reduction cannot place new points; refit the space with them "
                              f"or use one of {', '.join(TRANSFORMABLE)}")
@@ -131,19 +136,6 @@ class Space:
                 handle.write(f'{source},{int(index)},' + ','.join(f'{v:.8g}' for v in row) + '\n')
 
 
-def _check_amplitudes(amplitudes: np.ndarray, name: str, modes: Optional[int] = None) -> np.ndarray:
-    values = np.asarray(amplitudes, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    if values.ndim != 2 or len(values) == 0:
-        raise InputError(f'{name}: expected a non-empty (images, modes) array, got shape {values.shape}')
-    if modes is not None and values.shape[1] != modes:
-        raise InputError(f'{name}: {values.shape[1]} modes, but the space was fitted on {modes}')
-    if not np.all(np.isfinite(values)):
-        raise InputError(f'{name}: contains NaN or infinite amplitudes')
-    return values
-
-
 def fit_space(amplitude_sets: Mapping[str, np.ndarray], method: str = 'pca', n_components: int = 2,
               fit_on: Optional[Sequence[str]] = None, standardise: bool = False, neighbours: int = 15,
               perplexity: float = 30.0, seed: int = 0) -> Space:
@@ -156,7 +148,7 @@ def fit_space(amplitude_sets: Mapping[str, np.ndarray], method: str = 'pca', n_c
         raise InputError(f"unknown reduction method '{method}' (choose one of {', '.join(METHODS)})")
     if not amplitude_sets:
         raise InputError('no amplitudes given to build a space from')
-    sets = {name: _check_amplitudes(values, f"amplitudes '{name}'") for name, values in amplitude_sets.items()}
+    sets = {name: check_amplitude_table(values, f"amplitudes '{name}'") for name, values in amplitude_sets.items()}
     modes = {values.shape[1] for values in sets.values()}
     if len(modes) != 1:
         raise InputError(f'amplitude sets have different numbers of modes: '
@@ -218,3 +210,26 @@ def axis_points(space: Space, axis: int, frames: int, spread: float = 2.0) -> np
     points = np.repeat(centre[None, :], frames, axis=0)
     points[:, axis] = centre[axis] + np.linspace(-spread * std, spread * std, frames)
     return points
+
+
+#: Particle metadata formats whose amplitudes an amplitude set may come from.
+_METADATA = ('.star', '.xmd', '.csv')
+
+
+def read_amplitude_set(spec: str) -> Tuple[str, np.ndarray, Optional[np.ndarray]]:
+    """``NAME=FILE`` or ``FILE`` -> (name, amplitudes (n, m), score (n,) or None)."""
+    name, _, path_text = spec.rpartition('=')
+    path = Path(path_text)
+    name = name or path.stem
+    if path.suffix.lower() in _METADATA:
+        particles = read_particles(path)
+        if particles.amplitudes is None:
+            raise InputError(f'{path}: the particles have no normal-mode amplitudes')
+        return name, np.asarray(particles.amplitudes).reshape(len(particles), -1), particles.score
+    if not path.exists():
+        raise InputError(f'{path}: no such amplitude file')
+    try:
+        values = np.load(path) if path.suffix.lower() == '.npy' else np.loadtxt(path, ndmin=2)
+    except ValueError as error:
+        raise InputError(f'{path}: not a numeric amplitude table ({error})') from error
+    return name, np.asarray(values, dtype=np.float64).reshape(len(values), -1), None

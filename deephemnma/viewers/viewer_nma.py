@@ -4,14 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
-from deephemnma.nma.deform import animate, mode_direction
-from deephemnma.runtime.files import atomic_path
+from deephemnma.nma.deform import mode_sweep, write_animation
 from deephemnma.nma.modes import NormalModes
 from deephemnma.protocols.protocol_nma import DeepHemnmaProtNMA
+from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.files import save_figure
 
 
 def plot_modes(path: str, modes: NormalModes, threshold: Optional[float] = None) -> str:
@@ -31,9 +31,7 @@ def plot_modes(path: str, modes: NormalModes, threshold: Optional[float] = None)
     right.set_xlabel('mode')
     right.set_ylabel('collectivity')
     figure.tight_layout()
-    with atomic_path(path, suffix='.png') as tmp:
-        figure.savefig(tmp, format='png', dpi=90)
-    plt.close(figure)
+    save_figure(figure, path, dpi=90)
     return path
 
 
@@ -62,11 +60,7 @@ class DeepHemnmaNMAViewer(EmProtocolViewer):
     def save_animation(self, number: int, path: str, amplitude: float, frames: int) -> str:
         """Write mode ``number`` swept from -amplitude to +amplitude as a ``frames``-model PDB."""
         modes = self.protocol.loadModes()
-        index = np.flatnonzero(modes.numbers == number)
-        if not len(index):
-            raise ValueError(f'mode {number} was not computed (available {modes.numbers[0]}-{modes.numbers[-1]})')
-        animate(Path(path), modes.structure, modes.vectors, mode_direction(len(modes), int(index[0])),
-                amplitude, frames)
+        write_animation(Path(path), modes, mode_sweep(modes, number, amplitude, frames))
         return path
 
     def _show_modes(self, _param=None):
@@ -80,8 +74,8 @@ class DeepHemnmaNMAViewer(EmProtocolViewer):
     def _show_animation(self, _param=None):
         number = self.modeNumber.get()
         try:
-            path = self.save_animation(number, self.protocol._getExtraPath('animations', f'viewer_mode_{number:03d}.pdb'),
+            path = self.save_animation(number, self.protocol._getExtraPath(f'viewer_mode_{number:03d}.pdb'),
                                        self.amplitude.get(), self.frames.get())
-        except ValueError as error:
+        except InputError as error:
             return [self.errorMessage(str(error), title='No such mode')]
         return [self.infoMessage(f'Animation written to {path} (open it in ChimeraX or VMD).', title='Animation')]

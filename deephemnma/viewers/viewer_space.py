@@ -17,13 +17,13 @@ import numpy as np
 from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
-from deephemnma.convert import particles_from_set
-from deephemnma.space.groups import write_polygons
-from deephemnma.space.plots import COLOUR_MODES, draw_space, save_fsc_plot, save_map_slices, save_space_plot
+from deephemnma.convert.particles import particles_from_set, space_coordinates
 from deephemnma.protocols.protocol_animate import DeepHemnmaProtAnimate
-from deephemnma.protocols.protocol_groups import DeepHemnmaProtGroups, space_coordinates
+from deephemnma.protocols.protocol_groups import DeepHemnmaProtGroups
 from deephemnma.protocols.protocol_reconstruct import DeepHemnmaProtReconstruct
 from deephemnma.protocols.protocol_space import DeepHemnmaProtSpace
+from deephemnma.space.groups import write_polygons
+from deephemnma.space.plots import COLOUR_MODES, draw_space, save_fsc_plot, save_map_slices, save_space_plot
 from deephemnma.viewers._images import show_image
 
 SELECTION_TOOLS = ('lasso', 'polygon')

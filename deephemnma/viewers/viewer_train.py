@@ -9,15 +9,14 @@ import numpy as np
 from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
-from deephemnma.convert import particles_from_set
-from deephemnma.imaging import rotations
-from deephemnma.runtime.files import atomic_path
+from deephemnma.convert.particles import particles_from_set
 from deephemnma.data.formats import read_particles
-from deephemnma.nn.targets import Labels
+from deephemnma.imaging import rotations
 from deephemnma.nn.history import CURVES_PNG, HISTORY_CSV, plot_history, read_history
-from deephemnma.nn.targets import labels_from_particles, true_labels_from_particles
+from deephemnma.nn.targets import Labels, labels_from_particles, true_labels_from_particles
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
+from deephemnma.runtime.files import save_figure
 from deephemnma.viewers._images import show_image
 
 
@@ -50,9 +49,7 @@ def save_scatter(path: str, estimated: Labels, truth: Labels, title: str) -> str
         axis.set_title(f'median {np.median(errors):.1f} deg')
     figure.suptitle(title)
     figure.tight_layout()
-    with atomic_path(path, suffix='.png') as tmp:
-        figure.savefig(tmp, format='png', dpi=90)
-    plt.close(figure)
+    save_figure(figure, path, dpi=90)
     return path
 
 

@@ -18,15 +18,15 @@ from pyworkflow.tests import BaseTest, setupTestProject
 from scipy.stats import spearmanr
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import particles_from_set
+from deephemnma.convert.particles import particles_from_set
 from deephemnma.imaging.rotations import transform_from_pose
 from deephemnma.simulate.setup import ak_reference_path
-from deephemnma.tests.projects import SimulatedProjectCase
-from deephemnma.tests.screenshots import grab_window, screenshot_dir, virtual_display
+from deephemnma.tests.scipion.projects import SimulatedProjectCase
+from deephemnma.tests.scipion.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
 #: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
-TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1}
+TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1, 'angstep': 20.0}
 
 
 class TestSyntheticWorkflow(BaseTest):
@@ -69,7 +69,7 @@ class TestSyntheticWorkflow(BaseTest):
             with open(os.path.join(extra, f'group_{number:03d}_fsc.json')) as handle:
                 fsc = json.load(handle)
             self.assertGreater(fsc['images'], 0)
-            self.assertGreater(fsc['half maps']['fsc'][1], 0.5, 'low-frequency half-map agreement')
+            self.assertGreater(fsc['half_maps']['fsc'][1], 0.5, 'low-frequency half-map agreement')
 
     def test_screenshots_of_space_viewer_training_curves_and_form(self):
         from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer

@@ -4,11 +4,11 @@ from types import SimpleNamespace
 import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import particles_from_set
+from deephemnma.convert.particles import particles_from_set
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
-from deephemnma.simulate.setup import ak_reference_path
 from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign
-from deephemnma.tests.projects import SimulatedProjectCase
+from deephemnma.simulate.setup import ak_reference_path
+from deephemnma.tests.scipion.projects import SimulatedProjectCase
 
 SIMULATION = dict(count=6, box=64, pixelSize=2.2, coarse=1, amplitudeScale=30.0, phaseFlip=True, addNoise=False,
                   trueAlignmentAsTransform=True, seed=5, chunkSize=6)
@@ -56,7 +56,7 @@ class TestProtocolAlign(SimulatedProjectCase):
         # Images too small (or a wrong pixel size) for the molecule.
         tiny = SimpleNamespace(getSize=lambda: 6, getXDim=lambda: 32, getSamplingRate=lambda: 0.65)
         errors = prot._checkReference(modes, [7, 8, 9], tiny)
-        self.assertTrue(any('too small for the reference' in e for e in errors), errors)
+        self.assertTrue(any('too small for the molecule' in e for e in errors), errors)
         self.assertEqual(prot._checkReference(modes, [7, 8, 9], self.simulation.outputParticles), [])
         # C-alpha mode files (214 lines) with the all-atom reference (1,656 atoms).
         mode_items = [SimpleNamespace(getObjId=lambda n=n: n, getModeFile=lambda m=m: m.getModeFile())

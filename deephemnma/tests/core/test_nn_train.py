@@ -11,22 +11,20 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from deephemnma.imaging import rotations
-from deephemnma.runtime.distributed import cleanup, init_from_env
-from deephemnma.imaging.filters import fourier_crop
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.data.stacks import ImageSource
+from deephemnma.imaging import rotations
+from deephemnma.imaging.filters import fourier_crop
 from deephemnma.nn import targets as tg
 from deephemnma.nn import trainer as train
 from deephemnma.nn.augment import transform_images, transform_quaternions, transform_shifts
-from deephemnma.data.stacks import ImageSource
+from deephemnma.nn.config import preset_config
+from deephemnma.nn.history import HISTORY_CSV, read_history
 from deephemnma.nn.infer import Predictor, predict_source
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.config import preset_config
-from deephemnma.nn.history import HISTORY_CSV
-from deephemnma.nn.history import read_history
-from deephemnma.nn.modelfile import TrainedModel
-from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.modelfile import TrainedModel, load_model
+from deephemnma.runtime.distributed import cleanup, init_from_env
 
 torch.set_num_threads(1)
 COUNT, BOX = 40, 32

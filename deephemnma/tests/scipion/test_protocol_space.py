@@ -16,17 +16,21 @@ from pwem.objects import SetOfParticles
 from pwem.protocols import ProtImportParticles
 from pyworkflow.tests import BaseTest, setupTestProject
 
-from deephemnma.convert import fill_set_of_particles, particles_from_set
-from deephemnma.imaging.ctf import CTFParams
-from deephemnma.space.groups import write_polygons
+from deephemnma.convert.particles import fill_set_of_particles, particles_from_set
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.space.reduction import fit_space
+from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
-from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.protocols import (
+    DeepHemnmaProtAnimate,
+    DeepHemnmaProtGroups,
+    DeepHemnmaProtReconstruct,
+    DeepHemnmaProtSpace,
+)
 from deephemnma.simulate.physics import simulate_particles
-from deephemnma.protocols import (DeepHemnmaProtAnimate, DeepHemnmaProtGroups, DeepHemnmaProtReconstruct,
-                                  DeepHemnmaProtSpace)
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.space.groups import write_polygons
+from deephemnma.space.reduction import fit_space
 
 COUNT, BOX, PIXEL = 240, 32, 2.5
 
@@ -117,15 +121,15 @@ class TestSpaceProtocols(BaseTest):
         self.assertEqual(first.getXDim(), BOX)
         record = recon.fsc_curves(1)
         self.assertEqual(record['images'], sizes[0])
-        self.assertLess(record['half maps']['resolution_0143_angstrom'], 8 * PIXEL)
+        self.assertLess(record['half_maps']['resolution_0143_angstrom'], 8 * PIXEL)
 
         self._viewer_checks(space_prot, groups, recon)
         self._animate_checks(space_prot, groups)
 
     def _animate_checks(self, space_prot, groups):
+        from deephemnma.convert.modes import normal_modes_from_set
         from deephemnma.molecule.structure import read_structure
-        from deephemnma.convert import normal_modes_from_set
-        from deephemnma.tests.projects import launch_simulation
+        from deephemnma.tests.scipion.projects import launch_simulation
         simulation = launch_simulation(type(self), count=8, box=32, pixelSize=4.5, coarse=1, maxShift=0.0,
                                        applyCtf=False, addNoise=False, numberOfThreads=1)
         animate = self.newProtocol(DeepHemnmaProtAnimate, modeNumbers='7 8 9', frames=5, axes='1 2')
@@ -167,6 +171,7 @@ class TestSpaceProtocols(BaseTest):
                             [high, coords[:, 1].max() + 1], [low - 1, coords[:, 1].max() + 1]])
         # The interactive window (Agg here) hands its finished selections to the same launcher.
         from matplotlib.figure import Figure
+
         from deephemnma.viewers.viewer_space import SelectionWindow
         received = []
         window = SelectionWindow(coords, received.append, 'polygon', figure=Figure())

@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deephemnma.hemnma.aligner import AlignSettings, Aligner, orientation_grid, small_rotation
+from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.hemnma.aligner import Aligner, AlignSettings, orientation_grid, small_rotation
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.hemnma.xmipp import XmippAlignmentJob, merge_in_order, read_alignment
 from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
 from deephemnma.runtime.errors import InputError
-from deephemnma.data.images import write_stack
-from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, random_rotations, matrix_to_euler
-from deephemnma.simulate.setup import paper_ak_setup
 from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import paper_ak_setup
 
-FIXTURES = Path(__file__).parent / 'data'
+FIXTURES = Path(__file__).parent.parent / 'data'
 BOX, PIXEL = 64, 2.2
 CTF = dict(voltage=200.0, cs=2.0, amplitude_contrast=0.1)
 

@@ -5,9 +5,9 @@ import unittest
 import numpy as np
 import torch
 
+from deephemnma.hemnma.reference import bead_vectors, residue_beads
 from deephemnma.imaging.ctf import CTFParams, ctf_2d
 from deephemnma.imaging.projection import AtomModel, project_atoms
-from deephemnma.hemnma.reference import bead_vectors, residue_beads
 from deephemnma.imaging.rotations import euler_to_matrix
 from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
 from deephemnma.molecule.structure import Structure

@@ -4,13 +4,13 @@ import os
 import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
-from deephemnma.imaging.rotations import pose_from_transform
 from deephemnma.data.stacks import ImageSource
+from deephemnma.imaging.rotations import pose_from_transform
 from deephemnma.nn.infer import Predictor
 from deephemnma.nn.modelfile import load_model
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
 from deephemnma.protocols.protocol_train import DeepHemnmaProtTrain
-from deephemnma.tests.projects import SimulatedProjectCase, launch_simulation
+from deephemnma.tests.scipion.projects import SimulatedProjectCase, launch_simulation
 
 SIMULATION = dict(count=16, box=32, pixelSize=3.0, coarse=1, amplitudeScale=30.0, snr=1.0, seed=2)
 TRAINING = dict(labelSource=1, epochs=2, batchSize=4, arch=1, validationSize=3, testSize=2, outlierThreshold=0.0,

@@ -6,7 +6,7 @@ import numpy as np
 
 from deephemnma.constants import TRUE_PREFIX
 from deephemnma.protocols.protocol_simulate import DeepHemnmaProtSimulate
-from deephemnma.tests.projects import SimulatedProjectCase
+from deephemnma.tests.scipion.projects import SimulatedProjectCase
 
 SMALL = dict(count=12, box=48, pixelSize=1.6, coarse=1, amplitudeScale=30.0, chunkSize=5, defocusMin=6000.0,
              defocusMax=9000.0, astigmatism=300.0, snr=0.1, seed=3)
@@ -52,6 +52,7 @@ class TestProtocolSimulate(SimulatedProjectCase):
         self.assertTrue(any('too small for the molecule' in e for e in errors), errors)
         # C-alpha modes (214 atoms) with the all-atom reference (1,656 atoms) do not match.
         from pwem.protocols import ProtImportPdb
+
         from deephemnma.simulate.setup import ak_reference_path
         imported = self.newProtocol(ProtImportPdb, inputPdbData=1, pdbFile=str(ak_reference_path()))
         self.launchProtocol(imported)

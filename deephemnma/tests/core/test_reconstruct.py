@@ -10,20 +10,19 @@ import pytest
 import torch
 
 from deephemnma.cli import main as cli
-from deephemnma.imaging.ctf import CTFParams
-from deephemnma.molecule.density import atoms_to_map
-from deephemnma.runtime.errors import InputError
-from deephemnma.imaging.fsc import crossing_shell, fsc, soft_sphere_mask
+from deephemnma.data.formats import write_particles
 from deephemnma.data.images import read_image, write_map, write_stack
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.data.formats import write_particles
-from deephemnma.imaging.ctf import CTFTable
-from deephemnma.space.reconstruct import FourierAccumulator, reconstruct
 from deephemnma.data.stacks import array_batches
-from deephemnma.runtime.distributed import rank_positions
+from deephemnma.imaging.ctf import CTFParams
+from deephemnma.imaging.fsc import crossing_shell, fsc, soft_sphere_mask
 from deephemnma.imaging.rotations import matrix_to_euler, random_rotations
-from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.molecule.density import atoms_to_map
+from deephemnma.runtime.distributed import rank_positions
+from deephemnma.runtime.errors import InputError
 from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import paper_ak_setup
+from deephemnma.space.reconstruct import FourierAccumulator, reconstruct
 
 BOX, PIXEL, COUNT = 32, 2.5, 900
 DEFOCUS = (6000.0, 16000.0)
@@ -88,7 +87,7 @@ def test_clean_projections_reconstruct_to_nyquist_against_the_true_map():
 
 def test_ctf_correction_beats_no_correction():
     _, modulated, truth, angles, shifts, defocus = dataset()
-    table = CTFTable(defocus, defocus, np.zeros(COUNT), 200.0, 2.0, 0.1)
+    table = CTFParams(defocus, defocus, np.zeros(COUNT), 200.0, 2.0, 0.1)
     mask = soft_sphere_mask(BOX, 14, 2)
     corrected = reconstruct(array_batches(modulated, 300), angles, shifts, BOX, PIXEL, ctf=table, ctf_mode='full')
     uncorrected = reconstruct(array_batches(modulated, 300), angles, shifts, BOX, PIXEL)

@@ -1,0 +1,98 @@
+"""The base of the plugin's protocols: GPU fields and the one way to run heavy work.
+
+Every protocol computes through the ``deephemnma`` command line, started with Scipion's ``runJob``: Scipion's
+queue settings (hosts.conf), its logs and its stop button apply, and the same command runs on a laptop, a GPU
+node or (for ``align``, ``train``, ``infer`` and ``reconstruct``) under ``torchrun`` over several GPUs. A
+protocol's own Python code only converts Scipion sets to files, builds the command's arguments, validates its
+form and registers the outputs (see :mod:`deephemnma.convert`).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import List, Tuple
+
+from pwem.protocols import EMProtocol
+from pyworkflow.protocol import params
+from pyworkflow.utils import Environ
+
+from deephemnma.molecule.structure import COARSE_LEVELS
+
+#: Commands that split their work over torchrun processes.
+DISTRIBUTED_COMMANDS = ('align', 'train', 'infer', 'reconstruct')
+#: The atoms a model is reduced to, as the forms offer them: (label, level of ``coarse_grain`` or None).
+COARSE_CHOICES = (('all heavy atoms', None), ('C-alpha', 'CA'), ('C-alpha and P', 'CA+P'))
+assert {level for _, level in COARSE_CHOICES if level} == set(COARSE_LEVELS)
+
+
+def check_gpus_available(gpus: List[str]) -> None:
+    """Refuse with a clear message when GPUs are requested on a machine where torch sees none."""
+    import torch
+    if not torch.cuda.is_available():
+        raise RuntimeError(f'GPU(s) {" ".join(gpus)} requested, but torch sees no CUDA device on this machine '
+                           f'({os.uname().nodename}): set "Use GPU" to No, or run on a GPU node.')
+
+
+def gpu_ids(protocol) -> List[str]:
+    """The GPU ids a protocol is set to use: its "GPU IDs" list (commas or spaces) when "Use GPU" is on, none
+    otherwise."""
+    return str(protocol.getGpuList() if protocol.useGpu.get() else '').replace(',', ' ').split()
+
+
+def command_line(protocol, command: str, arguments: str) -> Tuple[str, str, Environ]:
+    """``(program, arguments, env)`` of ``deephemnma COMMAND ARGUMENTS`` on the protocol's GPUs: ``torchrun``
+    over all listed GPUs for the distributed commands when there are several (its per-rank logs in the
+    protocol's logs folder, not in /tmp), the command itself on one GPU, or on the CPU when "Use GPU" is off."""
+    env = Environ(os.environ)
+    gpus = gpu_ids(protocol)
+    device = '--device cuda' if gpus else '--device cpu'
+    if gpus:
+        check_gpus_available(gpus)
+        env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
+    if len(gpus) > 1 and command in DISTRIBUTED_COMMANDS:
+        from deephemnma import Plugin
+        return Plugin.getTorchrun(), f'--nproc_per_node={len(gpus)} --log-dir {protocol._getLogsPath("torchrun")} ' \
+                                     f'-m deephemnma.cli.main {command} {arguments} {device}', env
+    return 'deephemnma', f'{command} {arguments} {device}', env
+
+
+def quoted(*paths: str) -> str:
+    """Paths as command-line words (quoted where they hold spaces)."""
+    return ' '.join(shlex.quote(str(p)) for p in paths)
+
+
+class DeepHemnmaProtocol(EMProtocol):
+    """Base class of the DeepHEMNMA protocols (see the module docstring)."""
+
+    #: Default of the "Use GPU" field of protocols that offer it.
+    _gpuDefault = False
+
+    @classmethod
+    def _defineGpuParams(cls, form, help_text: str) -> None:
+        """The standard hidden "Use GPU" and "GPU IDs" fields (Scipion shows them in the run section)."""
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=cls._gpuDefault, label='Use GPU',
+                       help=help_text)
+        form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs',
+                       help='GPUs to use, e.g. "0" or "0 1 2 3" (several: torchrun where the step supports it).')
+
+    def gpuIds(self) -> List[str]:
+        return gpu_ids(self) if hasattr(self, 'useGpu') else []
+
+    def runCommand(self, command: str, arguments: str) -> None:
+        """Run ``deephemnma COMMAND ARGUMENTS`` as this protocol's job (on its GPUs when it has the fields)."""
+        if hasattr(self, 'useGpu'):
+            program, arguments, env = command_line(self, command, arguments)
+        else:
+            program, arguments, env = 'deephemnma', f'{command} {arguments}', Environ(os.environ)
+        self.runJob(program, arguments, env=env, numberOfMpi=1, numberOfThreads=1)
+
+    def _threads(self) -> int:
+        """The CPU threads of the form's parallel section (1 without one)."""
+        threads = getattr(self, 'numberOfThreads', None)
+        return max(1, threads.get()) if threads is not None and threads.get() else 1
+
+    def _validateGpus(self) -> List[str]:
+        """Form errors of the GPU fields."""
+        if hasattr(self, 'useGpu') and self.useGpu.get() and not gpu_ids(self):
+            return ['"Use GPU" is on but the GPU list is empty.']
+        return []
