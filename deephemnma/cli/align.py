@@ -3,8 +3,9 @@
 The reference is the structure the modes are defined on (a ``modes.npz`` of ``deephemnma nma``, or an Xmipp
 ``modes.xmd`` with its reference PDB), as residue beads (default) or all atoms. Without prior poses a global
 search runs first; ``--local-refine`` refines from the poses in the input file. Images are read in chunks (stacks of any
-size); finished chunks are kept in OUTPUT.chunks/ so that a killed run resumes with identical results; with
-torchrun each process aligns its share of the chunks and rank 0 writes the output in input order.
+size); finished chunks are kept beside the output (in its staging folder) so that a killed or interrupted run,
+started again with the same inputs and settings, resumes with identical results; with torchrun each process aligns
+its share of the chunks and rank 0 writes the output in input order.
 
 Examples::
 
@@ -17,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-from pathlib import Path
 
 from tqdm import tqdm
 
-from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
+from deephemnma.data.formats import check_format, load_particles, write_particles
 from deephemnma.hemnma.aligner import CTF_MODES, AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.nma.files import load_modes
 from deephemnma.runtime.distributed import cleanup, start_process
-from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.outputs import Outputs
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -42,24 +42,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              'per residue, or all atoms with Peng form factors')
     parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
                                            "file's folder)")
-    parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
+    parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--local-refine', dest='local', action='store_true',
                         help='refine from the input poses (no global search)')
     parser.add_argument('--ctf', choices=CTF_MODES, default='flipped',
                         help='images are phase-flipped (model x |CTF|), raw (model x CTF) or CTF-free')
-    parser.add_argument('--angular-step', type=float, default=10.0, help='global search step (degrees)')
-    parser.add_argument('--shift-range', type=float, default=6.0, help='global search shifts +- (pixels)')
-    parser.add_argument('--shift-step', type=float, default=2.0, help='global search shift step (pixels)')
-    parser.add_argument('--start-amplitudes', type=float, nargs='+',
+    parser.add_argument('--angular-step', type=positive_float, default=10.0, help='global search step (degrees)')
+    parser.add_argument('--shift-range', type=finite_float, default=6.0, help='global search shifts +- (pixels)')
+    parser.add_argument('--shift-step', type=positive_float, default=2.0, help='global search shift step (pixels)')
+    parser.add_argument('--start-amplitudes', type=finite_float, nargs='+',
                         help='starting amplitudes of each mode for the global search (all combinations; default '
                              '+- the amplitude of a 2.5 A RMS displacement)')
-    parser.add_argument('--top-k', type=int, default=AlignSettings.top_k, help='candidates refined per image')
-    parser.add_argument('--resolutions', type=float, nargs='+', default=list(AlignSettings.refine_resolutions),
+    parser.add_argument('--top-k', type=positive_int, default=AlignSettings.top_k, help='candidates refined per image')
+    parser.add_argument('--resolutions', type=positive_float, nargs='+', default=list(AlignSettings.refine_resolutions),
                         help='refinement stages (Angstrom, coarse to fine)')
-    parser.add_argument('--chunk-size', type=int, default=64, help='images per batch and resumable chunk')
+    parser.add_argument('--chunk-size', type=positive_int, default=64, help='images per batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
-    parser.add_argument('--keep-chunks', action='store_true', help='keep OUTPUT.chunks/ after success')
+    parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
@@ -78,23 +77,25 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_format(args.output)
     device, rank = start_process(args.threads, args.device)
     try:
-        particles = read_particles(args.particles, args.pixel_size)
-        if len(particles) == 0:
-            raise InputError(f'{args.particles}: no particles')
-        base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
+        columns = (('angles', 'shifts') if args.local else ()) + (('ctf',) if args.ctf != 'none' else ())
+        particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         modes = load_modes(args.modes, args.reference, args.select)
         reference = reference_from_modes(modes, args.model)
-        work = Path(str(args.output) + '.chunks')
-        progress = None if args.quiet or not rank.is_main else \
-            (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
-        result = align_particles(particles, reference, settings_from_args(args), work, base_dir, args.local,
-                                 args.chunk_size, device, rank, progress)
+        inputs = [args.particles, args.modes, args.reference]
+        with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
+                     rank=rank) as outputs:
+            progress = None if args.quiet or not rank.is_main else \
+                (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
+            result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'), '.',
+                                     args.local, args.chunk_size, device, rank, progress)
+            if rank.is_main:
+                write_particles(outputs.path(), result, continuousflex_only=True,
+                                located_in=outputs.final().parent)
+            outputs.commit()
         if rank.is_main:
-            write_particles(args.output, result, continuousflex_only=True)
-            if not args.keep_chunks:
-                shutil.rmtree(work, ignore_errors=True)
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean())}))
     finally:

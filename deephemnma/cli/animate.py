@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-import numpy as np
-
+from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
 from deephemnma.nma.deform import write_animation
 from deephemnma.nma.files import load_modes
+from deephemnma.nma.modes import check_amplitude_table
 from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.outputs import Outputs
+from deephemnma.simulate.conformations import read_amplitudes
 from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
 from deephemnma.space.reduction import Space
 
@@ -34,15 +35,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers of the amplitudes (default: all)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--space', help='space.pkl: animate along its axes')
-    parser.add_argument('--axes', type=int, nargs='+', default=[1], help='axes to animate (1-based)')
-    parser.add_argument('--frames', type=int, default=11, help='conformations per animation')
-    parser.add_argument('--spread', type=float, default=2.0, help='animation range in standard deviations')
+    parser.add_argument('--axes', type=positive_int, nargs='+', default=[1], help='axes to animate (1-based)')
+    parser.add_argument('--frames', type=positive_int, default=11, help='conformations per animation')
+    parser.add_argument('--spread', type=positive_float, default=2.0, help='animation range in standard deviations')
     parser.add_argument('--centroids', help='centroids.txt of deephemnma groups: one amplitude row per group')
-    parser.add_argument('--box', type=int, default=64, help='box (pixels) of the maps and GIF projections')
-    parser.add_argument('--pixel-size', type=float, default=1.5, help='pixel size (A) of maps and projections')
+    parser.add_argument('--box', type=positive_int, default=64, help='box (pixels) of the maps and GIF projections')
+    parser.add_argument('--pixel-size', type=positive_float, default=1.5, help='pixel size (A) of maps and projections')
     parser.add_argument('--no-maps', action='store_true', help='centroid PDBs only, no simulated maps')
     parser.add_argument('--no-gif', action='store_true', help='no GIF of projections')
-    parser.add_argument('--view', type=float, nargs=3, default=[0.0, 90.0, 0.0],
+    parser.add_argument('--view', type=finite_float, nargs=3, default=[0.0, 90.0, 0.0],
                         help='Euler angles (rot tilt psi, degrees) of the GIF view')
 
 
@@ -50,25 +51,20 @@ def main(args: argparse.Namespace) -> int:
     modes = load_modes(args.modes, args.reference, args.select)
     if not args.space and not args.centroids:
         raise InputError('nothing to do: give --space (animations) and/or --centroids (group structures)')
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    if args.centroids:
-        path = Path(args.centroids)
-        if not path.exists():
-            raise InputError(f'{path}: no such centroid file')
-        rows = np.loadtxt(path, ndmin=2)
-        box, pixel = (None, None) if args.no_maps else (args.box, args.pixel_size)
-        written += [str(p) for p in write_centroids(folder, modes, rows, box, pixel)]
-    if args.space:
-        space = Space.load(args.space)
-        for axis in args.axes:
+    rows = check_amplitude_table(read_amplitudes(args.centroids), args.centroids, len(modes)) \
+        if args.centroids else None
+    space = Space.load(args.space) if args.space else None
+    inputs = [args.modes, args.reference, args.space, args.centroids]
+    with Outputs(args.output, 'animate', inputs, result_settings(args)) as outputs:
+        if rows is not None:
+            box, pixel = (None, None) if args.no_maps else (args.box, args.pixel_size)
+            write_centroids(outputs.path(), modes, rows, box, pixel)
+        for axis in args.axes if space is not None else []:
             amplitudes = axis_amplitudes(space, axis - 1, args.frames, args.spread)
-            coordinates = write_animation(folder / f'axis_{axis}.pdb', modes, amplitudes)
-            written.append(str(folder / f'axis_{axis}.pdb'))
+            coordinates = write_animation(outputs.path(f'axis_{axis}.pdb'), modes, amplitudes)
             if not args.no_gif:
                 frames = projection_frames(modes, coordinates, args.box, args.pixel_size, args.view)
-                write_gif(folder / f'axis_{axis}.gif', frames)
-                written.append(str(folder / f'axis_{axis}.gif'))
-    print(json.dumps({'written': written}))
+                write_gif(outputs.path(f'axis_{axis}.gif'), frames)
+        written = outputs.commit()
+    print(json.dumps({'written': [str(p) for p in written]}))
     return 0

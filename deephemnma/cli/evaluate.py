@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from deephemnma.cli._common import positive_float
 from deephemnma.data.formats import read_particles
 from deephemnma.nn.evaluate import parameter_errors, rmsd_errors
 from deephemnma.nn.modelfile import load_model
 from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.outputs import check_apart
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +34,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-t', '--truth', required=True, help='particle file with true (or reference) parameters')
     parser.add_argument('--modes', help='normal modes .npz (with its reference structure) for the RMSD metrics')
     parser.add_argument('--model', help='model.pt: relative errors against its training means')
-    parser.add_argument('--pixel-size', type=float, help='pixel size (A) when the files carry none')
+    parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) when the files carry none')
     parser.add_argument('-o', '--output', help='write the figures to this JSON file')
 
 
@@ -46,8 +48,13 @@ def matched(estimated, truth, estimated_path: str):
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.output:
+        check_apart([args.output], [args.estimated, args.truth, args.modes, args.model])
     estimated = read_particles(args.estimated, args.pixel_size)
     truth = matched(estimated, read_particles(args.truth, args.pixel_size), args.estimated)
+    columns = [name for name in ('angles', 'shifts', 'amplitudes') if getattr(estimated, name) is not None]
+    estimated.check(args.estimated, columns)
+    truth.check(args.truth, columns)
     amplitude_mean = shift_mean = None
     if args.model:
         scaling = load_model(args.model).scaling

@@ -25,9 +25,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.cli._common import finite_float, positive_int, result_settings
+from deephemnma.data.formats import load_particles, read_particles, write_particles
 from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.outputs import Outputs
 from deephemnma.space.groups import (
     AUTOMATIC_METHODS,
     PAPER_MIN_COUNT,
@@ -51,11 +52,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--method', choices=METHODS, default='slices', help='how to make the groups')
     parser.add_argument('--polygons', help='JSON polygons (name -> [[x, y], ...]) for --method polygons')
-    parser.add_argument('--groups', type=int, help='number of groups (clustering; slices: before merging)')
-    parser.add_argument('--axis', type=int, default=1, help='axis to slice (1-based; default: the first)')
-    parser.add_argument('--min-count', type=int, default=PAPER_MIN_COUNT,
+    parser.add_argument('--groups', type=positive_int, help='number of groups (clustering; slices: before merging)')
+    parser.add_argument('--axis', type=positive_int, default=1, help='axis to slice (1-based; default: the first)')
+    parser.add_argument('--min-count', type=positive_int, default=PAPER_MIN_COUNT,
                         help='minimum images per slice (the paper: about 900)')
-    parser.add_argument('--trim', type=float, default=0.0, help='fraction of images left out at each end')
+    parser.add_argument('--trim', type=finite_float, default=0.0, help='fraction of images left out at each end')
     parser.add_argument('--equal-counts', action='store_true', help='slices of equal counts (quantiles)')
     parser.add_argument('--source', help='source whose images the labels are for (default: the first)')
     parser.add_argument('--particles', help='particle file of that source: write each group as a subset')
@@ -110,32 +111,29 @@ def compute_labels(coords: np.ndarray, args: argparse.Namespace,
 def main(args: argparse.Namespace) -> int:
     points = read_points(args)
     polygons = _read_polygons(args) if args.method == 'polygons' else None
+    subsets = None
+    if args.particles:
+        subsets = load_particles(args.particles, images=False)
+        if len(subsets) != len(points.mine):
+            raise InputError(f'{args.particles}: {len(subsets)} particles but the space holds {len(points.mine)} '
+                             f"points of '{points.name}' (particles and space do not match)")
     labels_all = compute_labels(points.coords, args, polygons)
     labels = labels_all[points.mine]
     members = group_members(labels)
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_labels(folder / 'labels.txt', labels)
-    centroid_rows = centroids(points.amplitudes, labels)
-    with atomic_path(folder / 'centroids.txt', suffix='.txt') as tmp:
-        np.savetxt(tmp, centroid_rows, fmt='%.6f', header='mean amplitudes of each group (one row per group)')
-    coloured = np.where(labels_all >= 0, labels_all, np.nan)
-    save_space_plot(folder / 'groups.png', points.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
-                    title=f'{len(members)} groups ({args.method})', polygons=polygons)
-    if args.particles:
-        particles = read_particles(args.particles)
-        base_dir = Path(args.particles).parent
-        # Subsets live in another folder: their image paths are made absolute.
-        particles = dataclasses.replace(particles, image=np.array(
-            [f'{index + 1:06d}@{path.resolve()}' for index, path in particles.locations(base_dir)]))
-        if len(particles) != len(labels):
-            raise InputError(f'{args.particles}: {len(particles)} particles but the space holds {len(labels)} '
-                             f"points of '{points.name}' (particles and space do not match)")
-        for number, indices in enumerate(members, start=1):
-            write_particles(folder / f'group_{number:03d}.{args.subset_format}', particles.subset(indices))
-    summary = {'method': args.method, 'source': points.name, 'groups': [int(len(m)) for m in members],
-               'unassigned': int((labels < 0).sum())}
-    with atomic_path(folder / 'groups.json', suffix='.json') as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=1))
+    inputs = [args.space, args.points, args.polygons, args.particles]
+    with Outputs(args.output, 'groups', inputs, result_settings(args)) as outputs:
+        write_labels(outputs.path('labels.txt'), labels)
+        np.savetxt(outputs.path('centroids.txt'), centroids(points.amplitudes, labels), fmt='%.6f',
+                   header='mean amplitudes of each group (one row per group)')
+        coloured = np.where(labels_all >= 0, labels_all, np.nan)
+        save_space_plot(outputs.path('groups.png'), points.coords, 'score', values=np.nan_to_num(coloured, nan=-1.0),
+                        title=f'{len(members)} groups ({args.method})', polygons=polygons)
+        for number, indices in enumerate(members, start=1) if subsets is not None else []:
+            write_particles(outputs.path(f'group_{number:03d}.{args.subset_format}'), subsets.subset(indices),
+                            located_in=outputs.final().resolve())
+        summary = {'method': args.method, 'source': points.name, 'groups': [int(len(m)) for m in members],
+                   'unassigned': int((labels < 0).sum())}
+        outputs.path('groups.json').write_text(json.dumps(summary, indent=1))
+        outputs.commit()
     print(json.dumps(summary))
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 from types import ModuleType
 from typing import List, Optional
@@ -23,6 +24,8 @@ from deephemnma import cli as cli_package
 from deephemnma.runtime.errors import InputError
 
 _NOT_COMMANDS = {'main'}
+#: Exit statuses of the ``deephemnma`` program.
+EXIT_INPUT, EXIT_SYSTEM, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 
 def command_names() -> List[str]:
@@ -40,9 +43,17 @@ def _first_line(module_doc: Optional[str]) -> str:
     return (module_doc or '').strip().splitlines()[0] if module_doc else ''
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors end the program with one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):
+        print(f'deephemnma: error: {self.prog}: {message}', file=sys.stderr)
+        raise SystemExit(EXIT_INPUT)
+
+
 def build_parser(selected: Optional[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the selected command's module is imported (fast start-up)."""
-    parser = argparse.ArgumentParser(prog='deephemnma', description=__doc__,
+    parser = OneLineParser(prog='deephemnma', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--version', action='version', version=f'deephemnma {deephemnma.__version__}')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
@@ -74,14 +85,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     return int(result or 0)
 
 
-def console() -> int:
-    """The ``deephemnma`` program: :func:`main`, with bad input (a missing or malformed file, an impossible
-    setting) reported as one line naming the file and the problem, and exit status 2."""
+class Terminated(BaseException):
+    """SIGTERM arrived (a queue system or a user stopping the job)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def console(argv: Optional[List[str]] = None) -> int:
+    """The ``deephemnma`` program: :func:`main`, where every failure ends as one line on stderr and an exit status:
+    bad input (a missing or malformed file, an impossible setting) 2; a fault of the system (disk full, no
+    permission) 1, naming the path; Ctrl-C 130 and SIGTERM 143, after the interrupted command has kept what a
+    rerun resumes from (see :mod:`deephemnma.runtime.outputs`)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        return main()
+        return main(argv)
     except InputError as error:
-        print(f'deephemnma: error: {error}', file=sys.stderr)
-        return 2
+        return _fail(f'error: {error}', EXIT_INPUT)
+    except KeyboardInterrupt:
+        return _fail('interrupted; rerun the same command to resume', EXIT_INTERRUPTED)
+    except Terminated:
+        return _fail('terminated; rerun the same command to resume', EXIT_TERMINATED)
+    except OSError as error:
+        where = f'{error.filename}: ' if error.filename else ''
+        return _fail(f'error: {where}{error.strerror or error}', EXIT_SYSTEM)
+
+
+def _fail(message: str, status: int) -> int:
+    """End with one line on stderr, on a line of its own (progress bars still drawing are closed first)."""
+    tqdm_module = sys.modules.get('tqdm')
+    for bar in list(getattr(getattr(tqdm_module, 'tqdm', None), '_instances', ())):
+        bar.close()
+    print(f'deephemnma: {message}', file=sys.stderr)
+    return status
 
 
 if __name__ == '__main__':

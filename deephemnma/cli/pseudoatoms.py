@@ -12,9 +12,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tqdm import tqdm
 
+from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
 from deephemnma.data.images import read_image, write_map
 from deephemnma.molecule.pseudoatoms import (
     DEFAULT_SIGMA_VOXELS,
@@ -24,20 +26,24 @@ from deephemnma.molecule.pseudoatoms import (
 )
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.machine import resolve_device
+from deephemnma.runtime.outputs import Outputs, check_apart
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('map', help='cubic 3D map (MRC, or SPIDER .vol)')
     parser.add_argument('-o', '--output', required=True, help='pseudoatom PDB (or .cif) to write')
-    parser.add_argument('--sigma', type=float, help=f'Gaussian standard deviation in Angstrom '
+    parser.add_argument('--sigma', type=positive_float, help=f'Gaussian standard deviation in Angstrom '
                                                     f'(default {DEFAULT_SIGMA_VOXELS} voxel)')
-    parser.add_argument('--target-error', type=float, default=DEFAULT_TARGET_ERROR,
+    parser.add_argument('--target-error', type=positive_float, default=DEFAULT_TARGET_ERROR,
                         help='relative L2 approximation error to reach (default 0.05)')
-    parser.add_argument('--threshold', type=float, help='map value below which no pseudoatom is seeded '
+    parser.add_argument('--threshold', type=finite_float, help='map value below which no pseudoatom is seeded '
                                                         '(default 5%% of the maximum)')
-    parser.add_argument('--max-atoms', type=int, default=50000)
-    parser.add_argument('--pixel-size', type=float, help='voxel size in Angstrom (default: from the map header)')
+    parser.add_argument('--max-atoms', type=positive_int, default=50000)
+    parser.add_argument('--pixel-size', type=positive_float,
+                        help='voxel size in Angstrom (default: from the map header)')
     parser.add_argument('--output-map', help='also write the map of the pseudoatom model (MRC)')
+    parser.add_argument('--accept-above-target', action='store_true',
+                        help='write the pseudoatoms even when they stop above the target error')
     parser.add_argument('--device', default='cpu', help='cpu, cuda or auto')
 
 
@@ -46,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
     pixel_size = args.pixel_size or header_pixel
     if not pixel_size:
         raise InputError(f'{args.map}: the map header gives no voxel size; give it with --pixel-size')
+    check_apart([args.output, args.output_map], [args.map])
     bar = tqdm(desc='pseudoatoms', unit=' rounds')
 
     def progress(count: int, error: float) -> None:
@@ -56,10 +63,19 @@ def main(args: argparse.Namespace) -> int:
                                 threshold=args.threshold, max_atoms=args.max_atoms,
                                 device=str(resolve_device(args.device)), progress=progress)
     bar.close()
-    pseudo.write(args.output)
+    if pseudo.relative_error > args.target_error and not args.accept_above_target:
+        raise InputError(f'{args.map}: {len(pseudo)} pseudoatoms reach a relative error of '
+                         f'{pseudo.relative_error:.4f}, above the target {args.target_error}; raise --max-atoms, '
+                         'lower --sigma or --threshold, or pass --accept-above-target to keep them')
+    if pseudo.relative_error > args.target_error:
+        print(f'warning: {len(pseudo)} pseudoatoms stop at a relative error of {pseudo.relative_error:.4f}, above '
+              f'the target {args.target_error}', file=sys.stderr)
     model = pseudo.to_map(volume.shape[0], pixel_size)
-    if args.output_map:
-        write_map(args.output_map, model, pixel_size)
+    with Outputs(args.output, 'pseudoatoms', [args.map], result_settings(args), single_file=True) as outputs:
+        pseudo.write(outputs.path())
+        if args.output_map:
+            write_map(args.output_map, model, pixel_size)
+        outputs.commit()
     print(f'{len(pseudo)} pseudoatoms (sigma {pseudo.sigma:.2f} A), relative error {pseudo.relative_error:.4f}, '
           f'map correlation {map_correlation(volume, model):.4f}: {args.output}')
     return 0

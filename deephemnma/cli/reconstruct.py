@@ -24,12 +24,15 @@ from typing import List
 
 import numpy as np
 
+from deephemnma.cli._common import positive_float, positive_int, result_settings
 from deephemnma.data.formats import read_particles
-from deephemnma.data.images import read_image
+from deephemnma.data.images import read_image, stack_info
+from deephemnma.data.stacks import ImageSource
 from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.outputs import Outputs, check_apart
 from deephemnma.space.groups import group_members, read_labels
-from deephemnma.space.maps import check_particles, reconstruct_particles, write_reconstruction
+from deephemnma.space.maps import MAP_SUFFIXES, reconstruct_particles, write_reconstruction
 from deephemnma.space.reconstruct import CTF_MODES
 
 
@@ -42,45 +45,66 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--ctf', choices=CTF_MODES, default='none',
                         help="'full': images carry the CTF; 'phase_flipped': images were phase-flipped; "
                              "'none': no CTF correction")
-    parser.add_argument('--pad', type=float, default=1.0, help='padding factor of the Fourier grid (1 or 2)')
-    parser.add_argument('--wiener', type=float, default=0.01,
+    parser.add_argument('--pad', type=positive_float, default=1.0, help='padding factor of the Fourier grid (1 or 2)')
+    parser.add_argument('--wiener', type=positive_float, default=0.01,
                         help='regularisation: fraction of the mean CTF^2 weight of each shell')
-    parser.add_argument('--pose-box', type=int, help='box (pixels) of the images the poses were estimated on')
+    parser.add_argument('--pose-box', type=positive_int,
+                        help='box (pixels) of the images the poses were estimated on')
     parser.add_argument('--reference', help='reference map (.mrc) for an FSC against it')
     parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
                                            "file's folder)")
-    parser.add_argument('--pixel-size', type=float, help='pixel size (A) of the images (default: the stack header)')
-    parser.add_argument('--batch-size', type=int, default=256, help='images per batch')
+    parser.add_argument('--pixel-size', type=positive_float,
+                        help='pixel size (A) of the images (default: the particle file, then the stack header)')
+    parser.add_argument('--batch-size', type=positive_int, default=256, help='images per batch')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
 
 
-def main(args: argparse.Namespace) -> int:
-    source = Path(args.particles)
-    particles = read_particles(source, args.pixel_size)
-    check_particles(particles, str(source))
-    base_dir = Path(args.base_dir) if args.base_dir else source.parent
-    device, rank = start_process(args.threads, args.device)
-    reference = read_image(args.reference)[0] if args.reference else None
-    folder = Path(args.output)
+def load_inputs(args: argparse.Namespace):
+    """The particles (pixel size from --pixel-size, the file or the first stack's header; poses and, with a CTF
+    mode, the CTF checked), the jobs ``(name, members)`` and the reference map, all checked before any work."""
+    particles = read_particles(args.particles, args.pixel_size)
+    particles = particles.resolved(args.base_dir or Path(args.particles).resolve().parent)
+    source = ImageSource(particles.image) if len(particles) else None
+    if particles.pixel_size is None and source is not None:
+        particles.pixel_size = stack_info(source.paths[0]).pixel_size or None
+    particles.check(args.particles, ('angles', 'shifts') + (('ctf',) if args.ctf != 'none' else ()), images=True)
     jobs: List[tuple] = [(args.name, np.arange(len(particles)))]
     if args.groups:
         labels = read_labels(args.groups)
         if len(labels) != len(particles):
-            raise InputError(f'{args.groups}: {len(labels)} labels for {len(particles)} particles in {source}')
+            raise InputError(f'{args.groups}: {len(labels)} labels for {len(particles)} particles in '
+                             f'{args.particles}')
         jobs = [(f'group_{g + 1:03d}', members) for g, members in enumerate(group_members(labels))]
+    reference = None
+    if args.reference:
+        reference = read_image(args.reference)[0]
+        if reference.shape != (source.box,) * 3:
+            raise InputError(f'{args.reference}: the reference map is {reference.shape} but the images are '
+                             f'{source.box} px wide')
+    return particles, jobs, reference
+
+
+def main(args: argparse.Namespace) -> int:
+    particles, jobs, reference = load_inputs(args)
+    device, rank = start_process(args.threads, args.device)
+    inputs = [args.particles, args.groups, args.reference]
     summaries = {}
     try:
-        for name, members in jobs:
-            result = reconstruct_particles(particles.subset(members), base_dir, args.ctf, args.pad, args.wiener,
-                                           args.pose_box, args.pixel_size, args.batch_size, device, rank, name)
-            if rank.is_main:
-                summary = write_reconstruction(folder, name, result, reference)
-                summaries[name] = {'images': summary['images'],
-                                   'halfmap_fsc0143_angstrom': summary['half_maps']['resolution_0143_angstrom']}
-                if reference is not None:
-                    summaries[name]['reference_fsc05_angstrom'] = \
-                        summary['vs_reference']['resolution_05_angstrom']
+        with Outputs(args.output, 'reconstruct', inputs, result_settings(args), rank=rank) as outputs:
+            check_apart([outputs.final(f'{name}{suffix}') for name, _ in jobs for suffix in MAP_SUFFIXES], inputs)
+            for name, members in jobs:
+                result = reconstruct_particles(particles.subset(members), '.', args.ctf, args.pad, args.wiener,
+                                               args.pose_box, particles.pixel_size, args.batch_size, device, rank,
+                                               name)
+                if rank.is_main:
+                    summary = write_reconstruction(outputs.path(), name, result, reference)
+                    summaries[name] = {'images': summary['images'], 'halfmap_fsc0143_angstrom':
+                                       summary['half_maps']['resolution_0143_angstrom']}
+                    if reference is not None:
+                        summaries[name]['reference_fsc05_angstrom'] = \
+                            summary['vs_reference']['resolution_05_angstrom']
+            outputs.commit()
     finally:
         cleanup()
     if rank.is_main:

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from deephemnma.cli._common import finite_float, positive_float, positive_int
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.machine import resolve_device
 from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig
@@ -52,10 +52,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--config', help='JSON file of settings (command-line options given explicitly win)')
     group = parser.add_argument_group('images')
-    group.add_argument('--count', type=int, help=f'number of images (default {_DEFAULTS.count})')
-    group.add_argument('--box', type=int, help=f'image size in pixels (default {_DEFAULTS.box})')
-    group.add_argument('--pixel-size', type=float, help=f'Angstrom per pixel (default {_DEFAULTS.pixel_size})')
-    group.add_argument('--oversampling', type=int,
+    group.add_argument('--count', type=positive_int, help=f'number of images (default {_DEFAULTS.count})')
+    group.add_argument('--box', type=positive_int, help=f'image size in pixels (default {_DEFAULTS.box})')
+    group.add_argument('--pixel-size', type=positive_float, help=f'Angstrom per pixel (default {_DEFAULTS.pixel_size})')
+    group.add_argument('--oversampling', type=positive_int,
                        help='simulate at this many times finer pixels, then Fourier-crop (anti-aliased '
                             'downscaling; default 1: the exact projection is already band-limited)')
     group.add_argument('--seed', type=int, help='random seed (default 0)')
@@ -67,34 +67,34 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                                        '(default: computed with an elastic network)')
     group.add_argument('--mode-numbers', type=int, nargs='+', help='mode numbers, 7 = first non-rigid '
                                                                    '(default 7 8 9)')
-    group.add_argument('--cutoff', type=float, help='elastic network cutoff in Angstrom (default 10)')
-    group.add_argument('--bfactor', type=float, help='B-factor blurring every atom, Angstrom^2 (default 0)')
+    group.add_argument('--cutoff', type=finite_float, help='elastic network cutoff in Angstrom (default 10)')
+    group.add_argument('--bfactor', type=finite_float, help='B-factor blurring every atom, Angstrom^2 (default 0)')
     group = parser.add_argument_group('conformations')
     group.add_argument('--conformations', choices=KINDS, help="amplitude distribution (default 'helix': "
                                                               'q7 = 200 r, q8 = 200 sin(pi r), q9 = 200 cos(pi r))')
-    group.add_argument('--amplitude-scale', type=float,
+    group.add_argument('--amplitude-scale', type=finite_float,
                        help='helix scale (200), uniform half range (200) or Gaussian standard deviation (100)')
     group.add_argument('--states', type=json.loads, help='discrete states as JSON, e.g. "[[0,0,0],[150,0,-50]]"')
-    group.add_argument('--state-weights', type=float, nargs='+', help='probability of each discrete state')
-    group.add_argument('--jitter', type=float, help='Gaussian spread around discrete states (amplitude units)')
+    group.add_argument('--state-weights', type=finite_float, nargs='+', help='probability of each discrete state')
+    group.add_argument('--jitter', type=finite_float, help='Gaussian spread around discrete states (amplitude units)')
     group.add_argument('--amplitudes-file', help='amplitudes, one row per image (text/CSV or .npy)')
     group = parser.add_argument_group('poses')
     group.add_argument('--angle-sampling', choices=ANGLE_SAMPLINGS,
                        help="'uniform' on SO(3) (default) or 'angles': the paper's uniform rot, tilt, psi")
-    group.add_argument('--max-shift', type=float, help='shifts uniform in [-max, max] pixels (default 5)')
+    group.add_argument('--max-shift', type=finite_float, help='shifts uniform in [-max, max] pixels (default 5)')
     group = parser.add_argument_group('CTF')
     group.add_argument('--no-ctf', dest='ctf', action='store_false', default=None, help='no CTF')
-    group.add_argument('--voltage', type=float, help='kV (default 200)')
-    group.add_argument('--cs', type=float, help='spherical aberration, mm (default 2)')
-    group.add_argument('--amplitude-contrast', type=float, help='(default 0.1)')
-    group.add_argument('--defocus-min', type=float, help='Angstrom, positive = underfocus (default 5000)')
-    group.add_argument('--defocus-max', type=float, help='Angstrom (default 5000)')
-    group.add_argument('--astigmatism', type=float, help='defocus U - V in Angstrom, random angle (default 0)')
-    group.add_argument('--ctf-group-size', type=int, help='consecutive images sharing one CTF (default 1)')
+    group.add_argument('--voltage', type=finite_float, help='kV (default 200)')
+    group.add_argument('--cs', type=finite_float, help='spherical aberration, mm (default 2)')
+    group.add_argument('--amplitude-contrast', type=finite_float, help='(default 0.1)')
+    group.add_argument('--defocus-min', type=finite_float, help='Angstrom, positive = underfocus (default 5000)')
+    group.add_argument('--defocus-max', type=finite_float, help='Angstrom (default 5000)')
+    group.add_argument('--astigmatism', type=finite_float, help='defocus U - V in Angstrom, random angle (default 0)')
+    group.add_argument('--ctf-group-size', type=positive_int, help='consecutive images sharing one CTF (default 1)')
     group.add_argument('--phase-flip', action='store_true', default=None, help='phase-flip the images')
     group = parser.add_argument_group('noise and contrast')
-    group.add_argument('--snr', type=float, help='total SNR (default 0.1); 0 for noise-free images')
-    group.add_argument('--noise-before-ctf', type=float,
+    group.add_argument('--snr', type=finite_float, help='total SNR (default 0.1); 0 for noise-free images')
+    group.add_argument('--noise-before-ctf', type=finite_float,
                        help='fraction of the noise variance added before the CTF (default 0.5)')
     group.add_argument('--snr-scope', choices=SNR_SCOPES,
                        help="'dataset': one noise level for all images (default); 'image': per image")
@@ -103,10 +103,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                             "--oversampling times finer images before their Fourier crop (the paper's way)")
     group.add_argument('--invert-contrast', action='store_true', default=None, help='multiply images by -1')
     group = parser.add_argument_group('computation')
-    group.add_argument('--chunk-size', type=int, help='images per resumable chunk (default 1000)')
-    group.add_argument('--batch-size', type=int, default=128, help='images per batch in memory')
+    group.add_argument('--chunk-size', type=positive_int, help='images per resumable chunk (default 1000)')
+    group.add_argument('--batch-size', type=positive_int, default=128, help='images per batch in memory')
     group.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda[:N]'")
-    group.add_argument('--threads', type=int, help='CPU threads for torch')
+    group.add_argument('--threads', type=positive_int, help='CPU threads for torch')
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
@@ -131,17 +131,12 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    try:
-        config = config_from_args(args)
+    config = config_from_args(args)
 
-        def progress(chunks, total):
-            return tqdm(chunks, total=total, unit='chunk', desc=f'simulating {config.count} images')
+    def progress(chunks, total):
+        return tqdm(chunks, total=total, unit='chunk', desc=f'simulating {config.count} images')
 
-        record = simulate_to_disk(config, args.output, device=device, batch_size=args.batch_size,
-                                  progress=progress)
-    except InputError as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2
+    record = simulate_to_disk(config, args.output, device=device, batch_size=args.batch_size, progress=progress)
     if record.get('warning'):
         print(f'warning: {record["warning"]}')
     snr = record.get('measured_snr')

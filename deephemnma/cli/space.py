@@ -24,8 +24,9 @@ from typing import Dict
 
 import numpy as np
 
+from deephemnma.cli._common import positive_float, positive_int, result_settings
 from deephemnma.runtime.errors import InputError
-from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.outputs import Outputs
 from deephemnma.space.plots import save_space_plot
 from deephemnma.space.reduction import METHODS, Space, fit_space, read_amplitude_set
 
@@ -35,11 +36,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help='amplitude set: particle file (.star/.xmd/.csv) or array (.txt/.npy); repeatable')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--method', choices=METHODS, default='pca', help='reduction method (default: PCA)')
-    parser.add_argument('--components', type=int, default=2, help='dimensions of the space (2 or 3)')
+    parser.add_argument('--components', type=positive_int, default=2, help='dimensions of the space (2 or 3)')
     parser.add_argument('--fit-on', nargs='+', help='names of the sets that fit the space (default: all)')
     parser.add_argument('--standardise', action='store_true', help='scale each mode to unit variance first')
-    parser.add_argument('--neighbours', type=int, default=15, help='neighbours (Isomap, spectral, LTSA, UMAP)')
-    parser.add_argument('--perplexity', type=float, default=30.0, help='t-SNE perplexity')
+    parser.add_argument('--neighbours', type=positive_int, default=15, help='neighbours (Isomap, spectral, LTSA, UMAP)')
+    parser.add_argument('--perplexity', type=positive_float, default=30.0, help='t-SNE perplexity')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--load', help='an existing space.pkl (with --transform)')
     parser.add_argument('--transform', help='amplitudes to place in the loaded space')
@@ -56,35 +57,42 @@ def write_plots(folder: Path, space: Space, scores: Dict[str, np.ndarray]) -> No
         save_space_plot(folder / 'space_score.png', space.coords, 'score', values=values)
 
 
+def _transform(args: argparse.Namespace) -> int:
+    """Place the amplitudes of --transform in the space of --load: ``coordinates.txt``."""
+    if not args.transform:
+        raise InputError('--load needs --transform FILE (the amplitudes to place in the space)')
+    space = Space.load(args.load)
+    _, amplitudes, _ = read_amplitude_set(args.transform)
+    coords = space.transform(amplitudes)
+    with Outputs(args.output, 'space-transform', [args.load, args.transform], result_settings(args)) as outputs:
+        np.savetxt(outputs.path('coordinates.txt'), coords, fmt='%.8g')
+        outputs.commit()
+    print(json.dumps({'points': len(coords), 'method': space.method}))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    folder = Path(args.output)
-    folder.mkdir(parents=True, exist_ok=True)
     if args.load:
-        if not args.transform:
-            raise InputError('--load needs --transform FILE (the amplitudes to place in the space)')
-        space = Space.load(args.load)
-        _, amplitudes, _ = read_amplitude_set(args.transform)
-        coords = space.transform(amplitudes)
-        with atomic_path(folder / 'coordinates.txt', suffix='.txt') as tmp:
-            np.savetxt(tmp, coords, fmt='%.8g')
-        print(json.dumps({'points': len(coords), 'method': space.method}))
-        return 0
+        return _transform(args)
     if not args.input:
         raise InputError('give at least one amplitude set with -i [NAME=]FILE')
-    sets, scores = {}, {}
+    sets, scores, files = {}, {}, []
     for spec in args.input:
         name, amplitudes, score = read_amplitude_set(spec)
         if name in sets:
             raise InputError(f"two amplitude sets are named '{name}': name them with NAME=FILE")
         sets[name] = amplitudes
+        files.append(spec.rpartition('=')[2])
         if score is not None:
             scores[name] = score
-    space = fit_space(sets, args.method, args.components, args.fit_on, args.standardise, args.neighbours,
-                      args.perplexity, args.seed)
-    space.save(folder / 'space.pkl')
-    space.write_coordinates(folder / 'coordinates.csv')
-    if not args.no_plot:
-        write_plots(folder, space, scores)
+    with Outputs(args.output, 'space', files, result_settings(args)) as outputs:
+        space = fit_space(sets, args.method, args.components, args.fit_on, args.standardise, args.neighbours,
+                          args.perplexity, args.seed)
+        space.save(outputs.path('space.pkl'))
+        space.write_coordinates(outputs.path('coordinates.csv'))
+        if not args.no_plot:
+            write_plots(outputs.path(), space, scores)
+        outputs.commit()
     summary = {'points': len(space), 'method': space.method, 'components': space.n_components,
                'sources': {name: int((space.sources == name).sum()) for name in space.source_names()}}
     ratio = getattr(space.estimator, 'explained_variance_ratio_', None)

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deephemnma.data.formats import read_particles, write_particles
+from deephemnma.cli._common import finite_float, non_negative_int, positive_float, positive_int
+from deephemnma.data.formats import load_particles, write_particles
 from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import targets as tg
-from deephemnma.nn.config import PRESETS, SCHEDULES, TrainConfig, preset_config
+from deephemnma.nn.config import PRESETS, SCHEDULES, TrainConfig, preset_config, result_settings
 from deephemnma.nn.evaluate import parameter_errors
 from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, NORMS
@@ -36,6 +37,7 @@ from deephemnma.nn.targets import labels_from_particles
 from deephemnma.nn.trainer import run_training
 from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.outputs import Outputs
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-o', '--output', required=True, help='output folder (a rerun resumes there)')
     parser.add_argument('--base-dir', help='folder relative image paths start from (default: the particle '
                                            'file\'s folder, then the current folder)')
-    parser.add_argument('--pixel-size', type=float, help='pixel size (A) for .xmd files without one')
+    parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='fast',
                         help='paper: batch 2, lr 1e-5 /10 every 80 epochs, 400 epochs; fast: batch 128, '
                              'one-cycle, mixed precision on GPU, early stopping (default)')
@@ -54,32 +56,32 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', choices=sorted(ARCHITECTURES), default='resnet34')
     parser.add_argument('--norm', choices=NORMS, default='batch', help='normalisation layers of the ResNet')
     group = parser.add_argument_group('overrides of the preset')
-    group.add_argument('--epochs', type=int)
-    group.add_argument('--batch-size', type=int, help='global batch size (split among torchrun processes)')
-    group.add_argument('--lr', type=float, help='(maximum) learning rate')
+    group.add_argument('--epochs', type=positive_int)
+    group.add_argument('--batch-size', type=positive_int, help='global batch size (split among torchrun processes)')
+    group.add_argument('--lr', type=positive_float, help='(maximum) learning rate')
     group.add_argument('--schedule', choices=sorted(SCHEDULES))
-    group.add_argument('--step-epochs', type=int, help='step schedule: epochs between divisions')
-    group.add_argument('--weight-decay', type=float)
-    group.add_argument('--dropout', type=float)
+    group.add_argument('--step-epochs', type=positive_int, help='step schedule: epochs between divisions')
+    group.add_argument('--weight-decay', type=finite_float)
+    group.add_argument('--dropout', type=finite_float)
     group.add_argument('--patience', type=int, help='early stopping after N epochs without improvement (0: off)')
     group.add_argument('--no-amp', action='store_true', help='no mixed precision on GPU')
-    group.add_argument('--max-rotation', type=float, dest='max_rotation_deg',
+    group.add_argument('--max-rotation', type=finite_float, dest='max_rotation_deg',
                        help='in-plane rotation augmentation (deg; labels rotated consistently; 0: off)')
-    group.add_argument('--max-translation', type=float, dest='max_translation_px',
+    group.add_argument('--max-translation', type=finite_float, dest='max_translation_px',
                        help='translation augmentation (px; shift labels moved consistently; 0: off)')
-    parser.add_argument('--network-box', type=int, default=0,
+    parser.add_argument('--network-box', type=non_negative_int, default=0,
                         help='image size (px) the network sees: images are Fourier-cropped to it (faster training '
                              'and prediction; shifts stay in the original pixels); 0: the images\' size')
-    parser.add_argument('--outlier-threshold', type=float, default=3.2,
+    parser.add_argument('--outlier-threshold', type=finite_float, default=3.2,
                         help='Mahalanobis distance of the amplitudes above which images are removed (0: keep all)')
-    parser.add_argument('--validation', type=float, default=0.1, help='validation particles (fraction or count)')
-    parser.add_argument('--test', type=float, default=0.1, help='test particles (fraction or count)')
+    parser.add_argument('--validation', type=finite_float, default=0.1, help='validation particles (fraction or count)')
+    parser.add_argument('--test', type=finite_float, default=0.1, help='test particles (fraction or count)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--readers', type=int, default=2,
+    parser.add_argument('--readers', type=non_negative_int, default=2,
                         help='threads reading images ahead when they are streamed from disk (above --ram-limit-gb)')
-    parser.add_argument('--ram-limit-gb', type=float, default=8.0, help='copy the images to RAM when they fit')
+    parser.add_argument('--ram-limit-gb', type=positive_float, default=8.0, help='copy the images to RAM when they fit')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
 
 
@@ -96,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ram_limit_gb=args.ram_limit_gb)
 
 
-def evaluate_test_split(output: Path, particles, base_dir, device: torch.device, batch_size: int = 256) -> dict:
+def evaluate_test_split(output: Path, particles, device: torch.device, batch_size: int = 256) -> dict:
     """Predict the held-out test particles with the best model; write them and their errors."""
     split = np.load(output / 'split.npz')
     for name in ('train', 'validation', 'test'):
@@ -105,7 +107,7 @@ def evaluate_test_split(output: Path, particles, base_dir, device: torch.device,
     if len(test) == 0:
         return {}
     model = load_model(output / MODEL_FILE, device)
-    raw = predict_source(Predictor(model, device), ImageSource(test.image, base_dir), batch_size, progress=False)
+    raw = predict_source(Predictor(model, device), ImageSource(test.image), batch_size, progress=False)
     estimated = tg.decode(raw, model.scaling)
     write_particles(output / 'test_predictions.star', labels_to_particles(test, estimated))
     metrics = parameter_errors(estimated, labels_from_particles(test), model.scaling.amplitude_mean,
@@ -115,15 +117,23 @@ def evaluate_test_split(output: Path, particles, base_dir, device: torch.device,
     return metrics
 
 
+#: The label column each parameter type is learnt from.
+LABEL_COLUMNS = {'amplitudes': 'amplitudes', 'orientation': 'angles', 'shifts': 'shifts'}
+
+
 def main(args: argparse.Namespace) -> int:
     device, rank = start_process(args.threads, args.device)
     try:
-        particles = read_particles(args.particles, args.pixel_size)
-        base_dir = args.base_dir or str(Path(args.particles).resolve().parent)
         config = config_from_args(args)
-        _, summary = run_training(particles, config, args.output, device, base_dir, rank, not args.quiet)
+        particles = load_particles(args.particles, [LABEL_COLUMNS[t] for t in config.types],
+                                   pixel_size=args.pixel_size, base_dir=args.base_dir)
+        with Outputs(args.output, 'train', [args.particles], result_settings(config.to_dict()), resumable=True,
+                     rank=rank) as outputs:
+            _, summary = run_training(particles, config, outputs.path(), device, None, rank, not args.quiet)
+            if rank.is_main:
+                summary['test_metrics'] = evaluate_test_split(outputs.path(), particles, device)
+            outputs.commit()
         if rank.is_main:
-            summary['test_metrics'] = evaluate_test_split(Path(args.output), particles, base_dir, device)
             print(json.dumps({'output': str(Path(args.output) / MODEL_FILE), 'epochs_run': summary['epochs_run'],
                               'outliers_removed': summary['outliers_removed'],
                               'split_sizes': summary['split_sizes'], 'test_metrics': summary['test_metrics']}))

@@ -10,7 +10,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from deephemnma.data.particles import Particles
-from deephemnma.data.star import float_column, format_floats, read_text, require_columns
+from deephemnma.data.star import float_column, format_floats, read_text, require_columns, single_value
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 
@@ -61,9 +61,12 @@ def read_csv(path: Path) -> Particles:
         raise InputError(f'{path}: no particle rows')
     table = {name: [row[name] for row in rows] for name in rows[0]}
     require_columns(table, ['image', 'pixel_size'], path, 'csv')
-    result = Particles(image=np.array(table['image']), pixel_size=float(table['pixel_size'][0]),
-                       voltage=float(table.get('voltage', ['300'])[0]), cs=float(table.get('cs', ['2.7'])[0]),
-                       amplitude_contrast=float(table.get('amplitude_contrast', ['0.1'])[0]))
+    result = Particles(image=np.array(table['image']),
+                       pixel_size=single_value(table['pixel_size'], path, 'pixel_size'),
+                       voltage=single_value(table.get('voltage', ['300']), path, 'voltage'),
+                       cs=single_value(table.get('cs', ['2.7']), path, 'cs'),
+                       amplitude_contrast=single_value(table.get('amplitude_contrast', ['0.1']), path,
+                                                       'amplitude_contrast'))
     if any(name in table for name in ('rot', 'tilt', 'psi')):
         require_columns(table, ('rot', 'tilt', 'psi'), path, 'csv')
         result.angles = np.stack([float_column(table[n], path, n) for n in ('rot', 'tilt', 'psi')], axis=1)

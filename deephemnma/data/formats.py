@@ -7,11 +7,12 @@ reads the images).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from deephemnma.data.csvfile import read_csv, write_csv
-from deephemnma.data.particles import Particles
+from deephemnma.data.particles import Particles, relative_locations
 from deephemnma.data.relion import read_star, write_star
 from deephemnma.data.xmipp import read_xmd, write_xmd
 from deephemnma.runtime.errors import InputError
@@ -20,7 +21,9 @@ from deephemnma.runtime.errors import InputError
 # ----------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------
-def _format_of(path: Path) -> str:
+def check_format(path: str | os.PathLike) -> str:
+    """The metadata format of ``path`` from its extension (InputError for an unknown one)."""
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in ('.star', '.xmd', '.csv'):
         raise InputError(f'{path}: unknown metadata format "{suffix}" (use .star, .xmd or .csv)')
@@ -30,7 +33,7 @@ def _format_of(path: Path) -> str:
 def read_particles(path: str | os.PathLike, pixel_size: Optional[float] = None) -> Particles:
     """Read particle metadata (format from the extension). ``pixel_size`` fills in for .xmd without CTF."""
     path = Path(path)
-    kind = _format_of(path)
+    kind = check_format(path)
     if kind == '.star':
         return read_star(path)
     if kind == '.xmd':
@@ -38,14 +41,30 @@ def read_particles(path: str | os.PathLike, pixel_size: Optional[float] = None) 
     return read_csv(path)
 
 
-def write_particles(path: str | os.PathLike, particles: Particles, continuousflex_only: bool = False) -> Path:
+def load_particles(path: str | os.PathLike, columns: Sequence[str] = (), images: bool = True,
+                   pixel_size: Optional[float] = None, base_dir: Optional[str | os.PathLike] = None) -> Particles:
+    """Particles as a command uses them: read (``pixel_size`` fills in where the file gives none), image paths made
+    absolute (relative ones start from ``base_dir``, by default the file's folder) and checked
+    (:meth:`Particles.check`: the ``columns`` used, finite; with ``images``, no image twice)."""
+    particles = read_particles(path, pixel_size)
+    return particles.resolved(base_dir or Path(path).resolve().parent).check(str(path), columns, images)
+
+
+def write_particles(path: str | os.PathLike, particles: Particles, continuousflex_only: bool = False,
+                    located_in: Optional[str | os.PathLike] = None) -> Path:
     """Write particle metadata atomically (format from the extension); returns the path.
 
+    Image paths are written as they are valid from ``located_in`` (default: the file's folder; the final folder
+    when ``path`` is a staged file): stacks below it relative to it, others absolute.
     ``continuousflex_only``: an .xmd holds exactly the columns of ContinuousFlex's HEMNMA ``images.xmd``
     (image, enabled, angles, shifts, nmaDisplacements, cost), without CTF or extra columns.
     """
     path = Path(path)
-    kind = _format_of(path)
+    particles = replace(particles, image=relative_locations(particles.image, located_in or path.resolve().parent))
+    kind = check_format(path)
+    if particles.pixel_size is None and kind != '.xmd':
+        raise InputError(f'{path}: the particles have no known pixel size, which a {kind} file records; give it '
+                         'with --pixel-size')
     if kind == '.xmd':
         write_xmd(path, particles, continuousflex_only)
     else:

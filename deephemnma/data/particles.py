@@ -91,8 +91,72 @@ class Particles:
         for location in self.image:
             yield parse_location(location, base_dir)
 
+    def resolved(self, base_dir: Optional[str | os.PathLike] = None) -> 'Particles':
+        """A copy whose image locations name their stacks by absolute paths (:func:`resolve_stack`), so that they
+        stay valid in metadata written anywhere."""
+        return replace(self, image=absolute_locations(self.image, base_dir))
+
+    def check(self, source: str, columns: Sequence[str] = (), images: bool = False) -> 'Particles':
+        """Refuse (InputError naming ``source``) what would give silently wrong results: no particles, an unknown or
+        impossible pixel size, a missing column of ``columns`` (``PER_PARTICLE_COLUMNS``, ``'ctf'`` for defocus
+        and microscope, or an extra column's name), a value in them that is not a finite number and, with
+        ``images``, the same image listed twice. Returns the particles."""
+        if len(self) == 0:
+            raise InputError(f'{source}: holds no particles')
+        if self.pixel_size is None:
+            raise InputError(f'{source}: the file gives no pixel size; give it with --pixel-size')
+        if not (np.isfinite(self.pixel_size) and self.pixel_size > 0):
+            raise InputError(f'{source}: the pixel size must be a positive number of Angstrom, not {self.pixel_size}')
+        for name in columns:
+            for label, values in self._column(name, source).items():
+                _check_finite(np.asarray(values, dtype=np.float64), label, source)
+        if images:
+            _check_unique(self.image, source)
+        return self
+
+    def _column(self, name: str, source: str) -> Dict[str, np.ndarray]:
+        """The arrays of column ``name`` by label (InputError when missing)."""
+        if name == 'ctf':
+            if self.defocus_u is None:
+                raise InputError(f'{source}: the particles have no CTF (defocus) but the CTF is used')
+            values = {'defocus': self.defocus_u, 'voltage': self.voltage, 'spherical aberration': self.cs,
+                      'amplitude contrast': self.amplitude_contrast}
+            values.update({label: value for label, value in (('defocus V', self.defocus_v),
+                                                             ('defocus angle', self.defocus_angle))
+                           if value is not None})
+            if not np.all(np.asarray(self.voltage) > 0):
+                raise InputError(f'{source}: the voltage must be positive, not {self.voltage}')
+            return values
+        value = getattr(self, name, None) if name in PER_PARTICLE_COLUMNS else self.extra.get(name)
+        label = _COLUMN_LABELS.get(name, name.replace('_', ' '))
+        if value is None:
+            raise InputError(f'{source}: the particles have no {label}, which this command uses')
+        return {label: value}
+
 
 PER_PARTICLE_COLUMNS = ('angles', 'shifts', 'amplitudes', 'defocus_u', 'defocus_v', 'defocus_angle', 'score')
+
+
+_COLUMN_LABELS = {'angles': 'poses (Euler angles)', 'shifts': 'poses (shifts)',
+                  'amplitudes': 'normal-mode amplitudes'}
+
+
+def _check_finite(values: np.ndarray, label: str, source: str) -> None:
+    bad = np.flatnonzero(~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)) if values.ndim else \
+        (np.array([0]) if not np.isfinite(values) else np.array([], dtype=int))
+    if bad.size:
+        row = values[bad[0]] if values.ndim else values
+        raise InputError(f'{source}: the {label} of particle {bad[0] + 1} is {row}: not a finite number'
+                         + (f' ({bad.size} particles)' if bad.size > 1 else ''))
+
+
+def _check_unique(images: np.ndarray, source: str) -> None:
+    names, first, counts = np.unique(images, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        twice = names[counts > 1][0]
+        rows = np.flatnonzero(images == twice)[:2] + 1
+        raise InputError(f'{source}: particles {rows[0]} and {rows[1]} are the same image ({twice}); '
+                         f'{int((counts - 1).sum())} duplicated row(s): remove them')
 
 
 def concatenate(parts: Sequence[Particles]) -> Particles:
@@ -116,6 +180,41 @@ def concatenate(parts: Sequence[Particles]) -> Particles:
              if all(name in part.extra for part in parts)}
     return Particles(image=np.concatenate([part.image for part in parts]),
                      **{name: getattr(first, name) for name in optics}, extra=extra, **columns)
+
+
+def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:
+    """The absolute path of the stack ``name``: a relative name is taken relative to ``base_dir`` (e.g. the
+    folder of the metadata file) when it exists there, else to the current folder (Scipion's project folder),
+    else to ``base_dir``."""
+    path = Path(name) if os.path.isabs(name) else Path(base_dir or '.') / name
+    if not path.exists() and Path(name).exists():
+        path = Path(name)
+    return os.path.abspath(path)
+
+
+def absolute_locations(images: Sequence[str], base_dir: Optional[str | os.PathLike] = None) -> np.ndarray:
+    """Image locations ``index@stack`` with absolute stack paths (each stack resolved once)."""
+    resolved: Dict[str, str] = {}
+    out = []
+    for location in images:
+        index, _, name = str(location).rpartition('@') if '@' in str(location) else ('', '', str(location))
+        if name not in resolved:
+            resolved[name] = resolve_stack(name, base_dir)
+        out.append(f'{index}@{resolved[name]}' if index else resolved[name])
+    return np.array(out)
+
+
+def relative_locations(images: Sequence[str], folder: str | os.PathLike) -> np.ndarray:
+    """Image locations as metadata in ``folder`` should name them: stacks inside ``folder`` (or below it)
+    relative to it, others absolute (relative names are kept as they are)."""
+    folder = os.path.abspath(folder)
+    out = []
+    for location in images:
+        index, _, name = str(location).rpartition('@') if '@' in str(location) else ('', '', str(location))
+        if os.path.isabs(name) and (name == folder or name.startswith(folder + os.sep)):
+            name = os.path.relpath(name, folder)
+        out.append(f'{index}@{name}' if index else name)
+    return np.array(out)
 
 
 def parse_location(location: str, base_dir: str | os.PathLike = '.') -> Tuple[int, Path]:

@@ -7,7 +7,7 @@ Transform) and are stored in Angstrom; amplitudes and scores go in this plugin's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from deephemnma.data.star import (
     format_vectors,
     read_star_tables,
     require_columns,
+    single_value,
     vector_column,
     write_star_tables,
 )
@@ -63,6 +64,8 @@ def read_star(path: Path) -> Particles:
     block = 'particles' if 'particles' in tables else next(iter(tables))
     table = tables[block]
     require_columns(table, ['rlnImageName'], path, block)
+    if not table['rlnImageName']:
+        raise InputError(f'{path}: holds no particles (the data_{block} loop is empty)')
     optics = _optics_values(tables.get('optics', {}), table, path)
     pixel_size = optics['pixel_size']
     result = Particles(image=np.array(table['rlnImageName']), **optics)
@@ -95,20 +98,43 @@ def read_star(path: Path) -> Particles:
     return result
 
 
+#: Optics values of RELION and this project's names, with the defaults where a file gives none.
+_OPTICS = (('rlnVoltage', 'voltage', 300.0), ('rlnSphericalAberration', 'cs', 2.7),
+           ('rlnAmplitudeContrast', 'amplitude_contrast', 0.1))
+
+
 def _optics_values(optics: Table, particles: Table, path: Path) -> Dict[str, float]:
-    source = optics if optics else particles
-
-    def first(names: Sequence[str], default: Optional[float]) -> Optional[float]:
-        for name in names:
-            if name in source:
-                return float(source[name][0])
-        return default
-
-    pixel_size = first(('rlnImagePixelSize',), None)
-    if pixel_size is None and 'rlnDetectorPixelSize' in source and 'rlnMagnification' in source:
-        pixel_size = float(source['rlnDetectorPixelSize'][0]) * 1e4 / float(source['rlnMagnification'][0])
-    if pixel_size is None:
+    """Pixel size and microscope of the particles: from the optics rows their ``rlnOpticsGroup`` points to (or
+    the particle rows themselves in older files). Particles of different optics are refused (one value each)."""
+    source = _optics_rows_of_particles(optics, particles, path) if optics else particles
+    if 'rlnImagePixelSize' in source:
+        pixel_size = single_value(source['rlnImagePixelSize'], path, 'rlnImagePixelSize', ' across optics groups')
+    elif 'rlnDetectorPixelSize' in source and 'rlnMagnification' in source:
+        pixel_size = single_value(source['rlnDetectorPixelSize'], path, 'rlnDetectorPixelSize') * 1e4 / \
+            single_value(source['rlnMagnification'], path, 'rlnMagnification')
+    else:
         raise InputError(f'{path}: no pixel size (rlnImagePixelSize) in the optics or particles block')
-    return {'pixel_size': pixel_size, 'voltage': first(('rlnVoltage',), 300.0),
-            'cs': first(('rlnSphericalAberration',), 2.7),
-            'amplitude_contrast': first(('rlnAmplitudeContrast',), 0.1)}
+    if not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise InputError(f'{path}: the pixel size must be a positive number of Angstrom, not {pixel_size}')
+    values = {'pixel_size': pixel_size}
+    for column, name, default in _OPTICS:
+        values[name] = single_value(source[column], path, column, ' across optics groups') if column in source \
+            else default
+    return values
+
+
+def _optics_rows_of_particles(optics: Table, particles: Table, path: Path) -> Table:
+    """The optics table expanded to one row per particle through ``rlnOpticsGroup`` (all particles take the one
+    group when the particles carry no group)."""
+    groups = optics.get('rlnOpticsGroup', ['1'] * len(next(iter(optics.values()), [])))
+    row_of = {group: row for row, group in enumerate(groups)}
+    wanted = particles.get('rlnOpticsGroup')
+    if wanted is None:
+        if len(groups) > 1:
+            raise InputError(f'{path}: {len(groups)} optics groups but the particles have no rlnOpticsGroup')
+        wanted = [groups[0]] * len(particles.get('rlnImageName', []))
+    missing = sorted(set(wanted) - set(row_of))
+    if missing:
+        raise InputError(f'{path}: particles refer to optics group(s) {", ".join(missing)} that data_optics lacks')
+    rows = [row_of[group] for group in wanted]
+    return {column: [values[row] for row in rows] for column, values in optics.items()}

@@ -8,24 +8,14 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from deephemnma.data.images import read_stack
-from deephemnma.data.particles import parse_location
+from deephemnma.data.particles import parse_location, resolve_stack
 from deephemnma.runtime.errors import InputError
-
-
-def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:
-    """The absolute path of the stack ``name``: a relative name is taken relative to ``base_dir`` (e.g. the
-    folder of the metadata file) when it exists there, else to the current folder (Scipion's project folder)."""
-    path = Path(name) if os.path.isabs(name) else Path(base_dir or '.') / name
-    if not path.exists() and Path(name).exists():
-        path = Path(name)
-    return os.path.abspath(path)
 
 
 class ImageSource:

@@ -152,3 +152,16 @@ def extra_columns(table: Table, known: set, path: Path) -> Dict[str, np.ndarray]
         except InputError:
             continue  # non-numeric columns of other programs are not carried
     return extra
+
+
+def single_value(values: List[str], path: Path, column: str, what: str = '') -> float:
+    """The one number a column holds for every row (a constant of the file such as the voltage): InputError when
+    a value is not a number or the rows disagree (they cannot be processed with one value)."""
+    numbers = np.unique(float_column(values, path, column))
+    if len(numbers) == 0:
+        raise InputError(f'{path}: column {column} holds no value')
+    if len(numbers) > 1:
+        shown = ', '.join(map(str, numbers[:4])) + (' ...' if len(numbers) > 4 else '')
+        raise InputError(f'{path}: column {column} holds {len(numbers)} different values ({shown}){what}: particles '
+                         'of different optics cannot be processed together; split the file by optics group')
+    return float(numbers[0])

@@ -18,6 +18,7 @@ from deephemnma.data.star import (
     format_vectors,
     read_star_tables,
     require_columns,
+    single_value,
     vector_column,
     write_star_tables,
 )
@@ -52,7 +53,8 @@ def write_xmd(path: Path, particles: Particles, continuousflex_only: bool = Fals
         table['ctfVoltage'] = [f'{particles.voltage:.6f}'] * n
         table['ctfSphericalAberration'] = [f'{particles.cs:.6f}'] * n
         table['ctfQ0'] = [f'{particles.amplitude_contrast:.6f}'] * n
-        table['ctfSamplingRate'] = [f'{particles.pixel_size:.6f}'] * n
+        if particles.pixel_size is not None:
+            table['ctfSamplingRate'] = [f'{particles.pixel_size:.6f}'] * n
     for name, values in particles.extra.items():
         table[name] = format_floats(values) if np.ndim(values) == 1 else format_vectors(values)
     write_star_tables(path, {'noname': table}, header=XMIPP_HEADER)
@@ -63,9 +65,10 @@ def read_xmd(path: Path, pixel_size: Optional[float]) -> Particles:
     block, table = next(((b, t) for b, t in tables.items() if 'image' in t), next(iter(tables.items())))
     require_columns(table, ['image'], path, block)
     if 'enabled' in table:
-        keep = np.array([int(float(v)) >= 0 for v in table['enabled']])
+        keep = float_column(table['enabled'], path, 'enabled') >= 0
         table = {k: [v for v, ok in zip(values, keep) if ok] for k, values in table.items()}
-    sampling = pixel_size or (float(table['ctfSamplingRate'][0]) if 'ctfSamplingRate' in table else 1.0)
+    sampling = pixel_size or (single_value(table['ctfSamplingRate'], path, 'ctfSamplingRate')
+                              if 'ctfSamplingRate' in table and table['ctfSamplingRate'] else None)
     result = Particles(image=np.array(table['image']), pixel_size=sampling)
     angle_names = ('angleRot', 'angleTilt', 'anglePsi')
     if any(name in table for name in angle_names):
@@ -82,9 +85,9 @@ def read_xmd(path: Path, pixel_size: Optional[float]) -> Particles:
         result.defocus_u = float_column(table['ctfDefocusU'], path, 'ctfDefocusU')
         result.defocus_v = float_column(table.get('ctfDefocusV', table['ctfDefocusU']), path, 'ctfDefocusV')
         result.defocus_angle = float_column(table.get('ctfDefocusAngle', ['0'] * len(result)), path, 'ctfDefocusAngle')
-        result.voltage = float(table.get('ctfVoltage', ['300'])[0])
-        result.cs = float(table.get('ctfSphericalAberration', ['2.7'])[0])
-        result.amplitude_contrast = float(table.get('ctfQ0', ['0.1'])[0])
+        result.voltage = single_value(table.get('ctfVoltage', ['300']), path, 'ctfVoltage')
+        result.cs = single_value(table.get('ctfSphericalAberration', ['2.7']), path, 'ctfSphericalAberration')
+        result.amplitude_contrast = single_value(table.get('ctfQ0', ['0.1']), path, 'ctfQ0')
     known = set(XMD_COLUMNS) | {'ctfDefocusU', 'ctfDefocusV', 'ctfDefocusAngle', 'ctfVoltage',
                                 'ctfSphericalAberration', 'ctfQ0', 'ctfSamplingRate', 'itemId'}
     result.extra = extra_columns(table, known, path)

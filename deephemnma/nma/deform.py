@@ -56,9 +56,9 @@ def amplitude_path(direction: ArrayLike, amplitude: float, frames: int) -> np.nd
     d = np.asarray(direction, dtype=np.float64).reshape(-1)
     norm = np.linalg.norm(d)
     if norm == 0:
-        raise ValueError('the animation direction is zero')
+        raise InputError('the animation direction is zero')
     if frames < 2:
-        raise ValueError(f'an animation needs at least 2 frames, not {frames}')
+        raise InputError(f'an animation needs at least 2 frames, not {frames}')
     steps = np.linspace(-amplitude, amplitude, frames)
     return steps[:, None] * (d / norm)[None, :]
 

@@ -55,7 +55,10 @@ def _read_payload(path: Path) -> dict:
     """The dictionary of a model file (InputError when it is missing or not one)."""
     if not path.exists():
         raise InputError(f'{path}: model file not found')
-    payload = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as error:  # torch raises many kinds (pickle, zip, EOF, runtime) for a damaged file
+        raise InputError(f'{path}: not a readable model file ({type(error).__name__}: {str(error)[:120]})') from error
     if not isinstance(payload, dict) or payload.get('format') != MODEL_FORMAT:
         raise InputError(f'{path}: not a DeepHEMNMA model file (format {MODEL_FORMAT})')
     return payload

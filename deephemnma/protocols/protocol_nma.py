@@ -127,7 +127,8 @@ class DeepHemnmaProtNMA(DeepHemnmaProtocol):
         pixel_size = volume.getSamplingRate()
         self.runCommand('pseudoatoms', f'{os.path.abspath(volume.getFileName())} -o {self._getPath(PSEUDOATOMS_PDB)} '
                                        f'--sigma {self.pseudoSigma.get() * pixel_size} '
-                                       f'--target-error {self.targetError.get() / 100.0} --pixel-size {pixel_size}')
+                                       f'--target-error {self.targetError.get() / 100.0} --pixel-size {pixel_size} '
+                                       '--accept-above-target')
 
     def computeModesStep(self) -> None:
         relative = self.cutoffMode.get() == CUTOFF_RELATIVE

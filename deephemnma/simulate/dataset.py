@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from deephemnma.nma.deform import deform
 from deephemnma.runtime.chunks import ChunkStore
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
+from deephemnma.runtime.outputs import Outputs, fingerprint
 from deephemnma.simulate.config import SimulationConfig, validate_config
 from deephemnma.simulate.parameters import ParticleParameters, chunk_seed, sample_parameters
 from deephemnma.simulate.physics import CALIBRATION_COUNT, noise_std_for_snr, simulate_particles
@@ -45,7 +45,6 @@ MAP_NAME = 'reference_map.mrc'
 MODES_NAME = 'modes.npz'
 MODES_FOLDER = 'modes_xmipp'
 CONFIG_NAME = 'simulation.json'
-CHUNKS_FOLDER = '.chunks'
 
 
 def sampled_radius(setup: SimulationSetup, amplitudes: np.ndarray, limit: int = 2000) -> float:
@@ -65,18 +64,18 @@ def check_setup(config: SimulationConfig, setup: SimulationSetup, params: Partic
     return check_fits(sampled_radius(setup, params.amplitudes), config.box, config.pixel_size, config.max_shift)
 
 
-class _Outputs:
-    """Paths of a simulation folder."""
+class _Files:
+    """Paths of the files of a simulation folder."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.stack, self.star, self.xmd = folder / STACK_NAME, folder / STAR_NAME, folder / XMD_NAME
         self.truth, self.amplitudes = folder / TRUTH_NAME, folder / AMPLITUDES_NAME
         self.reference, self.map, self.modes = folder / REFERENCE_NAME, folder / MAP_NAME, folder / MODES_NAME
-        self.modes_xmipp, self.config, self.chunks = folder / MODES_FOLDER, folder / CONFIG_NAME, folder / CHUNKS_FOLDER
+        self.modes_xmipp, self.config = folder / MODES_FOLDER, folder / CONFIG_NAME
 
 
-def write_reference_files(outputs: _Outputs, setup: SimulationSetup, config: SimulationConfig) -> None:
+def write_reference_files(outputs: _Files, setup: SimulationSetup, config: SimulationConfig) -> None:
     """Centred reference PDB, its modes (.npz and Xmipp layout) and its map at the images' sampling."""
     from deephemnma.nma.files import write_modes
     write_structure(outputs.reference, setup.structure)
@@ -87,7 +86,7 @@ def write_reference_files(outputs: _Outputs, setup: SimulationSetup, config: Sim
     write_map(outputs.map, volume, config.pixel_size)
 
 
-def write_ground_truth(outputs: _Outputs, setup: SimulationSetup, config: SimulationConfig,
+def write_ground_truth(outputs: _Files, setup: SimulationSetup, config: SimulationConfig,
                        params: ParticleParameters) -> None:
     """STAR and .xmd metadata (poses, CTF, amplitudes), the amplitudes as text and everything as .npz."""
     particles = Particles(image=stack_locations(STACK_NAME, config.count), pixel_size=config.pixel_size,
@@ -107,11 +106,17 @@ def write_ground_truth(outputs: _Outputs, setup: SimulationSetup, config: Simula
         np.savez(tmp, mode_numbers=setup.modes.numbers, centre=setup.centre, **arrays)
 
 
-def _load_finished(outputs: _Outputs, settings: dict) -> Optional[dict]:
-    if not (outputs.config.exists() and outputs.stack.exists()):
+def _load_finished(files: _Files, identity: dict) -> Optional[dict]:
+    """The record of a finished simulation in ``files`` with this identity (configuration and inputs), or None."""
+    if not (files.config.exists() and files.stack.exists()):
         return None
-    record = json.loads(outputs.config.read_text())
-    return record if record.get('config') == settings else None
+    record = json.loads(files.config.read_text())
+    return record if record.get('identity') == identity else None
+
+
+def _inputs(config: SimulationConfig) -> List[str]:
+    """The files a configuration reads (their identity is part of the simulation's)."""
+    return [path for path in (config.structure, config.modes, config.amplitudes_file) if path]
 
 
 def _simulate_chunks(chunks: Iterator[int], store: ChunkStore, writer: StackWriter, setup: SimulationSetup,
@@ -145,20 +150,32 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
     Memory holds one chunk of images at a time. ``progress(iterator, total)`` may wrap the chunk loop (tqdm).
     A finished folder with the same configuration is left as it is; a killed run resumes where it stopped.
     """
-    outputs = _Outputs(Path(out_dir))
+    device = torch.device(device)
     settings = config.to_dict()
-    finished = _load_finished(outputs, settings)
+    identity = fingerprint(_inputs(config), {'config': settings, 'device': device.type})
+    finished = _load_finished(_Files(Path(out_dir)), identity)
     if finished is not None:
         return finished
+    with Outputs(out_dir, 'simulate', _inputs(config), {'config': settings, 'device': device.type},
+                 resumable=True) as outputs:
+        record = _simulate_into(_Files(outputs.path()), outputs.work('chunks'), config, identity, device,
+                                batch_size, setup, progress)
+        outputs.commit()
+    return record
+
+
+def _simulate_into(files: _Files, chunks_folder: Path, config: SimulationConfig, identity: dict,
+                   device: torch.device, batch_size: int, setup: Optional[SimulationSetup],
+                   progress: Optional[Callable[[Iterator[int], int], Iterator[int]]]) -> dict:
+    """Simulate into the (staged) files, resuming from the chunks recorded in ``chunks_folder``."""
+    settings = config.to_dict()
     setup = setup_from_config(config) if setup is None else setup
     params = sample_parameters(config, setup.num_modes)
     warning = check_setup(config, setup, params)
-    outputs.folder.mkdir(parents=True, exist_ok=True)
-    write_reference_files(outputs, setup, config)
-    write_ground_truth(outputs, setup, config, params)
+    write_reference_files(files, setup, config)
+    write_ground_truth(files, setup, config, params)
     ctf = params.ctf(config)
     ctf = None if ctf is None else ctf.batched(config.count, torch.device('cpu'))
-    device = torch.device(device)
     noise_std = None
     if config.snr is not None and config.snr_scope == 'dataset':
         calibration = slice(0, min(config.count, CALIBRATION_COUNT))
@@ -166,22 +183,22 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
                                       params.shifts[calibration], config.box, config.pixel_size, config.snr,
                                       None if ctf is None else ctf.rows(calibration), config.oversampling,
                                       device, batch_size, config.snr_grid)
-    store = ChunkStore(outputs.chunks, config.count, config.chunk_size, settings={'config': settings,
-                                                                                  'device': device.type})
+    store = ChunkStore(chunks_folder, config.count, config.chunk_size, settings={'config': settings,
+                                                                                'device': device.type})
     pending = store.pending()
     chunks = progress(iter(pending), len(pending)) if progress else iter(pending)
-    partial = outputs.stack.with_name(outputs.stack.name + '.partial')
+    partial = files.stack.with_name(files.stack.name + '.partial')
     if len(pending) == store.num_chunks and partial.exists():
         partial.unlink()  # left by a run whose chunk records were removed: start afresh
-    if not partial.exists() and (len(pending) < store.num_chunks and (pending or not outputs.stack.exists())):
-        raise InputError(f'{outputs.chunks} records finished chunks but the partial stack {partial} is gone: '
-                         f'remove {outputs.chunks} to start afresh')
+    if not partial.exists() and (len(pending) < store.num_chunks and (pending or not files.stack.exists())):
+        raise InputError(f'{chunks_folder} records finished chunks but the partial stack {partial} is gone: '
+                         f'remove {chunks_folder.parent.parent} to start afresh')
     if pending or partial.exists():
-        with StackWriter(outputs.stack, config.count, config.box, config.pixel_size,
+        with StackWriter(files.stack, config.count, config.box, config.pixel_size,
                          resume=partial.exists()) as writer:
             _simulate_chunks(chunks, store, writer, setup, config, params, ctf, noise_std, device, batch_size)
     stats = store.merged()
-    record = {'config': settings, 'device': device.type, 'noise_std': noise_std,
+    record = {'config': settings, 'identity': identity, 'device': device.type, 'noise_std': noise_std,
               'measured_snr': float(stats['signal_variance'].mean() / stats['noise_variance'].mean())
               if config.snr is not None else None,
               'centre': setup.centre.tolist(), 'mode_numbers': [int(n) for n in setup.modes.numbers],
@@ -189,7 +206,6 @@ def simulate_to_disk(config: SimulationConfig, out_dir: str | os.PathLike, devic
                   'stack': STACK_NAME, 'star': STAR_NAME, 'xmd': XMD_NAME, 'ground_truth': TRUTH_NAME,
                   'amplitudes': AMPLITUDES_NAME, 'reference': REFERENCE_NAME, 'map': MAP_NAME,
                   'modes': MODES_NAME, 'modes_xmipp': f'{MODES_FOLDER}/modes.xmd'}}
-    with atomic_path(outputs.config, suffix='.json') as tmp:
+    with atomic_path(files.config, suffix='.json') as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1))
-    shutil.rmtree(outputs.chunks, ignore_errors=True)
     return record

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deephemnma.data.images import stack_info, write_map
+from deephemnma.data.images import write_map
 from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource, particle_batches
 from deephemnma.imaging.fsc import fsc
@@ -28,22 +28,12 @@ from deephemnma.space.plots import save_fsc_plot
 from deephemnma.space.reconstruct import Reconstruction, reconstruct
 
 
-def check_particles(particles: Particles, source: str) -> None:
-    """InputError naming ``source`` when the particles are none or have no poses."""
-    if len(particles) == 0:
-        raise InputError(f'{source}: holds no particle')
-    if not particles.has_alignment:
-        raise InputError(f'{source}: the particles have no poses (angles and shifts); align them first')
-
-
 def reconstruct_particles(particles: Particles, base_dir: Path, ctf_mode: str, pad: float, wiener: float,
                           pose_box: Optional[int], pixel_size: Optional[float], batch_size: int,
                           device: torch.device, rank: Rank, label: str = '') -> Reconstruction:
     """Reconstruct the given particles (this rank's share of the batches when run under torchrun)."""
     source = ImageSource(particles.image, base_dir)
-    size = pixel_size or stack_info(source.paths[0]).pixel_size
-    if not size:
-        raise InputError(f'{source.paths[0]}: the stack header gives no pixel size; give it with --pixel-size')
+    size = pixel_size or particles.pixel_size
     scale = source.box / pose_box if pose_box else 1.0
     ctf = particles.ctf() if ctf_mode != 'none' else None
     if ctf_mode != 'none' and ctf is None:
@@ -56,6 +46,10 @@ def reconstruct_particles(particles: Particles, base_dir: Path, ctf_mode: str, p
                        scale, device, reduce=rank.world_size > 1)
 
 
+#: The files of one reconstruction NAME: NAME + each suffix.
+MAP_SUFFIXES = ('.mrc', '_half1.mrc', '_half2.mrc', '_fsc.json', '_fsc.png')
+
+
 def write_reconstruction(folder: Path, name: str, result: Reconstruction, reference: Optional[np.ndarray]) -> dict:
     """Maps, half maps, FSC JSON and plot of one reconstruction; returns the FSC summary."""
     write_map(folder / f'{name}.mrc', result.volume, result.pixel_size)
@@ -63,9 +57,6 @@ def write_reconstruction(folder: Path, name: str, result: Reconstruction, refere
         write_map(folder / f'{name}_half{half}.mrc', volume, result.pixel_size)
     curves = {'half maps': result.half_map_fsc()}
     if reference is not None:
-        if reference.shape != result.volume.shape:
-            raise InputError(f'the reference map has shape {reference.shape} but the reconstruction '
-                             f'{result.volume.shape}')
         curves['vs reference'] = fsc(result.volume, reference, result.pixel_size)
     summary = {'images': result.count, 'pixel_size': result.pixel_size,
                **{key.replace(' ', '_'): curve.as_dict() for key, curve in curves.items()}}
