@@ -44,3 +44,35 @@ def result_settings(args: argparse.Namespace, also_ignore: Iterable[str] = ()) -
     """The options of a command that change its results (its resume fingerprint)."""
     ignored = set(RUN_OPTIONS) | set(also_ignore)
     return {name: value for name, value in sorted(vars(args).items()) if name not in ignored}
+
+
+def add_contrast_args(parser: argparse.ArgumentParser, ctf_option: bool = False) -> None:
+    """``--invert-data`` (and, for commands without their own, ``--ctf``: what the images carry of the CTF)."""
+    from deephemnma.imaging.contrast import INVERT_CHOICES
+    from deephemnma.imaging.ctf import CTF_STATES
+    parser.add_argument('--invert-data', choices=INVERT_CHOICES, default='auto',
+                        help="multiply the images by -1: 'auto' decides from the data (RELION and cryoSPARC extract "
+                             "with inverted contrast; this project's images show protein positive once the CTF's "
+                             "sign is taken out), 'yes' or 'no' say it")
+    if ctf_option:
+        parser.add_argument('--ctf', choices=CTF_STATES, default='phase_flipped',
+                            help='what the images carry of the CTF (used to judge their contrast)')
+
+
+def contrast_decision(particles, choice: str, ctf_state: str, sample: int = 512) -> dict:
+    """Whether the images of ``particles`` are to be inverted (``choice``: --invert-data), with the evidence, said
+    on stderr: ``{'inverted': bool, 'evidence': t or None}``."""
+    import sys
+
+    import numpy as np
+
+    from deephemnma.data.stacks import ImageSource
+    from deephemnma.imaging.contrast import contrast_evidence, describe, is_inverted
+    evidence = None
+    if choice == 'auto':
+        rows = np.unique(np.linspace(0, len(particles) - 1, min(sample, len(particles))).astype(np.int64))
+        ctf = particles.ctf()
+        evidence = contrast_evidence(ImageSource(particles.image[rows]).read(np.arange(len(rows))),
+                                     None if ctf is None else ctf.rows(rows), ctf_state, particles.pixel_size)
+    print(f'deephemnma: {describe(choice, evidence)}', file=sys.stderr)
+    return {'inverted': is_inverted(choice, evidence), 'evidence': evidence}

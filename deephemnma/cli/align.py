@@ -21,19 +21,27 @@ import json
 
 from tqdm import tqdm
 
-from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
+from deephemnma.cli._common import (
+    add_contrast_args,
+    contrast_decision,
+    finite_float,
+    positive_float,
+    positive_int,
+    result_settings,
+)
 from deephemnma.data.formats import check_format, load_particles, write_particles
-from deephemnma.hemnma.aligner import CTF_MODES, AlignSettings
+from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.stack import align_particles
+from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.nma.files import load_modes
 from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.runtime.outputs import Outputs
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv)')
-    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .xmd, .csv)')
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .cs, .xmd, .csv)')
+    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .cs, .xmd, .csv)')
     parser.add_argument('--modes', required=True, help='modes.npz (deephemnma nma) or Xmipp modes.xmd')
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
@@ -45,8 +53,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--local-refine', dest='local', action='store_true',
                         help='refine from the input poses (no global search)')
-    parser.add_argument('--ctf', choices=CTF_MODES, default='flipped',
+    parser.add_argument('--ctf', choices=CTF_STATES, default='phase_flipped',
                         help='images are phase-flipped (model x |CTF|), raw (model x CTF) or CTF-free')
+    add_contrast_args(parser)
     parser.add_argument('--angular-step', type=positive_float, default=10.0, help='global search step (degrees)')
     parser.add_argument('--shift-range', type=finite_float, default=6.0, help='global search shifts +- (pixels)')
     parser.add_argument('--shift-step', type=positive_float, default=2.0, help='global search shift step (pixels)')
@@ -87,17 +96,19 @@ def main(args: argparse.Namespace) -> int:
         inputs = [args.particles, args.modes, args.reference]
         with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
+            contrast = contrast_decision(particles, args.invert_data, args.ctf)
             progress = None if args.quiet or not rank.is_main else \
                 (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
             result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'), '.',
-                                     args.local, args.chunk_size, device, rank, progress)
+                                     args.local, args.chunk_size, device, rank, progress, contrast['inverted'])
             if rank.is_main:
                 write_particles(outputs.path(), result, continuousflex_only=True,
                                 located_in=outputs.final().parent)
             outputs.commit()
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
-                              'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean())}))
+                              'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
+                              'contrast': contrast}))
     finally:
         cleanup()
     return 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
 from deephemnma.nma.deform import write_animation
@@ -25,7 +27,14 @@ from deephemnma.nma.modes import check_amplitude_table
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.outputs import Outputs
 from deephemnma.simulate.conformations import read_amplitudes
-from deephemnma.space.centroids import axis_amplitudes, projection_frames, write_centroids, write_gif
+from deephemnma.space.centroids import (
+    axis_amplitudes,
+    chimerax_script,
+    projection_frames,
+    write_centroids,
+    write_gif,
+    write_map_series,
+)
 from deephemnma.space.reduction import Space
 
 
@@ -43,18 +52,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-size', type=positive_float, default=1.5, help='pixel size (A) of maps and projections')
     parser.add_argument('--no-maps', action='store_true', help='centroid PDBs only, no simulated maps')
     parser.add_argument('--no-gif', action='store_true', help='no GIF of projections')
+    parser.add_argument('--map-series', action='store_true',
+                        help='also write the map of every frame of each axis (axis_N_frame_KK.mrc, a series)')
+    parser.add_argument('--group-maps', nargs='+', metavar='MAP',
+                        help="group maps (e.g. deephemnma reconstruct's group_NNN.mrc) that chimerax.cxc opens with "
+                             'their centroids')
     parser.add_argument('--view', type=finite_float, nargs=3, default=[0.0, 90.0, 0.0],
                         help='Euler angles (rot tilt psi, degrees) of the GIF view')
 
 
 def main(args: argparse.Namespace) -> int:
-    modes = load_modes(args.modes, args.reference, args.select)
+    modes = load_modes(args.modes, args.reference, args.select).centred()
     if not args.space and not args.centroids:
         raise InputError('nothing to do: give --space (animations) and/or --centroids (group structures)')
     rows = check_amplitude_table(read_amplitudes(args.centroids), args.centroids, len(modes)) \
         if args.centroids else None
     space = Space.load(args.space) if args.space else None
-    inputs = [args.modes, args.reference, args.space, args.centroids]
+    inputs = [args.modes, args.reference, args.space, args.centroids, *(args.group_maps or [])]
     with Outputs(args.output, 'animate', inputs, result_settings(args)) as outputs:
         if rows is not None:
             box, pixel = (None, None) if args.no_maps else (args.box, args.pixel_size)
@@ -65,6 +79,12 @@ def main(args: argparse.Namespace) -> int:
             if not args.no_gif:
                 frames = projection_frames(modes, coordinates, args.box, args.pixel_size, args.view)
                 write_gif(outputs.path(f'axis_{axis}.gif'), frames)
+            if args.map_series:
+                write_map_series(outputs.path(), f'axis_{axis}', modes, amplitudes, args.box, args.pixel_size)
+        names = sorted(str(p.relative_to(outputs.path())) for p in outputs.path().rglob('*')
+                       if p.suffix in ('.pdb', '.mrc'))
+        names += [os.path.relpath(Path(path).resolve(), outputs.final().resolve()) for path in args.group_maps or []]
+        outputs.path('chimerax.cxc').write_text(chimerax_script(names))
         written = outputs.commit()
     print(json.dumps({'written': [str(p) for p in written]}))
     return 0

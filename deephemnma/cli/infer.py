@@ -17,7 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from deephemnma.cli._common import non_negative_int, positive_float, positive_int, result_settings
+from deephemnma.cli._common import (
+    add_contrast_args,
+    contrast_decision,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    result_settings,
+)
 from deephemnma.data.formats import check_format, load_particles, write_particles
 from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import targets as tg
@@ -29,8 +36,8 @@ from deephemnma.runtime.outputs import Outputs
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-m', '--model', required=True, help='model.pt written by "deephemnma train"')
-    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv)')
-    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .xmd, .csv)')
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .cs, .xmd, .csv)')
+    parser.add_argument('-o', '--output', required=True, help='output particle file (.star, .cs, .xmd, .csv)')
     parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
                                            "file's folder, then the current folder)")
     parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
@@ -41,6 +48,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--chunk-size', type=positive_int, default=16384, help='images per resumable chunk')
     parser.add_argument('--readers', type=non_negative_int, default=2,
                         help='threads reading images ahead of the network')
+    add_contrast_args(parser, ctf_option=True)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--no-amp', action='store_true', help='full precision on GPU')
     parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
@@ -57,7 +65,9 @@ def main(args: argparse.Namespace) -> int:
         inputs = [args.particles, args.model]
         with Outputs(args.output, 'infer', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
-            raw = predict_source(predictor, ImageSource(particles.image), args.batch_size, args.readers,
+            contrast = contrast_decision(particles, args.invert_data, args.ctf)
+            raw = predict_source(predictor, ImageSource(particles.image, invert=contrast['inverted']),
+                                 args.batch_size, args.readers,
                                  outputs.work('chunks'), args.chunk_size, rank, not args.quiet)
             if rank.is_main:
                 estimated = tg.decode(raw, model.scaling)
@@ -65,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
                                 located_in=outputs.final().parent)
             outputs.commit()
         if rank.is_main:
-            print(json.dumps({'output': str(args.output), 'images': len(particles), 'types': list(model.types)}))
+            print(json.dumps({'output': str(args.output), 'images': len(particles), 'types': list(model.types),
+                              'contrast': contrast}))
     finally:
         cleanup()
     return 0

@@ -1,8 +1,9 @@
 """Reconstruct maps (whole set or each group) by direct Fourier inversion with CTF correction, with FSC.
 
-Reads the images of a particle file (.star, .xmd, .csv) with their poses (Xmipp angles, shifts in pixels),
+Reads the images of a particle file (.star, .cs, .xmd, .csv) with their poses (Xmipp angles, shifts in pixels),
 streams them in batches and writes, per reconstruction, ``NAME.mrc`` (the map, with its pixel size),
-``NAME_half1.mrc``/``NAME_half2.mrc`` (even/odd images), ``NAME_fsc.json`` (half-map FSC, and the FSC
+``NAME_half1.mrc``/``NAME_half2.mrc`` (the half sets of ``rlnRandomSubset`` or cryoSPARC's split when the file has
+them, else even/odd images), ``NAME_fsc.json`` (half-map FSC, and the FSC
 against ``--reference`` when given) and ``NAME_fsc.png``. With ``--groups LABELS`` (one label per particle,
 -1 for none; from ``deephemnma groups``) one map is made per group (``group_001`` ...). When the images have
 another size than the images the poses were estimated on, give ``--pose-box``: shifts are scaled by
@@ -12,6 +13,7 @@ reduced before the inversion.
 Examples::
 
     deephemnma reconstruct -i aligned.star -o maps/ --ctf phase_flipped
+    deephemnma reconstruct -i relion_export.star -o maps/ --ctf full           # contrast detected from the data
     deephemnma reconstruct -i predicted.star -o maps/ --groups groups/labels.txt --reference ref.mrc
     deephemnma reconstruct -i full_size.star -o maps/ --pose-box 128 --device cuda
 """
@@ -24,25 +26,25 @@ from typing import List
 
 import numpy as np
 
-from deephemnma.cli._common import positive_float, positive_int, result_settings
+from deephemnma.cli._common import add_contrast_args, contrast_decision, positive_float, positive_int, result_settings
 from deephemnma.data.formats import read_particles
 from deephemnma.data.images import read_image, stack_info
 from deephemnma.data.stacks import ImageSource
+from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.runtime.distributed import cleanup, start_process
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.outputs import Outputs, check_apart
 from deephemnma.space.groups import group_members, read_labels
 from deephemnma.space.maps import MAP_SUFFIXES, reconstruct_particles, write_reconstruction
-from deephemnma.space.reconstruct import CTF_MODES
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('-i', '--particles', required=True, help='particle file with poses (.star, .xmd, .csv)')
+    parser.add_argument('-i', '--particles', required=True, help='particle file with poses (.star, .cs, .xmd, .csv)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--groups', help='group labels, one per particle (deephemnma groups labels.txt)')
     parser.add_argument('--name', default='map', help="base name of the output files without --groups (default "
                                                       "'map': map.mrc, map_half1.mrc, map_fsc.json ...)")
-    parser.add_argument('--ctf', choices=CTF_MODES, default='none',
+    parser.add_argument('--ctf', choices=CTF_STATES, default='none',
                         help="'full': images carry the CTF; 'phase_flipped': images were phase-flipped; "
                              "'none': no CTF correction")
     parser.add_argument('--pad', type=positive_float, default=1.0, help='padding factor of the Fourier grid (1 or 2)')
@@ -56,6 +58,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-size', type=positive_float,
                         help='pixel size (A) of the images (default: the particle file, then the stack header)')
     parser.add_argument('--batch-size', type=positive_int, default=256, help='images per batch')
+    add_contrast_args(parser)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
 
@@ -93,10 +96,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         with Outputs(args.output, 'reconstruct', inputs, result_settings(args), rank=rank) as outputs:
             check_apart([outputs.final(f'{name}{suffix}') for name, _ in jobs for suffix in MAP_SUFFIXES], inputs)
+            contrast = contrast_decision(particles, args.invert_data, args.ctf)
             for name, members in jobs:
                 result = reconstruct_particles(particles.subset(members), '.', args.ctf, args.pad, args.wiener,
                                                args.pose_box, particles.pixel_size, args.batch_size, device, rank,
-                                               name)
+                                               name, contrast['inverted'])
                 if rank.is_main:
                     summary = write_reconstruction(outputs.path(), name, result, reference)
                     summaries[name] = {'images': summary['images'], 'halfmap_fsc0143_angstrom':

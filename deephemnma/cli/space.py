@@ -33,7 +33,7 @@ from deephemnma.space.reduction import METHODS, Space, fit_space, read_amplitude
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-i', '--input', action='append', default=[], metavar='[NAME=]FILE',
-                        help='amplitude set: particle file (.star/.xmd/.csv) or array (.txt/.npy); repeatable')
+                        help='amplitude set: particle file (.star/.cs/.xmd/.csv) or array (.txt/.npy); repeatable')
     parser.add_argument('-o', '--output', required=True, help='output folder')
     parser.add_argument('--method', choices=METHODS, default='pca', help='reduction method (default: PCA)')
     parser.add_argument('--components', type=positive_int, default=2, help='dimensions of the space (2 or 3)')

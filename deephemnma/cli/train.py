@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deephemnma.cli._common import finite_float, non_negative_int, positive_float, positive_int
+from deephemnma.cli._common import (
+    add_contrast_args,
+    contrast_decision,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from deephemnma.data.formats import load_particles, write_particles
 from deephemnma.data.stacks import ImageSource
 from deephemnma.nn import targets as tg
@@ -41,7 +48,7 @@ from deephemnma.runtime.outputs import Outputs
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .xmd, .csv) with labels')
+    parser.add_argument('-i', '--particles', required=True, help='particle file (.star, .cs, .xmd, .csv) with labels')
     parser.add_argument('-o', '--output', required=True, help='output folder (a rerun resumes there)')
     parser.add_argument('--base-dir', help='folder relative image paths start from (default: the particle '
                                            'file\'s folder, then the current folder)')
@@ -80,6 +87,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--readers', type=non_negative_int, default=2,
                         help='threads reading images ahead when they are streamed from disk (above --ram-limit-gb)')
     parser.add_argument('--ram-limit-gb', type=positive_float, default=8.0, help='copy the images to RAM when they fit')
+    add_contrast_args(parser, ctf_option=True)
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
     parser.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -98,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         ram_limit_gb=args.ram_limit_gb)
 
 
-def evaluate_test_split(output: Path, particles, device: torch.device, batch_size: int = 256) -> dict:
+def evaluate_test_split(output: Path, particles, device: torch.device, invert: bool = False,
+                        batch_size: int = 256) -> dict:
     """Predict the held-out test particles with the best model; write them and their errors."""
     split = np.load(output / 'split.npz')
     for name in ('train', 'validation', 'test'):
@@ -107,7 +116,7 @@ def evaluate_test_split(output: Path, particles, device: torch.device, batch_siz
     if len(test) == 0:
         return {}
     model = load_model(output / MODEL_FILE, device)
-    raw = predict_source(Predictor(model, device), ImageSource(test.image), batch_size, progress=False)
+    raw = predict_source(Predictor(model, device), ImageSource(test.image, invert=invert), batch_size, progress=False)
     estimated = tg.decode(raw, model.scaling)
     write_particles(output / 'test_predictions.star', labels_to_particles(test, estimated))
     metrics = parameter_errors(estimated, labels_from_particles(test), model.scaling.amplitude_mean,
@@ -127,11 +136,13 @@ def main(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         particles = load_particles(args.particles, [LABEL_COLUMNS[t] for t in config.types],
                                    pixel_size=args.pixel_size, base_dir=args.base_dir)
-        with Outputs(args.output, 'train', [args.particles], result_settings(config.to_dict()), resumable=True,
-                     rank=rank) as outputs:
-            _, summary = run_training(particles, config, outputs.path(), device, None, rank, not args.quiet)
+        settings = {**result_settings(config.to_dict()), 'invert_data': args.invert_data}
+        with Outputs(args.output, 'train', [args.particles], settings, resumable=True, rank=rank) as outputs:
+            contrast = contrast_decision(particles, args.invert_data, args.ctf)
+            _, summary = run_training(particles, config, outputs.path(), device, None, rank, not args.quiet,
+                                      invert=contrast['inverted'])
             if rank.is_main:
-                summary['test_metrics'] = evaluate_test_split(outputs.path(), particles, device)
+                summary['test_metrics'] = evaluate_test_split(outputs.path(), particles, device, contrast['inverted'])
             outputs.commit()
         if rank.is_main:
             print(json.dumps({'output': str(Path(args.output) / MODEL_FILE), 'epochs_run': summary['epochs_run'],

@@ -13,11 +13,11 @@ from itertools import islice
 from typing import Optional
 
 import numpy as np
-from pwem.objects import CTFModel, Particle, SetOfParticles, Transform
+from pwem.objects import Acquisition, CTFModel, Particle, SetOfParticles, Transform
 from pyworkflow.object import CsvList, Float
 
 from deephemnma.constants import AMPLITUDES_ATTR, EXTRA_PREFIX, SCORE_ATTR
-from deephemnma.data.particles import Particles
+from deephemnma.data.particles import OPTICS_COLUMNS, Particles
 from deephemnma.imaging.rotations import pose_from_transform, transform_from_pose
 from deephemnma.runtime.errors import InputError
 
@@ -29,10 +29,10 @@ def fill_set_of_particles(output: SetOfParticles, particles: Particles, base_dir
     the project folder).
     """
     output.setSamplingRate(particles.pixel_size)
+    microscopes = _microscopes(particles)
     acquisition = output.getAcquisition()
-    acquisition.setVoltage(particles.voltage)
-    acquisition.setSphericalAberration(particles.cs)
-    acquisition.setAmplitudeContrast(particles.amplitude_contrast)
+    _set_microscope(acquisition, microscopes[0])
+    several = bool(np.any(microscopes != microscopes[0]))
     if particles.has_alignment:
         output.setAlignmentProj()
     output.setHasCTF(particles.has_ctf)
@@ -43,11 +43,37 @@ def fill_set_of_particles(output: SetOfParticles, particles: Particles, base_dir
         if transforms is not None:
             particle.setTransform(Transform(transforms[row]))
         if particles.has_ctf:
-            particle.setCTF(CTFModel(defocusU=float(particles.defocus_u[row]), defocusV=float(particles.defocus_v[row]),
-                                     defocusAngle=float(particles.defocus_angle[row])))
+            ctf = CTFModel(defocusU=float(particles.defocus_u[row]), defocusV=float(particles.defocus_v[row]),
+                           defocusAngle=float(particles.defocus_angle[row]))
+            if particles.phase_shift is not None:
+                ctf.setPhaseShift(float(particles.phase_shift[row]))
+            particle.setCTF(ctf)
+        if several:  # particles of several optics groups: each keeps its microscope
+            particle.setAcquisition(_item_acquisition(acquisition, microscopes[row]))
         _set_row_attributes(particle, particles, row)
         output.append(particle)
     return output
+
+
+def _microscopes(particles: Particles) -> np.ndarray:
+    """``(n, 3)`` voltage (kV), spherical aberration (mm) and amplitude contrast of each particle."""
+    return np.stack([np.broadcast_to(np.asarray(getattr(particles, name), dtype=np.float64), len(particles))
+                     for name in OPTICS_COLUMNS], axis=1)
+
+
+def _set_microscope(acquisition: Acquisition, microscope: np.ndarray) -> None:
+    voltage, cs, amplitude_contrast = (float(v) for v in microscope)
+    acquisition.setVoltage(voltage)
+    acquisition.setSphericalAberration(cs)
+    acquisition.setAmplitudeContrast(amplitude_contrast)
+
+
+def _item_acquisition(set_acquisition: Acquisition, microscope: np.ndarray) -> Acquisition:
+    """A particle's own acquisition (Scipion keeps an item's acquisition instead of the set's only when its
+    magnification is set: the set's, or a nominal 10,000 that this plugin never uses)."""
+    acquisition = Acquisition(magnification=set_acquisition.getMagnification() or 10000.0)
+    _set_microscope(acquisition, microscope)
+    return acquisition
 
 
 def _set_row_attributes(particle: Particle, particles: Particles, row: int) -> None:
@@ -55,9 +81,17 @@ def _set_row_attributes(particle: Particle, particles: Particles, row: int) -> N
         setattr(particle, AMPLITUDES_ATTR, _csv(particles.amplitudes[row]))
     if particles.score is not None:
         setattr(particle, SCORE_ATTR, Float(float(particles.score[row])))
-    for name, values in particles.extra.items():
+    extra = dict(particles.extra, **({'half': particles.half} if particles.half is not None else {}))
+    for name, values in extra.items():
         value = values[row]
         setattr(particle, EXTRA_PREFIX + name, _csv(value) if np.ndim(value) else Float(float(value)))
+
+
+def ctf_state_of(particle_set: SetOfParticles) -> str:
+    """What the images of a set carry of the CTF, in :data:`deephemnma.imaging.ctf.CTF_STATES`' words."""
+    if particle_set.isPhaseFlipped():
+        return 'phase_flipped'
+    return 'full' if particle_set.hasCTF() else 'none'
 
 
 def _csv(values: np.ndarray) -> CsvList:
@@ -82,17 +116,15 @@ def particles_from_set(particle_set: SetOfParticles, require_alignment: bool = F
     rows = [_row_values(p) for p in particle_set.iterItems(orderBy='id')]
     if not rows:
         raise ValueError(f'{name}: the set of particles is empty')
-    acquisition = particle_set.getAcquisition()
     result = Particles(image=np.array([r['image'] for r in rows]), pixel_size=particle_set.getSamplingRate(),
-                       voltage=optional_float(acquisition.getVoltage(), 300.0),
-                       cs=optional_float(acquisition.getSphericalAberration(), 2.7),
-                       amplitude_contrast=optional_float(acquisition.getAmplitudeContrast(), 0.1))
+                       **_microscope_fields(particle_set.getAcquisition(), rows))
     if all(r['transform'] is not None for r in rows):
         result.angles, result.shifts = pose_from_transform(np.array([r['transform'] for r in rows]))
     elif require_alignment:
         raise ValueError(f'{name}: particles have no 3D projection alignment (angles and shifts)')
     if all(r['ctf'] is not None for r in rows):
-        result.defocus_u, result.defocus_v, result.defocus_angle = np.array([r['ctf'] for r in rows]).T
+        result.defocus_u, result.defocus_v, result.defocus_angle, phase = np.array([r['ctf'] for r in rows]).T
+        result.phase_shift = phase if np.any(phase != 0) else None
     if all(r['amplitudes'] is not None for r in rows):
         result.amplitudes = np.array([r['amplitudes'] for r in rows])
     elif require_amplitudes:
@@ -102,15 +134,20 @@ def particles_from_set(particle_set: SetOfParticles, require_alignment: bool = F
         result.score = np.array([r['score'] for r in rows])
     result.extra = {key: np.array([r['extra'][key] for r in rows]) for key in rows[0]['extra']
                     if all(key in r['extra'] for r in rows)}
+    result.half = result.extra.pop('half', None)
     result.__post_init__()
     return result
 
 
-def absolute_image_paths(particles: Particles) -> Particles:
-    """``particles`` with every image location ``index@path`` given an absolute path (changed in place)."""
-    particles.image = np.array([f'{index}@{os.path.abspath(path)}'
-                                for index, path in (location.split('@', 1) for location in particles.image)])
-    return particles
+def _microscope_fields(set_acquisition: Acquisition, rows: list) -> dict:
+    """Voltage, Cs and amplitude contrast: each particle's where the particles carry several, else the set's."""
+    default = (optional_float(set_acquisition.getVoltage(), 300.0),
+               optional_float(set_acquisition.getSphericalAberration(), 2.7),
+               optional_float(set_acquisition.getAmplitudeContrast(), 0.1))
+    microscopes = np.array([r['microscope'] or default for r in rows], dtype=np.float64)
+    if np.all(microscopes == microscopes[0]):
+        return dict(zip(OPTICS_COLUMNS, (float(v) for v in microscopes[0])))
+    return dict(zip(OPTICS_COLUMNS, microscopes.T))
 
 
 def _row_values(particle: Particle) -> dict:
@@ -123,9 +160,14 @@ def _row_values(particle: Particle) -> dict:
             vector = _vector(particle, attr)
             if vector is not None:
                 extra[attr[len(EXTRA_PREFIX):]] = vector[0] if isinstance(value, Float) else vector
+    acquisition = particle.getAcquisition() if particle.hasAcquisition() else None
     return {'image': f'{index}@{filename}',
+            'microscope': None if acquisition is None or acquisition.getVoltage() is None else
+            (acquisition.getVoltage(), optional_float(acquisition.getSphericalAberration(), 2.7),
+             optional_float(acquisition.getAmplitudeContrast(), 0.1)),
             'transform': np.array(particle.getTransform().getMatrix()) if particle.hasTransform() else None,
-            'ctf': (ctf.getDefocusU(), ctf.getDefocusV(), ctf.getDefocusAngle()) if ctf is not None else None,
+            'ctf': (ctf.getDefocusU(), ctf.getDefocusV(), ctf.getDefocusAngle(), ctf.getPhaseShift() or 0.0)
+            if ctf is not None else None,
             'amplitudes': _vector(particle, AMPLITUDES_ATTR),
             'score': score.get() if score is not None and score.hasValue() else None, 'extra': extra}
 
@@ -191,7 +233,7 @@ def labelled_particles(particle_set: SetOfParticles, ground_truth: bool) -> Part
                              ' choose the alignment and amplitudes as labels')
         truth = true_labels_from_particles(particles)
         particles.angles, particles.shifts, particles.amplitudes = truth.angles, truth.shifts, truth.amplitudes
-    return absolute_image_paths(particles)
+    return particles.resolved()
 
 
 def space_coordinates(particle_set: SetOfParticles) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Reading and writing particle files, the format chosen by the extension: RELION ``.star``
 (:mod:`deephemnma.data.relion`), Xmipp ``.xmd`` (:mod:`deephemnma.data.xmipp`) and ``.csv``
-(:mod:`deephemnma.data.csvfile`). Reading checks required columns and reports the file and the missing names
-(image indices beyond the end of their stacks are reported by :class:`deephemnma.data.stacks.ImageSource`, which
-reads the images).
+(:mod:`deephemnma.data.csvfile`), and cryoSPARC ``.cs`` read (:mod:`deephemnma.data.cryosparc`). Reading checks
+required columns and reports the file and the missing names (image indices beyond the end of their stacks are
+reported by :class:`deephemnma.data.stacks.ImageSource`, which reads the images).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from deephemnma.data.cryosparc import read_cs
 from deephemnma.data.csvfile import read_csv, write_csv
 from deephemnma.data.particles import Particles, relative_locations
 from deephemnma.data.relion import read_star, write_star
@@ -21,19 +22,25 @@ from deephemnma.runtime.errors import InputError
 # ----------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------
-def check_format(path: str | os.PathLike) -> str:
-    """The metadata format of ``path`` from its extension (InputError for an unknown one)."""
+def check_format(path: str | os.PathLike, writing: bool = True) -> str:
+    """The metadata format of ``path`` from its extension (InputError for an unknown one; ``.cs`` is read, not
+    written)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix == '.cs' and not writing:
+        return suffix
     if suffix not in ('.star', '.xmd', '.csv'):
-        raise InputError(f'{path}: unknown metadata format "{suffix}" (use .star, .xmd or .csv)')
+        raise InputError(f'{path}: unknown metadata format "{suffix}" (use .star, .xmd or .csv'
+                         + (')' if writing else ', or read a cryoSPARC .cs)'))
     return suffix
 
 
 def read_particles(path: str | os.PathLike, pixel_size: Optional[float] = None) -> Particles:
     """Read particle metadata (format from the extension). ``pixel_size`` fills in for .xmd without CTF."""
     path = Path(path)
-    kind = check_format(path)
+    kind = check_format(path, writing=False)
+    if kind == '.cs':
+        return read_cs(path)
     if kind == '.star':
         return read_star(path)
     if kind == '.xmd':

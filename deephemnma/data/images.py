@@ -180,8 +180,15 @@ def read_image(path: str | os.PathLike) -> Tuple[np.ndarray, float]:
         raise InputError(f'{path}: cannot read the map ({error})') from error
 
 
+def map_origin(box: int, pixel_size: float) -> float:
+    """The origin (Angstrom, on each axis) that puts voxel ``box // 2`` at coordinate 0: the project's maps are
+    centred there, as its images and the structures it writes from the space (centroids, animations), so that
+    ChimeraX overlays them as written."""
+    return -(box // 2) * float(pixel_size)
+
+
 def write_map(path: str | os.PathLike, volume: np.ndarray, pixel_size: float) -> None:
-    """Write a 3D map ``[z, y, x]`` (float32) with its voxel size, atomically."""
+    """Write a 3D map ``[z, y, x]`` (float32) with its voxel size and the origin of :func:`map_origin`, atomically."""
     _write_mrc(Path(path), np.asarray(volume, dtype=np.float32), pixel_size, is_stack=False)
 
 
@@ -199,6 +206,9 @@ def _write_mrc(path: Path, data: np.ndarray, pixel_size: float, is_stack: bool) 
             mrc.set_data(data)
             if is_stack:
                 mrc.set_image_stack()
+            else:
+                origin = map_origin(data.shape[-1], pixel_size)
+                mrc.header.origin = (origin, origin, origin)
             mrc.voxel_size = pixel_size
             mrc.update_header_stats()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -27,34 +27,49 @@ class Particles:
     """Per-particle metadata; optional columns are ``None`` when unknown.
 
     Shapes: ``image (n,)`` str; ``angles (n, 3)`` degrees (rot, tilt, psi); ``shifts (n, 2)`` pixels;
-    ``amplitudes (n, m)``; ``defocus_u/v (n,)`` Angstrom (positive = underfocus); ``defocus_angle (n,)`` degrees;
-    ``score (n,)``; ``extra`` maps a name to an ``(n,)`` or ``(n, k)`` array.
+    ``amplitudes (n, m)``; ``defocus_u/v (n,)`` Angstrom (positive = underfocus); ``defocus_angle (n,)`` and
+    ``phase_shift (n,)`` degrees; ``half (n,)`` the half set (1 or 2, RELION's ``rlnRandomSubset``) for FSC;
+    ``score (n,)``; ``extra`` maps a name to an ``(n,)`` or ``(n, k)`` array. The microscope (``voltage`` kV,
+    ``cs`` mm, ``amplitude_contrast``) is one float, or one value per particle for several optics groups; the
+    pixel size (Angstrom; None: unknown) is one for all. ``box`` is the image size (pixels) when known.
+    Pass-through for lossless RELION round trips: ``text`` holds every column of the source file's particle
+    table as read (strings, by the file's column name) and ``optics_table`` its optics table.
     """
 
     image: np.ndarray
-    pixel_size: float = 1.0
+    pixel_size: Optional[float] = 1.0
     angles: OptionalArray = None
     shifts: OptionalArray = None
     amplitudes: OptionalArray = None
     defocus_u: OptionalArray = None
     defocus_v: OptionalArray = None
     defocus_angle: OptionalArray = None
-    voltage: float = 300.0
-    cs: float = 2.7
-    amplitude_contrast: float = 0.1
+    voltage: Union[float, np.ndarray] = 300.0
+    cs: Union[float, np.ndarray] = 2.7
+    amplitude_contrast: Union[float, np.ndarray] = 0.1
+    phase_shift: OptionalArray = None
+    half: OptionalArray = None
     score: OptionalArray = None
+    box: Optional[int] = None
     extra: Dict[str, np.ndarray] = field(default_factory=dict)
+    text: Dict[str, np.ndarray] = field(default_factory=dict)
+    optics_table: Optional[Dict[str, List[str]]] = None
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=str)
         n = len(self.image)
-        for name in PER_PARTICLE_COLUMNS:
+        for name in PER_PARTICLE_COLUMNS + OPTICS_COLUMNS:
             value = getattr(self, name)
-            if value is not None:
-                value = np.asarray(value, dtype=np.float64)
-                if len(value) != n:
-                    raise ValueError(f'column {name} has {len(value)} rows for {n} particles')
-                setattr(self, name, value)
+            if value is None or (name in OPTICS_COLUMNS and np.ndim(value) == 0):
+                continue
+            value = np.asarray(value, dtype=np.float64)
+            if len(value) != n:
+                raise ValueError(f'column {name} has {len(value)} rows for {n} particles')
+            setattr(self, name, value)
+        for name, values in self.text.items():
+            if len(values) != n:
+                raise ValueError(f'column {name} has {len(values)} rows for {n} particles')
+            self.text[name] = np.asarray(values, dtype=object)
 
     def __len__(self) -> int:
         return len(self.image)
@@ -71,8 +86,8 @@ class Particles:
         defocus_v = self.defocus_v if self.defocus_v is not None else self.defocus_u
         angle = self.defocus_angle if self.defocus_angle is not None else np.zeros(len(self))
         return CTFParams(defocus_u=self.defocus_u, defocus_v=defocus_v, defocus_angle=angle,
-                         voltage=float(self.voltage), cs=float(self.cs),
-                         amplitude_contrast=float(self.amplitude_contrast))
+                         voltage=self.voltage, cs=self.cs, amplitude_contrast=self.amplitude_contrast,
+                         phase_shift=self.phase_shift if self.phase_shift is not None else 0.0)
 
     @property
     def has_alignment(self) -> bool:
@@ -81,10 +96,10 @@ class Particles:
     def subset(self, indices: Sequence[int] | np.ndarray) -> 'Particles':
         """The particles at ``indices`` (integer positions or a boolean mask), in that order."""
         indices = np.asarray(indices)
-        changes = {name: getattr(self, name)[indices] for name in PER_PARTICLE_COLUMNS
-                   if getattr(self, name) is not None}
+        changes = {name: getattr(self, name)[indices] for name in PER_PARTICLE_COLUMNS + OPTICS_COLUMNS
+                   if getattr(self, name) is not None and np.ndim(getattr(self, name)) > 0}
         return replace(self, image=self.image[indices], extra={k: v[indices] for k, v in self.extra.items()},
-                       **changes)
+                       text={k: v[indices] for k, v in self.text.items()}, **changes)
 
     def locations(self, base_dir: str | os.PathLike = '.') -> Iterator[Tuple[int, Path]]:
         """``(zero-based index, stack path)`` of each image; relative stack paths are taken from ``base_dir``."""
@@ -134,7 +149,10 @@ class Particles:
         return {label: value}
 
 
-PER_PARTICLE_COLUMNS = ('angles', 'shifts', 'amplitudes', 'defocus_u', 'defocus_v', 'defocus_angle', 'score')
+PER_PARTICLE_COLUMNS = ('angles', 'shifts', 'amplitudes', 'defocus_u', 'defocus_v', 'defocus_angle', 'phase_shift',
+                        'half', 'score')
+#: The microscope: one value for all particles, or one per particle.
+OPTICS_COLUMNS = ('voltage', 'cs', 'amplitude_contrast')
 
 
 _COLUMN_LABELS = {'angles': 'poses (Euler angles)', 'shifts': 'poses (shifts)',
@@ -165,21 +183,27 @@ def concatenate(parts: Sequence[Particles]) -> Particles:
     if not parts:
         raise InputError('no particle sets to join')
     first = parts[0]
-    optics = ('pixel_size', 'voltage', 'cs', 'amplitude_contrast')
     for number, part in enumerate(parts[1:], start=2):
-        different = [name for name in optics if not np.isclose(getattr(part, name), getattr(first, name))]
-        if different:
-            raise InputError(f'particle set {number} differs from the first in {", ".join(different)}: sets of '
-                             'different optics cannot be joined')
+        if part.pixel_size != first.pixel_size:
+            raise InputError(f'particle set {number} has a pixel size of {part.pixel_size} A, the first '
+                             f'{first.pixel_size} A: sets of different pixel sizes cannot be joined')
 
     def joined(values):
         return None if any(v is None for v in values) else np.concatenate(values)
 
     columns = {name: joined([getattr(part, name) for part in parts]) for name in PER_PARTICLE_COLUMNS}
+    optics = {}
+    for name in OPTICS_COLUMNS:
+        per_particle = np.concatenate([np.broadcast_to(getattr(part, name), len(part)) for part in parts])
+        optics[name] = float(per_particle[0]) if np.all(per_particle == per_particle[0]) else per_particle
     extra = {name: np.concatenate([part.extra[name] for part in parts]) for name in first.extra
              if all(name in part.extra for part in parts)}
-    return Particles(image=np.concatenate([part.image for part in parts]),
-                     **{name: getattr(first, name) for name in optics}, extra=extra, **columns)
+    text = {name: np.concatenate([part.text[name] for part in parts]) for name in first.text
+            if all(name in part.text for part in parts)}
+    same_optics = all(part.optics_table == first.optics_table for part in parts)
+    return Particles(image=np.concatenate([part.image for part in parts]), pixel_size=first.pixel_size,
+                     box=first.box, extra=extra, text=text, optics_table=first.optics_table if same_optics else None,
+                     **optics, **columns)
 
 
 def resolve_stack(name: str, base_dir: Optional[str | os.PathLike] = None) -> str:

@@ -6,22 +6,33 @@ for are read, in any order; every stack is opened (and checked against the locat
 from __future__ import annotations
 
 import os
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from deephemnma.data.images import read_stack
+from deephemnma.data.images import image_file, read_stack, stack_info
 from deephemnma.data.particles import parse_location, resolve_stack
 from deephemnma.runtime.errors import InputError
 
+#: Stacks kept open (memory-mapped) at once: an export with one stack per micrograph may name tens of thousands,
+#: beyond the usual limit of 1,024 open files; the least recently read are closed first.
+MAX_OPEN_STACKS = 256
+
 
 class ImageSource:
-    """Random access to the images named by locations (``index@stack``), from memory-mapped stacks."""
+    """Random access to the images named by locations (``index@stack``), from memory-mapped stacks.
 
-    def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None):
+    Every stack's header is checked when the source is made (the file exists, holds every image asked for, all of
+    one size); the stacks are mapped when first read, at most :data:`MAX_OPEN_STACKS` at a time. ``invert``
+    multiplies every image by -1 (particles extracted with inverted contrast, as RELION and cryoSPARC write them).
+    """
+
+    def __init__(self, locations: Sequence[str], base_dir: Optional[str | os.PathLike] = None,
+                 invert: bool = False):
         resolved: Dict[str, str] = {}  # each stack name is resolved (file system calls) once
         parsed = []
         for location in locations:
@@ -32,26 +43,43 @@ class ImageSource:
             parsed.append((index, resolved[name]))
         paths = sorted({p for _, p in parsed})
         self.paths: List[str] = paths
-        self.stacks: List[np.ndarray] = []
+        self.invert = bool(invert)
+        infos = []
         for path in paths:
-            if not os.path.exists(path):
+            if not os.path.exists(image_file(path)):
                 raise InputError(f'{path}: image stack not found')
-            self.stacks.append(read_stack(path, mmap=True))
-        shapes = {s.shape[1:] for s in self.stacks}
-        if len(shapes) != 1:
-            raise InputError(f'the stacks {paths} hold images of different sizes: {sorted(shapes)}')
+            infos.append(stack_info(path))
+        sizes = {info.box for info in infos}
+        if len(sizes) != 1:
+            raise InputError(f'the stacks {paths[:3]}{" ..." if len(paths) > 3 else ""} hold images of different '
+                             f'sizes: {sorted(sizes)}')
         number = {p: i for i, p in enumerate(paths)}
         self.stack_of = np.array([number[p] for _, p in parsed], dtype=np.int64)
         self.index_in_stack = np.array([i for i, _ in parsed], dtype=np.int64)
-        for s, stack in enumerate(self.stacks):
-            mine = self.index_in_stack[self.stack_of == s]
-            if mine.size and mine.max() >= len(stack):
-                raise InputError(f'{paths[s]}: image {mine.max() + 1} requested but the stack holds '
-                                 f'{len(stack)} images')
-        self.box = int(next(iter(shapes))[0])
+        largest = np.full(len(paths), -1, dtype=np.int64)
+        np.maximum.at(largest, self.stack_of, self.index_in_stack)
+        for s, info in enumerate(infos):
+            if largest[s] >= info.count:
+                raise InputError(f'{paths[s]}: image {largest[s] + 1} requested but the stack holds '
+                                 f'{info.count} images')
+        self.box = int(next(iter(sizes)))
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # reader threads share the open stacks
 
     def __len__(self) -> int:
         return len(self.stack_of)
+
+    def _stack(self, number: int) -> np.ndarray:
+        """The memory map of stack ``number`` (opened on first use; the least recently used closed past the
+        limit)."""
+        with self._lock:
+            stack = self._open.pop(number, None)
+            if stack is None:
+                stack = read_stack(self.paths[number], mmap=True)
+                while len(self._open) >= MAX_OPEN_STACKS:
+                    self._open.popitem(last=False)
+            self._open[number] = stack
+            return stack
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """Images ``(k, box, box)`` float32 of the given items, in the given order."""
@@ -63,8 +91,11 @@ class ImageSource:
             rows = self.index_in_stack[indices[where]]
             order = np.argsort(rows, kind='stable')  # read the memory map in increasing order
             rows = rows[order]
+            stack = self._stack(int(s))
             consecutive = bool(np.all(np.diff(rows) == 1))  # one slice: a single copy out of the map
-            out[where[order]] = self.stacks[s][rows[0]:rows[-1] + 1] if consecutive else self.stacks[s][rows]
+            out[where[order]] = stack[rows[0]:rows[-1] + 1] if consecutive else stack[rows]
+        if self.invert:
+            np.negative(out, out=out)
         return out
 
     def nbytes(self, count: int) -> int:

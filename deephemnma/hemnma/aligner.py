@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from deephemnma.hemnma.reference import AlignReference
-from deephemnma.imaging.ctf import CTFParams, ctf_2d
+from deephemnma.imaging.ctf import CTF_STATES, CTFParams, ctf_2d
 from deephemnma.imaging.projection import FourierProjector, ProjectorCache, crop_rfft, fourier_indices
 from deephemnma.imaging.rotations import euler_to_matrix, matrix_to_euler
 from deephemnma.nma.deform import deform
 
-CTF_MODES = ('flipped', 'full', 'none')
 #: Up to this many modes the default global search starts from all 2^M corners of the amplitude box.
 MAX_CORNER_MODES = 3
 
@@ -60,12 +59,12 @@ class AlignSettings:
     refine_steps: Tuple[int, ...] = (30, 25, 25, 25)
     refine_keep: Tuple[int, ...] = (3, 1, 1, 1)
     learning_rate: float = 0.5
-    ctf_mode: str = 'flipped'
+    ctf_mode: str = 'phase_flipped'
     template_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        if self.ctf_mode not in CTF_MODES:
-            raise ValueError(f"ctf_mode '{self.ctf_mode}' must be one of {CTF_MODES}")
+        if self.ctf_mode not in CTF_STATES:
+            raise ValueError(f"ctf_mode '{self.ctf_mode}' must be one of {CTF_STATES}")
         if not (len(self.refine_resolutions) == len(self.refine_steps) == len(self.refine_keep)):
             raise ValueError('refine_resolutions, refine_steps and refine_keep must have the same length')
 
@@ -175,7 +174,7 @@ def prepare_images(images: torch.Tensor, ctf_params: Optional[CTFParams], pixel_
         factor = torch.ones(count, box, box // 2 + 1, device=images.device, dtype=images.dtype)
     else:
         factor = ctf_2d(ctf_params, box, pixel_size, count, device=images.device, dtype=images.dtype)
-        if ctf_mode == 'flipped':
+        if ctf_mode == 'phase_flipped':
             factor = factor.abs()
     return PreparedImages(transforms, factor)
 

@@ -26,15 +26,17 @@ from deephemnma.runtime.errors import InputError
 def align_particles(particles: Particles, reference: AlignReference, settings: AlignSettings,
                     work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
                     chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
-                    progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None) -> Optional[Particles]:
+                    progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
+                    invert: bool = False) -> Optional[Particles]:
     """Align every particle; returns (on rank 0) a copy of ``particles`` with angles, shifts, amplitudes, score.
 
     ``local``: refine from the particles' own angles/shifts (and amplitudes when present) instead of a global
-    search. ``work_folder`` keeps the finished chunks (resumable; the settings are checked on resume).
+    search. ``work_folder`` keeps the finished chunks (resumable; the settings are checked on resume). ``invert``:
+    multiply the images by -1 (inverted contrast).
     """
     if local and not particles.has_alignment:
         raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
-    reader = ImageSource(particles.image, base_dir)
+    reader = ImageSource(particles.image, base_dir, invert=invert)
     aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
     ctf = particles.ctf()
     store = ChunkStore(work_folder, len(particles), chunk_size,

@@ -23,13 +23,18 @@ import torch
 Number = Union[float, torch.Tensor]
 
 
-def wavelength(voltage_kv: float) -> float:
-    """Relativistic electron wavelength (Angstrom) at ``voltage_kv`` kilovolts."""
+def wavelength(voltage_kv: Number) -> Number:
+    """Relativistic electron wavelength (Angstrom) at ``voltage_kv`` kilovolts (a float, or a tensor of them)."""
     volts = voltage_kv * 1e3
-    return 12.2642598 / math.sqrt(volts * (1.0 + 0.978466e-6 * volts))
+    root = torch.sqrt if isinstance(volts, torch.Tensor) else math.sqrt
+    return 12.2642598 / root(volts * (1.0 + 0.978466e-6 * volts))
 
 
-#: Fields of :class:`CTFParams` shared by all images of a set (the microscope).
+#: What the images carry of the CTF, in the one order every choice list uses: phase-flipped (a model is multiplied
+#: by ``|CTF|``), the full CTF (raw images: the model by the CTF), or none (CTF-corrected or CTF-free images).
+CTF_STATES = ('phase_flipped', 'full', 'none')
+
+#: Fields of :class:`CTFParams` of the microscope: one float for a set of one optics, else one value per image.
 _SHARED = ('voltage', 'cs', 'amplitude_contrast')
 
 
@@ -37,25 +42,26 @@ _SHARED = ('voltage', 'cs', 'amplitude_contrast')
 class CTFParams:
     """CTF parameters: the one CTF type of the project (simulation, alignment, reconstruction).
 
-    Per-image fields (defocus, astigmatism angle, phase shift) are a float, or one value per image as a
-    ``(B,)`` numpy array or tensor; ``voltage``, ``cs`` and ``amplitude_contrast`` are floats. Defocus in
-    Angstrom (positive = underfocus), angles in degrees.
+    Each field is a float, or one value per image as a ``(B,)`` numpy array or tensor (the microscope's
+    ``voltage``, ``cs`` and ``amplitude_contrast`` too, for particles of several RELION optics groups). Defocus in
+    Angstrom (positive = underfocus), angles (astigmatism, phase shift of a phase plate) in degrees.
     """
 
     defocus_u: Number
     defocus_v: Number
     defocus_angle: Number = 0.0
-    voltage: float = 300.0
-    cs: float = 2.7
-    amplitude_contrast: float = 0.1
+    voltage: Number = 300.0
+    cs: Number = 2.7
+    amplitude_contrast: Number = 0.1
     phase_shift: Number = 0.0
 
     def batched(self, count: int, device: torch.device, dtype: torch.dtype = torch.float32) -> 'CTFParams':
-        """A copy with every per-image field as a ``(count,)`` tensor on ``device``."""
+        """A copy with every per-image field as a ``(count,)`` tensor on ``device`` (the microscope's fields stay
+        floats when they are one value for all)."""
         values = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name in _SHARED:
+            if field.name in _SHARED and np.ndim(value) == 0:
                 values[field.name] = float(value)
             else:
                 tensor = torch.as_tensor(value, device=device, dtype=dtype)
@@ -67,8 +73,7 @@ class CTFParams:
         values = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            per_image = field.name not in _SHARED and np.ndim(value) > 0
-            values[field.name] = value[index] if per_image else value
+            values[field.name] = value[index] if np.ndim(value) > 0 else value
         return CTFParams(**values)
 
 
@@ -87,16 +92,22 @@ def ctf_2d(params: CTFParams, box: int, pixel_size: float, count: int = 1, rfft:
     ky, kx = frequency_grid(box, pixel_size, rfft, device, dtype)
     k2 = kx ** 2 + ky ** 2
     angle = torch.atan2(ky, kx)
-    lam = wavelength(p.voltage)
+    lam = _image_axis(wavelength(p.voltage))
     mean = 0.5 * (p.defocus_u + p.defocus_v)
     half_diff = 0.5 * (p.defocus_u - p.defocus_v)
     astig = torch.deg2rad(p.defocus_angle)
     defocus = mean[:, None, None] + half_diff[:, None, None] * torch.cos(2.0 * (angle[None] - astig[:, None, None]))
-    cs_angstrom = p.cs * 1e7
+    cs_angstrom = _image_axis(p.cs * 1e7)
     chi = (math.pi * lam * defocus * k2[None] - 0.5 * math.pi * cs_angstrom * lam ** 3 * (k2 ** 2)[None]
            + torch.deg2rad(p.phase_shift)[:, None, None])
-    w = p.amplitude_contrast
-    return -(math.sqrt(1.0 - w * w) * torch.sin(chi) + w * torch.cos(chi))
+    w = _image_axis(p.amplitude_contrast)
+    root = torch.sqrt if isinstance(w, torch.Tensor) else math.sqrt
+    return -(root(1.0 - w * w) * torch.sin(chi) + w * torch.cos(chi))
+
+
+def _image_axis(value: Number) -> Number:
+    """A per-image ``(B,)`` tensor shaped to broadcast over images ``(B, H, W)``; floats as they are."""
+    return value[:, None, None] if isinstance(value, torch.Tensor) else value
 
 
 def apply_ctf(images: torch.Tensor, params: CTFParams, pixel_size: float) -> torch.Tensor:

@@ -125,6 +125,11 @@ class NormalModes:
         """Boolean mask of the modes whose collectivity reaches ``threshold`` (ContinuousFlex's rule)."""
         return self.collectivity >= threshold
 
+    def centred(self) -> 'NormalModes':
+        """These modes on their structure moved so that its geometric centre is the origin (the frame of the
+        project's images and maps: the box centre is coordinate 0)."""
+        return replace(self, structure=self.structure.with_coords(self.structure.coords - self.structure.centre()))
+
     def transfer_to(self, target: Structure) -> 'NormalModes':
         """These modes on another model of the same molecule, amplitudes keeping their meaning.
 

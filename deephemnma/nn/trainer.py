@@ -310,10 +310,10 @@ class Trainer:
 
 def run_training(particles, config: TrainConfig, output_dir: str | Path, device: torch.device,
                  base_dir: Optional[str | Path] = None, rank: Rank = Rank(), progress: bool = True,
-                 on_epoch_end: Optional[EpochCallback] = None) -> Tuple[Trainer, dict]:
+                 on_epoch_end: Optional[EpochCallback] = None, invert: bool = False) -> Tuple[Trainer, dict]:
     """Prepare the data of ``particles``, train (resuming a killed run in ``output_dir``), and write the
     summary; returns the trainer and the summary."""
-    source = ImageSource(particles.image, base_dir)
+    source = ImageSource(particles.image, base_dir, invert=invert)
     data = prepare_data(source, labels_from_particles(particles), particles.image, config)
     trainer = Trainer(config, data, output_dir, device, rank, progress)
     resumed = trainer.resume()

@@ -16,7 +16,15 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 from pyworkflow.utils import Environ
 
+from deephemnma.convert.particles import ctf_state_of
+from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.molecule.structure import COARSE_LEVELS
+
+#: The forms' choices of what the images carry of the CTF: the set's own state first, then the states themselves.
+CTF_CHOICES = ('as the particle set says', *CTF_STATES)
+#: The forms' choices of the images' contrast (``--invert-data``).
+CONTRAST_CHOICES = ('detect from the data', 'inverted (RELION/cryoSPARC export)', 'as this project expects')
+_INVERT_DATA = ('auto', 'yes', 'no')
 
 #: Commands that split their work over torchrun processes.
 DISTRIBUTED_COMMANDS = ('align', 'train', 'infer', 'reconstruct')
@@ -74,6 +82,27 @@ class DeepHemnmaProtocol(EMProtocol):
                        help=help_text)
         form.addHidden(params.GPU_LIST, params.StringParam, default='0', label='GPU IDs',
                        help='GPUs to use, e.g. "0" or "0 1 2 3" (several: torchrun where the step supports it).')
+
+    @classmethod
+    def _defineImageParams(cls, form, ctf: bool = True) -> None:
+        """The images' CTF state (``ctfMode``) and contrast (``invertData``) fields."""
+        if ctf:
+            form.addParam('ctfMode', params.EnumParam, choices=list(CTF_CHOICES), default=0, label='Images are',
+                          help='What the images carry of the CTF: phase_flipped (the model is multiplied by |CTF|), '
+                               'full (raw images: by the CTF) or none (CTF-free). By default as the particle set '
+                               'records it (phase-flipped flag, CTF present).')
+        form.addParam('invertData', params.EnumParam, choices=list(CONTRAST_CHOICES), default=0,
+                      label='Contrast', help='RELION and cryoSPARC extract particles with inverted contrast (protein '
+                                            'white): detect it from the data, or say it.')
+
+    def _ctfState(self, particle_set) -> str:
+        """The CTF state of the images (the form's choice, or the set's own)."""
+        choice = self.ctfMode.get() if hasattr(self, 'ctfMode') else 0
+        return ctf_state_of(particle_set) if choice == 0 else CTF_STATES[choice - 1]
+
+    def _imageArguments(self, particle_set) -> str:
+        """``--ctf`` and ``--invert-data`` of the images of ``particle_set``."""
+        return f'--ctf {self._ctfState(particle_set)} --invert-data {_INVERT_DATA[self.invertData.get()]}'
 
     def gpuIds(self) -> List[str]:
         return gpu_ids(self) if hasattr(self, 'useGpu') else []

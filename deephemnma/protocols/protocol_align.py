@@ -7,7 +7,7 @@ from typing import List
 from pyworkflow.protocol import params
 
 from deephemnma.convert.modes import modes_mismatch, write_modes_xmd_from_set
-from deephemnma.convert.particles import absolute_image_paths, copy_with_estimates, particles_from_set
+from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
 from deephemnma.protocols.base import DeepHemnmaProtocol
@@ -16,7 +16,6 @@ from deephemnma.runtime.errors import InputError
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1
 MODEL_CHOICES = ['residues2', 'residues', 'atoms']
-CTF_CHOICES = ['flipped', 'full', 'none']
 
 
 class DeepHemnmaProtAlign(DeepHemnmaProtocol):
@@ -46,10 +45,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                       help='residues2: two Gaussian beads per residue (main chain, side chain); residues: one '
                            'per residue; atoms: every atom with Peng scattering factors. Pseudoatom references '
                            'are always used as they are.')
-        form.addParam('ctfMode', params.EnumParam, choices=CTF_CHOICES, default=0, label='Images are',
-                      condition='backend == 0',
-                      help='flipped: phase-flipped images (model x |CTF|); full: raw images (model x CTF); '
-                           'none: CTF-free images.')
+        self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
                       help='Start from the particles\' own poses (and amplitudes) instead of a global search.')
@@ -85,8 +81,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
     def convertInputStep(self) -> None:
         write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath('modes.xmd'),
                                  enabled=self._selectedModes())
-        particles = absolute_image_paths(particles_from_set(self.inputParticles.get(),
-                                                            require_alignment=bool(self.localOnly.get())))
+        particles = particles_from_set(self.inputParticles.get(),
+                                       require_alignment=bool(self.localOnly.get())).resolved()
         write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
                                            else 'particles.star'), particles)
 
@@ -101,7 +97,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         arguments = (f'-i {self._getExtraPath("particles.star")} -o {self._outputPath()} '
                      f'--modes {self._getExtraPath("modes.xmd")} --reference {self._referencePath()} '
                      f'--select {select} --model {MODEL_CHOICES[self.referenceModel.get()]} '
-                     f'--ctf {CTF_CHOICES[self.ctfMode.get()]} --angular-step {self.angularStep.get()} '
+                     f'{self._imageArguments(self.inputParticles.get())} --angular-step {self.angularStep.get()} '
                      f'--shift-range {self.shiftRange.get()} --chunk-size {self.chunkSize.get()} '
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
         if self.localOnly.get():

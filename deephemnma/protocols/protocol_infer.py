@@ -5,7 +5,7 @@ import os
 
 from pyworkflow.protocol import params
 
-from deephemnma.convert.particles import absolute_image_paths, copy_with_estimates, particles_from_set
+from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.nn.modelfile import read_model_info
 from deephemnma.protocols.base import DeepHemnmaProtocol
@@ -31,6 +31,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            '360/n degree steps, and average the predictions after undoing each rotation on the '
                            'angles and shifts. Steadier estimates on noisy images for n times the prediction '
                            'time; 1 switches it off.')
+        self._defineImageParams(form, ctf=False)
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
         form.addParam('readers', params.IntParam, default=2, label='Reading threads',
@@ -52,10 +53,11 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         return self.inputTraining.get().model_path()
 
     def convertInputStep(self) -> None:
-        write_particles(self._input_path(), absolute_image_paths(particles_from_set(self.inputParticles.get())))
+        write_particles(self._input_path(), particles_from_set(self.inputParticles.get()).resolved())
 
     def inferStep(self) -> None:
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
+                     f'{self._imageArguments(self.inputParticles.get())} '
                      f'--batch-size {self.batchSize.get()} --readers {self.readers.get()} '
                      f'--rotations {self.rotations.get()} --quiet')
         self.runCommand('infer', arguments)

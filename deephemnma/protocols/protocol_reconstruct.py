@@ -8,12 +8,11 @@ import numpy as np
 from pwem.objects import Volume
 from pyworkflow.protocol import params
 
-from deephemnma.convert.particles import absolute_image_paths, max_shift, particles_from_set
+from deephemnma.convert.particles import max_shift, particles_from_set
 from deephemnma.data.formats import write_particles
 from deephemnma.data.particles import concatenate
 from deephemnma.protocols.base import DeepHemnmaProtocol
 from deephemnma.space.groups import write_labels
-from deephemnma.space.reconstruct import CTF_MODES
 
 PARTICLES_FILE = 'particles.star'
 LABELS_FILE = 'labels.txt'
@@ -30,9 +29,7 @@ class DeepHemnmaProtReconstruct(DeepHemnmaProtocol):
         form.addSection(label='Input')
         form.addParam('inputSets', params.MultiPointerParam, pointerClass='SetOfParticles', important=True,
                       label='Particle sets', help='One map is reconstructed per set (e.g. each group).')
-        form.addParam('ctfMode', params.EnumParam, choices=list(CTF_MODES), default=2, label='CTF correction',
-                      help="phase_flipped: the images were phase-flipped (as in the paper); full: the images "
-                           "carry the CTF; none: no correction.")
+        self._defineImageParams(form)
         form.addParam('poseBox', params.IntParam, default=0, label='Pose image size (px)',
                       help='Size of the images the poses were estimated on, when the images reconstructed here '
                            'are of another size (e.g. poses from 128 px images, reconstruction from the original '
@@ -61,12 +58,13 @@ class DeepHemnmaProtReconstruct(DeepHemnmaProtocol):
     def convertInputStep(self) -> None:
         """All sets in one particle file, with one group label per particle (set ``k`` is group ``k``)."""
         sets = [particles_from_set(pointer.get(), require_alignment=True) for pointer in self.inputSets]
-        write_particles(self._getExtraPath(PARTICLES_FILE), absolute_image_paths(concatenate(sets)))
+        write_particles(self._getExtraPath(PARTICLES_FILE), concatenate(sets).resolved())
         write_labels(self._getExtraPath(LABELS_FILE), np.repeat(np.arange(len(sets)), [len(s) for s in sets]))
 
     def reconstructStep(self) -> None:
         arguments = (f'-i {self._getExtraPath(PARTICLES_FILE)} --groups {self._getExtraPath(LABELS_FILE)} '
-                     f'-o {self._getExtraPath()} --ctf {CTF_MODES[self.ctfMode.get()]} --pad {self.pad.get()} '
+                     f'-o {self._getExtraPath()} {self._imageArguments(self.inputSets[0].get())} '
+                     f'--pad {self.pad.get()} '
                      f'--wiener {self.wiener.get()} --batch-size {self.batchSize.get()} '
                      f'--pixel-size {self.inputSets[0].get().getSamplingRate()}')
         if self.poseBox.get():
@@ -106,7 +104,7 @@ class DeepHemnmaProtReconstruct(DeepHemnmaProtocol):
         errors = []
         if len(self.inputSets) == 0:
             return ['Give at least one set of particles.']
-        mode = CTF_MODES[self.ctfMode.get()]
+        mode = self._ctfState(self.inputSets[0].get()) if len(self.inputSets) and self.inputSets[0].get() else 'none'
         for number, pointer in enumerate(self.inputSets, start=1):
             particle_set = pointer.get()
             label = f'Set {number} ({particle_set.getObjLabel() or particle_set.getNameId()})' \

@@ -89,6 +89,7 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
         form.addParam('testSize', params.FloatParam, default=0.1, label='Test set',
                       help='Fraction (< 1) or number of particles held out to report the errors.')
         form.addParam('seed', params.IntParam, default=0, label='Random seed', expertLevel=params.LEVEL_ADVANCED)
+        self._defineImageParams(form, ctf=False)
         self._defineGpuParams(form, 'Train on the GPUs listed below (several: torchrun with '
                                     'DistributedDataParallel).')
 
@@ -121,7 +122,8 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
                      f'--arch {list(ARCHITECTURES)[self.arch.get()]}', f'--weight-decay {self.weightDecay.get()}',
                      f'--dropout {self.dropout.get()}', f'--outlier-threshold {self.outlierThreshold.get()}',
                      f'--validation {self.validationSize.get()}', f'--test {self.testSize.get()}',
-                     f'--network-box {self.networkBox.get()}', f'--seed {self.seed.get()}', '--quiet']
+                     f'--network-box {self.networkBox.get()}', f'--seed {self.seed.get()}', '--quiet',
+                     self._imageArguments(self.inputParticles.get())]
         for flag, value in (('--epochs', self.epochs.get()), ('--batch-size', self.batchSize.get()),
                             ('--lr', self.learningRate.get())):
             if value:

@@ -55,10 +55,9 @@ class SimulationSetup:
         if modes.num_atoms != len(structure):
             raise InputError(f'the modes are defined on {modes.num_atoms} atoms but the reference has '
                              f'{len(structure)} atoms: they do not belong to this reference')
-        centre = structure.centre()
-        centred = structure.with_coords(structure.coords - centre)
-        modes = dataclasses.replace(modes, structure=centred)
-        return cls(centred, modes, AtomModel.from_elements(list(centred.elements), bfactor), centre)
+        modes = dataclasses.replace(modes, structure=structure).centred()
+        centred = modes.structure
+        return cls(centred, modes, AtomModel.from_elements(list(centred.elements), bfactor), structure.centre())
 
     @property
     def num_modes(self) -> int:

@@ -93,3 +93,41 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, duration_ms: int = 12
     with atomic_path(path, suffix='.gif') as tmp:
         sequence[0].save(tmp, format='GIF', save_all=True, append_images=sequence[1:], duration=duration_ms,
                          loop=0)
+
+
+def write_map_series(folder: str | os.PathLike, name: str, modes: NormalModes, amplitudes: np.ndarray, box: int,
+                     pixel_size: float) -> List[Path]:
+    """The maps of the reference deformed by each amplitude row, ``NAME_frame_KK.mrc`` (a series ChimeraX plays
+    with a slider)."""
+    from deephemnma.data.images import write_map
+    paths = []
+    for frame, volume in enumerate(conformation_maps(modes, amplitudes, box, pixel_size), start=1):
+        path = Path(folder) / f'{name}_frame_{frame:02d}.mrc'
+        write_map(path, volume, pixel_size)
+        paths.append(path)
+    return paths
+
+
+def chimerax_script(names: Sequence[str]) -> str:
+    """A ChimeraX command script (``.cxc``) opening the files ``names`` (relative to the script's folder): PDBs and
+    maps as they are (the project writes them in one frame, so they overlay), multi-model animations as
+    trajectories and frame maps as volume series, each with a slider."""
+    lines = ['# Open with: chimerax chimerax.cxc (run from this folder). Structures and maps share one frame: the',
+             '# box centre is coordinate 0, so every map overlays its structure as written.']
+    model = 0
+    series: dict = {}
+    for name in names:
+        if '_frame_' in name:
+            series.setdefault(name.rsplit('_frame_', 1)[0], []).append(name)
+            continue
+        model += 1
+        if name.startswith('axis_') and name.endswith('.pdb'):
+            lines += [f'open {name} coordsets true', f'coordset slider #{model}']
+        else:
+            lines.append(f'open {name}')
+            if name.endswith('.mrc'):
+                lines.append(f'volume #{model} style mesh')
+    for prefix, frames in series.items():
+        model += 1
+        lines += [f'open {" ".join(sorted(frames))} vseries true', f'vseries slider #{model}']
+    return '\n'.join(lines) + '\n'

@@ -30,9 +30,9 @@ from deephemnma.space.reconstruct import Reconstruction, reconstruct
 
 def reconstruct_particles(particles: Particles, base_dir: Path, ctf_mode: str, pad: float, wiener: float,
                           pose_box: Optional[int], pixel_size: Optional[float], batch_size: int,
-                          device: torch.device, rank: Rank, label: str = '') -> Reconstruction:
+                          device: torch.device, rank: Rank, label: str = '', invert: bool = False) -> Reconstruction:
     """Reconstruct the given particles (this rank's share of the batches when run under torchrun)."""
-    source = ImageSource(particles.image, base_dir)
+    source = ImageSource(particles.image, base_dir, invert=invert)
     size = pixel_size or particles.pixel_size
     scale = source.box / pose_box if pose_box else 1.0
     ctf = particles.ctf() if ctf_mode != 'none' else None
@@ -43,7 +43,7 @@ def reconstruct_particles(particles: Particles, base_dir: Path, ctf_mode: str, p
                     total=(len(positions) + batch_size - 1) // batch_size, desc=f'reconstruct {label}'.strip(),
                     unit='batch', disable=not rank.is_main)
     return reconstruct(progress, particles.angles, particles.shifts, source.box, size, ctf, ctf_mode, pad, wiener,
-                       scale, device, reduce=rank.world_size > 1)
+                       scale, device, reduce=rank.world_size > 1, halves=particles.half)
 
 
 #: The files of one reconstruction NAME: NAME + each suffix.

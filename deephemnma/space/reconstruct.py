@@ -28,12 +28,11 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from deephemnma.imaging.ctf import CTFParams, ctf_2d
+from deephemnma.imaging.ctf import CTF_STATES, CTFParams, ctf_2d
 from deephemnma.imaging.fsc import FSCCurve, fsc, soft_sphere_mask
 from deephemnma.imaging.rotations import euler_to_matrix_torch
 from deephemnma.runtime.errors import InputError
 
-CTF_MODES = ('none', 'full', 'phase_flipped')
 #: Points inserted per vectorised step: small on one CPU thread (temporaries stay in cache), large with several
 #: threads or on GPU (fewer parallel regions, whose synchronisation dominates on a busy machine).
 _SPLAT_CHUNK_SINGLE = 1 << 16
@@ -57,8 +56,8 @@ class FourierAccumulator:
 
     def __init__(self, box: int, pixel_size: float, pad: float = 1.0, ctf_mode: str = 'none',
                  device: torch.device | str = 'cpu'):
-        if ctf_mode not in CTF_MODES:
-            raise InputError(f"unknown CTF mode '{ctf_mode}' (choose one of {', '.join(CTF_MODES)})")
+        if ctf_mode not in CTF_STATES:
+            raise InputError(f"unknown CTF mode '{ctf_mode}' (choose one of {', '.join(CTF_STATES)})")
         self.box, self.pixel_size, self.ctf_mode = int(box), float(pixel_size), ctf_mode
         self.size = padded_size(self.box, pad)
         self.device = torch.device(device)
@@ -238,37 +237,41 @@ class Reconstruction:
 def reconstruct(batches: Iterable[Tuple[np.ndarray, np.ndarray]], angles: np.ndarray, shifts: np.ndarray,
                 box: int, pixel_size: float, ctf: Optional[CTFParams] = None, ctf_mode: str = 'none',
                 pad: float = 1.0, wiener: float = 0.01, shift_scale: float = 1.0,
-                device: torch.device | str = 'cpu', reduce: bool = False) -> Reconstruction:
+                device: torch.device | str = 'cpu', reduce: bool = False,
+                halves: Optional[np.ndarray] = None) -> Reconstruction:
     """Reconstruct from ``batches`` of ``(indices, images)``; poses are looked up by those indices.
 
     ``angles`` (n, 3) degrees and ``shifts`` (n, 2) pixels for all n images (``shift_scale`` multiplies the
     shifts, for images at another size than the poses); ``ctf`` per-image parameters when ``ctf_mode`` is not
-    ``'none'``. Images with even index go to half 1, odd to half 2. ``reduce`` sums over torchrun ranks.
+    ``'none'``. ``halves`` (1 or 2 per image, e.g. RELION's ``rlnRandomSubset``) assigns the half maps; without
+    it images with even index go to half 1, odd to half 2. ``reduce`` sums over torchrun ranks.
     """
     angles, shifts = _check_poses(angles, shifts)
     if ctf_mode != 'none' and ctf is None:
         raise InputError(f"CTF mode '{ctf_mode}' needs the CTF parameters of the particles (none given)")
-    halves = [FourierAccumulator(box, pixel_size, pad, ctf_mode, device) for _ in range(2)]
+    accumulators = [FourierAccumulator(box, pixel_size, pad, ctf_mode, device) for _ in range(2)]
     for indices, images in batches:
         indices = np.asarray(indices)
         if indices.size and indices.max() >= len(angles):
             raise InputError(f'image {int(indices.max()) + 1} has no pose: only {len(angles)} poses are given '
                              '(particles and poses do not match)')
-        for half, accumulator in enumerate(halves):
-            take = np.nonzero(indices % 2 == half)[0]
+        half_of = indices % 2 if halves is None else np.asarray(halves)[indices].astype(np.int64) - 1
+        for half, accumulator in enumerate(accumulators):
+            take = np.nonzero(half_of == half)[0]
             if take.size:
                 chosen = indices[take]
                 accumulator.insert(images[take], angles[chosen], shifts[chosen] * shift_scale,
                                    ctf.rows(chosen) if ctf is not None and ctf_mode != 'none' else None)
     if reduce:
-        for accumulator in halves:
+        for accumulator in accumulators:
             accumulator.all_reduce()
-    if halves[0].count == 0 or halves[1].count == 0:
-        raise InputError(f'{halves[0].count + halves[1].count} image(s): a reconstruction with half maps needs '
-                         'at least 2 images')
-    half_maps = (halves[0].volume(wiener), halves[1].volume(wiener))
-    halves[0].add(halves[1])
-    return Reconstruction(halves[0].volume(wiener), half_maps, float(pixel_size), halves[0].count)
+    first, second = accumulators
+    if first.count == 0 or second.count == 0:
+        raise InputError(f'{first.count} and {second.count} image(s) in the two halves: a reconstruction with half '
+                         'maps needs images in both')
+    half_maps = (first.volume(wiener), second.volume(wiener))
+    first.add(second)
+    return Reconstruction(first.volume(wiener), half_maps, float(pixel_size), first.count)
 
 
 def _check_poses(angles: Optional[np.ndarray], shifts: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:

