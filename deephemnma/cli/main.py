@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import deephemnma
 from deephemnma import cli as cli_package
-from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.errors import InputError, Terminated, record_stop
 
 _NOT_COMMANDS = {'main'}
 #: Exit statuses of the ``deephemnma`` program.
@@ -85,12 +85,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return int(result or 0)
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived (a queue system or a user stopping the job)."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _stop(signum, frame) -> None:
+    """Ctrl-C or SIGTERM: recorded (so that the outputs are never committed after it), then raised."""
+    record_stop(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def console(argv: Optional[List[str]] = None) -> int:
@@ -98,7 +96,20 @@ def console(argv: Optional[List[str]] = None) -> int:
     bad input (a missing or malformed file, an impossible setting) 2; a fault of the system (disk full, no
     permission) 1, naming the path; Ctrl-C 130 and SIGTERM 143, after the interrupted command has kept what a
     rerun resumes from (see :mod:`deephemnma.runtime.outputs`)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    record_stop(None)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _stop)
+    if handlers[signal.SIGINT] is signal.default_int_handler:  # an ignored Ctrl-C (nohup, &) stays ignored
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        return _run(argv)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run(argv: Optional[List[str]]) -> int:
+    """:func:`main`, each failure turned into its line and exit status (see :func:`console`)."""
     try:
         return main(argv)
     except InputError as error:

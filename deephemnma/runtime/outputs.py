@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from deephemnma.runtime.distributed import Rank, barrier
-from deephemnma.runtime.errors import InputError
+from deephemnma.runtime.errors import InputError, raise_if_stopped
 from deephemnma.runtime.files import apply_user_mode, atomic_path
 
 #: Files of at most this size enter a fingerprint by their content (metadata); larger ones (image stacks,
@@ -170,7 +170,9 @@ class Outputs:
                       and '.work' not in p.relative_to(self.staging).parts)
 
     def commit(self) -> List[Path]:
-        """Move every staged output into place (rank 0); returns the final paths."""
+        """Move every staged output into place (rank 0); returns the final paths. A run asked to stop by a signal
+        never commits."""
+        raise_if_stopped()
         barrier(self.rank)
         if not self.rank.is_main:
             return []

@@ -30,6 +30,8 @@ import pytest
 
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import read_stack
+from deephemnma.runtime.errors import record_stop
+from deephemnma.runtime.outputs import Outputs
 from deephemnma.simulate.config import SimulationConfig
 from deephemnma.simulate.dataset import simulate_to_disk
 from deephemnma.tests.commands import Run, run
@@ -45,6 +47,7 @@ PROGRAM = [sys.executable, '-m', 'deephemnma.cli.main']
 def start(*argv, limit_bytes: Optional[int] = None, umask: Optional[int] = None) -> subprocess.Popen:
     """``deephemnma ARGV`` as a separate process (optionally with a file-size limit, as a full disk)."""
     def prepare():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a suite started in the background inherits Ctrl-C ignored
         if limit_bytes is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
@@ -720,6 +723,22 @@ def reconstruct_interrupted_keeps_earlier_maps(ws: Workspace, tmp: Path):
     refused(finish(process), 130, 'interrupted')
     assert snapshot(tmp / 'maps') == before
     assert not list((tmp / 'maps').glob('.deephemnma-*.partial'))
+
+
+@case('lost-or-damaged')
+def swallowed_interrupt_never_commits(ws: Workspace, tmp: Path):
+    """An interrupt that Python swallowed (raised inside a finaliser, only printed) still stops the commit."""
+    (tmp / 'out').mkdir()
+    (tmp / 'out' / 'result.txt').write_text('earlier')
+    try:
+        with pytest.raises(KeyboardInterrupt), Outputs(tmp / 'out', 'test') as outputs:
+            outputs.path('result.txt').write_text('later')
+            record_stop(signal.SIGINT)  # as the handler records it, without the exception it raised
+            outputs.commit()
+    finally:
+        record_stop(None)
+    assert (tmp / 'out' / 'result.txt').read_text() == 'earlier'
+    assert not list((tmp / 'out').glob('.deephemnma-*.partial'))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from scipy.spatial.transform import Rotation
 from deephemnma.data import stacks
 from deephemnma.data.cryosparc import read_cs
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.data.images import write_stack
+from deephemnma.data.images import write_map, write_stack
 from deephemnma.data.particles import stack_locations
 from deephemnma.data.star import read_star_tables
 from deephemnma.imaging.contrast import contrast_evidence, is_inverted
@@ -43,6 +43,8 @@ from deephemnma.simulate.export import (
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ak_setup
 from deephemnma.space.centroids import write_centroids
+from deephemnma.space.reconstruct import reconstruct
+from deephemnma.space.reduction import fit_space
 from deephemnma.tests.commands import run
 
 RELION_STAR = Path(__file__).resolve().parents[1] / 'data' / 'relion31_two_optics_groups.star'
@@ -261,6 +263,45 @@ def test_centroid_structure_sits_in_its_map(ca_modes, tmp_path):
     z, y, x = np.indices(density.shape)
     centre = np.array([(density * axis).sum() for axis in (x, y, z)]) / density.sum() * voxel + origin
     assert np.linalg.norm(centre - atoms.mean(axis=0)) < 0.5 * pixel
+
+
+def test_animate_writes_a_chimerax_script_that_opens_what_it_names(ca_modes, tmp_path):
+    """Group maps with their centroids, the axis animation with a slider and the axis map series, every file the
+    script opens present where the script says (relative to its folder)."""
+    ca_modes.save(tmp_path / 'modes.npz')
+    amplitudes = np.random.default_rng(6).normal(0.0, 50.0, (200, len(ca_modes)))
+    fit_space({'hemnma': amplitudes}, 'pca', 2).save(tmp_path / 'space.pkl')
+    np.savetxt(tmp_path / 'centroids.txt', amplitudes[:2])
+    write_map(tmp_path / 'group_001.mrc', np.zeros((16, 16, 16)), 3.0)
+    out = tmp_path / 'animate'
+    result = run('animate', '--modes', tmp_path / 'modes.npz', '--space', tmp_path / 'space.pkl', '--centroids',
+                 tmp_path / 'centroids.txt', '--box', 16, '--pixel-size', 3.0, '--frames', 3, '--no-gif',
+                 '--map-series', '--group-maps', tmp_path / 'group_001.mrc', '-o', out)
+    assert result.status == 0, result.err
+    script = (out / 'chimerax.cxc').read_text()
+    for line in ('open centroid_001.pdb', 'open centroid_002.mrc', 'open ../group_001.mrc',
+                 'open axis_1.pdb coordsets true', 'open axis_1_frame_01.mrc axis_1_frame_02.mrc axis_1_frame_03.mrc '
+                 'vseries true'):
+        assert line in script.splitlines(), (line, script)
+    assert 'coordset slider' in script and 'vseries slider' in script
+    opened = [name for line in script.splitlines() if line.startswith('open ')
+              for name in line.split()[1:] if '.' in name]
+    assert all((out / name).exists() for name in opened), opened
+
+
+def test_half_maps_follow_the_random_subsets():
+    """Images of subset 2 are blank: with the subsets its half map is empty, with even/odd both halves fill."""
+    box, count = 16, 40
+    rng = np.random.default_rng(7)
+    images = rng.normal(0.0, 1.0, (count, box, box)).astype(np.float32)
+    halves = np.where(np.arange(count) < count // 2, 1, 2)
+    images[halves == 2] = 0.0
+    angles = rng.uniform(-180, 180, (count, 3))
+    shifts = np.zeros((count, 2))
+    by_subset = reconstruct([(np.arange(count), images)], angles, shifts, box, 2.0, halves=halves)
+    by_parity = reconstruct([(np.arange(count), images)], angles, shifts, box, 2.0)
+    assert np.abs(by_subset.half_maps[1]).max() == 0.0 < np.abs(by_subset.half_maps[0]).max()
+    assert np.abs(by_parity.half_maps[1]).max() > 0.0
 
 
 # ----------------------------------------------------------------------------------------------
