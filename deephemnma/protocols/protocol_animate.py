@@ -22,7 +22,8 @@ MODES_XMD = 'modes.xmd'
 class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
     """Atomic structures from the conformational space: the centroid conformation of each group (the
     reference deformed by the group's mean amplitudes, with its simulated map for comparison with the group's
-    reconstruction), and animations of the reference along the axes of the space (multi-model PDB and GIF)."""
+    reconstruction), and animations of the reference along the axes of the space (multi-model PDB and GIF, and
+    optionally a map series); ``chimerax.cxc`` opens them all, with the groups' reconstructions, in one frame."""
 
     _label = 'animate space'
 
@@ -37,12 +38,18 @@ class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
                       label='Groups (optional)', help='Particle groups: one centroid structure and map each.')
         form.addParam('inputSpace', params.PointerParam, pointerClass='DeepHemnmaProtSpace', allowsNull=True,
                       label='Space (optional)', help='A conformational space protocol: animate along its axes.')
+        form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes', allowsNull=True,
+                      label='Group maps (optional)',
+                      help="The groups' reconstructions: chimerax.cxc opens them with the centroid structures.")
         form.addSection(label='Output')
         form.addParam('axes', params.NumericListParam, default='1', label='Axes to animate',
                       help='1-based axes of the space.')
         form.addParam('frames', params.IntParam, default=11, label='Frames', help='Conformations per animation.')
         form.addParam('spread', params.FloatParam, default=2.0, label='Range (standard deviations)',
                       help='Each animation spans +-range standard deviations of its axis through the mean.')
+        form.addParam('mapSeries', params.BooleanParam, default=False, label='Map series along each axis',
+                      help='Also write the map of each animation frame (axis_N_frame_KK.mrc), which chimerax.cxc '
+                           'opens as a volume series with a slider.')
         form.addParam('box', params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label='Map box (px)',
                       help='Size of the simulated maps and projections; 0: that of the groups\' images.')
         form.addParam('pixelSize', params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
@@ -83,6 +90,11 @@ class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
         if self.inputSpace.get() is not None:
             arguments += (f' --space {self.inputSpace.get().space_path()} --axes {" ".join(map(str, self._axes()))} '
                           f'--frames {self.frames.get()} --spread {self.spread.get()}')
+            if self.mapSeries.get():
+                arguments += ' --map-series'
+        if self.inputVolumes.get() is not None:
+            arguments += ' --group-maps ' + ' '.join(os.path.abspath(volume.getFileName())
+                                                     for volume in self.inputVolumes.get())
         self.runCommand('animate', arguments)
 
     def _axes(self):

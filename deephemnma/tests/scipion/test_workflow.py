@@ -73,6 +73,19 @@ class TestSyntheticWorkflow(BaseTest):
             self.assertGreater(fsc['images'], 0)
             self.assertGreater(fsc['half_maps']['fsc'][1], 0.5, 'low-frequency half-map agreement')
 
+    def test_chimerax_script_opens_group_maps_centroids_and_map_series(self):
+        animate = self.runs['DeepHemnmaProtAnimate']
+        folder = self.proj.getPath(animate._getExtraPath())
+        with open(os.path.join(folder, 'chimerax.cxc')) as handle:
+            script = handle.read()
+        opened = [name for line in script.splitlines() if line.startswith('open ')
+                  for name in line.split()[1:] if '.' in name]
+        self.assertTrue(all(os.path.exists(os.path.join(folder, name)) for name in opened), opened)
+        self.assertEqual(3, sum(name.startswith('..') and name.endswith('.mrc') for name in opened),
+                         'the three group reconstructions')
+        self.assertIn('centroid_003.pdb', opened)
+        self.assertIn('vseries true', script)
+
     def test_screenshots_of_space_viewer_training_curves_and_form(self):
         from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer
         from deephemnma.viewers.viewer_train import DeepHemnmaNetworkViewer
