@@ -262,11 +262,16 @@ def evaluate_nan_truth(ws: Workspace, tmp: Path):
     refused(run('evaluate', '-e', estimated, '-t', truth), 2, 'truth.star')
 
 
+def _align_refuses_edited_star(ws: Workspace, tmp: Path, old: str, new: str, mentions: str) -> None:
+    """``align`` on the workspace's STAR with ``old`` replaced by ``new`` stops with exit 2 mentioning ``mentions``."""
+    star = tmp / 'edited.star'
+    star.write_text(ws.copy_star(tmp).read_text().replace(old, new))
+    refused(run('align', '-i', star, '--modes', ws.modes, '-o', tmp / 'out.star', *ALIGN), 2, mentions)
+
+
 @case('silent-wrong-result')
 def align_zero_pixel_size_in_file(ws: Workspace, tmp: Path):
-    star = tmp / 'zero.star'
-    star.write_text(ws.copy_star(tmp).read_text().replace('3.500000', '0.000000'))
-    refused(run('align', '-i', star, '--modes', ws.modes, '-o', tmp / 'out.star', *ALIGN), 2, 'pixel size')
+    _align_refuses_edited_star(ws, tmp, '3.500000', '0.000000', 'pixel size')
 
 
 @case('silent-wrong-result')
@@ -367,9 +372,7 @@ def truncated_stack(ws: Workspace, tmp: Path):
 
 @case('traceback-or-exit-code')
 def star_without_image_column(ws: Workspace, tmp: Path):
-    star = tmp / 'noimage.star'
-    star.write_text(ws.copy_star(tmp).read_text().replace('_rlnImageName', '_rlnSomethingElse'))
-    refused(run('align', '-i', star, '--modes', ws.modes, '-o', tmp / 'out.star', *ALIGN), 2, 'rlnImageName')
+    _align_refuses_edited_star(ws, tmp, '_rlnImageName', '_rlnSomethingElse', 'rlnImageName')
 
 
 @case('traceback-or-exit-code')
