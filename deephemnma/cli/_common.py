@@ -46,6 +46,16 @@ def result_settings(args: argparse.Namespace, also_ignore: Iterable[str] = ()) -
     return {name: value for name, value in sorted(vars(args).items()) if name not in ignored}
 
 
+def add_deformation_arg(parser: argparse.ArgumentParser) -> None:
+    """``--deformation``: how amplitudes move the reference (:mod:`deephemnma.nma.deform`)."""
+    from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS
+    parser.add_argument('--deformation', choices=DEFORMATIONS, default=DEFAULT_DEFORMATION,
+                        help="how amplitudes move the reference: 'screw' (default) turns each neighbourhood by the "
+                             "true rotation its modes start, so large motions (a domain closing by tens of degrees) "
+                             "keep their geometry; 'linear' adds the mode vectors (Xmipp's and ContinuousFlex's "
+                             "model, for amplitudes exchanged with them). Both agree for small amplitudes")
+
+
 def add_contrast_args(parser: argparse.ArgumentParser, ctf_option: bool = False) -> None:
     """``--invert-data`` (and, for commands without their own, ``--ctf``: what the images carry of the CTF)."""
     from deephemnma.imaging.contrast import INVERT_CHOICES

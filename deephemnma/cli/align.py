@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from deephemnma.cli._common import (
     add_contrast_args,
+    add_deformation_arg,
     contrast_decision,
     finite_float,
     positive_float,
@@ -48,6 +49,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
+    add_deformation_arg(parser)
     parser.add_argument('--base-dir', help="folder relative image paths start from (default: the particle "
                                            "file's folder)")
     parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
@@ -92,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         columns = (('angles', 'shifts') if args.local else ()) + (('ctf',) if args.ctf != 'none' else ())
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         modes = load_modes(args.modes, args.reference, args.select)
-        reference = reference_from_modes(modes, args.model)
+        reference = reference_from_modes(modes, args.model, deformation=args.deformation)
         inputs = [args.particles, args.modes, args.reference]
         with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:

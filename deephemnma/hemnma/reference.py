@@ -15,6 +15,7 @@ import numpy as np
 
 from deephemnma.imaging.projection import AtomModel
 from deephemnma.molecule.scattering import gaussian_parameters, gaussian_variances
+from deephemnma.nma.deform import DEFAULT_DEFORMATION, model_rotations
 
 #: Main-chain atom names: with ``split_side_chains`` they form one bead per residue, the others a second one.
 MAIN_CHAIN_ATOMS = frozenset({'N', 'CA', 'C', 'O', 'OXT', 'P', "O5'", "C5'", "C4'", "C3'", "O3'", 'OP1', 'OP2'})
@@ -77,13 +78,19 @@ class AlignReference:
 
     ``coords`` (N, 3) Angstrom, centred on the box centre; ``vectors`` (M, N, 3) displacements per unit
     amplitude (amplitudes keep the meaning they have on the model the modes were computed on);
-    ``mode_numbers`` (M,) Xmipp numbers.
+    ``mode_numbers`` (M,) Xmipp numbers; ``rotations`` (M, N, 3) the local angular velocities of the screw
+    deformation model, None for the linear model (:mod:`deephemnma.nma.deform`).
     """
 
     coords: np.ndarray
     model: AtomModel
     vectors: np.ndarray
     mode_numbers: np.ndarray
+    rotations: Optional[np.ndarray] = None
+
+    @property
+    def deformation(self) -> str:
+        return 'linear' if self.rotations is None else 'screw'
 
     @property
     def num_modes(self) -> int:
@@ -100,7 +107,8 @@ class AlignReference:
         return float(np.sqrt((weights * ((self.coords - centre) ** 2).sum(1)).sum() / weights.sum()))
 
 
-def reference_from_modes(modes, coarse: str = 'residues2', centre: Optional[np.ndarray] = None) -> AlignReference:
+def reference_from_modes(modes, coarse: str = 'residues2', centre: Optional[np.ndarray] = None,
+                         deformation: str = DEFAULT_DEFORMATION) -> AlignReference:
     """Build the reference from :class:`~deephemnma.nma.modes.NormalModes` (vectors on ``modes.structure``).
 
     ``coarse``: ``'residues2'`` two Gaussian beads per residue (main chain and side chain), ``'residues'`` one
@@ -110,7 +118,16 @@ def reference_from_modes(modes, coarse: str = 'residues2', centre: Optional[np.n
     of :data:`CA_BEAD_SIGMA`; a pseudoatom model (Xmipp's ``fixedGaussian`` remark) its own Gaussians, with
     the weights of its B-factor column. ``centre`` (Angstrom) is subtracted from the coordinates; default the
     geometric centre of the structure's atoms (Xmipp's ``--centerPDB``, and the simulator's convention).
+    ``deformation``: 'screw' or 'linear' (:mod:`deephemnma.nma.deform`); the screw model's local rotations
+    are fitted on the reference model itself (beads, atoms or pseudoatoms).
     """
+    reference = _reference_model(modes, coarse, centre)
+    reference.rotations = model_rotations(reference.coords, reference.vectors, deformation)
+    return reference
+
+
+def _reference_model(modes, coarse: str, centre: Optional[np.ndarray]) -> AlignReference:
+    """The linear reference of :func:`reference_from_modes`."""
     structure = modes.structure
     origin = structure.centre() if centre is None else np.asarray(centre, dtype=np.float64)
     numbers = np.asarray(modes.numbers)

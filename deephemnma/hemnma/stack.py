@@ -42,7 +42,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     store = ChunkStore(work_folder, len(particles), chunk_size,
                        {'settings': settings.__dict__, 'local': local, 'box': reader.box,
                         'modes': reference.mode_numbers, 'pixel_size': particles.pixel_size,
-                        'atoms': int(reference.coords.shape[0])})
+                        'atoms': int(reference.coords.shape[0]), 'deformation': reference.deformation})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:
         index = np.asarray(positions)
