@@ -7,12 +7,20 @@ underfocus, then phase-flipped; 128 x 128 at 0.65 A/px (SNR 0.1 and noise-free) 
 all-atom modes restricted to it, never the simulator's atomic model, and searches globally (no prior pose).
 Where torch sees a GPU, ``images_per_second_gpu`` times the same search there on ``--gpu-count`` copies of the
 SNR 0.1 images. Angles are scored by the geodesic angle between estimated and true rotations (median) and by
-the paper's mean angle between rotated axes.
+the paper's mean angle between rotated axes. ``--deformation`` chooses the aligner's deformation model (default:
+the project's default, :mod:`deephemnma.nma.deform`); run it once per model to compare their CPU cost
+(``images_per_second_cpu``).
+
+Independent image path (``independent_clean_*``): ``--clean-count`` noise-free 64 x 64 images of 2.2 A/px of the
+same helix conformations made by :mod:`deephemnma.simulate.independent` (voxel map of the deformed atoms,
+rotated by spline interpolation, summed along z; not the simulator's exact Fourier projection of Peng's form
+factors), aligned the same way.
 
 Examples::
 
     deephemnma bench align
     deephemnma bench align --quick --threads 16     # accuracy on CPU; the GPU speed too where torch sees one
+    deephemnma bench align --deformation linear     # Xmipp's linear model, for the comparison
 """
 from __future__ import annotations
 
@@ -29,7 +37,9 @@ from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
+from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS, deform
 from deephemnma.simulate.conformations import helix
+from deephemnma.simulate.independent import independent_images
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ak_setup, paper_ctf
@@ -42,6 +52,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads for the CPU timing')
     parser.add_argument('--chunk-size', type=int, default=50, help='images per aligner batch on CPU')
     parser.add_argument('--gpu-count', type=int, default=4096, help='images aligned for the GPU timing')
+    parser.add_argument('--deformation', choices=DEFORMATIONS, default=DEFAULT_DEFORMATION,
+                        help="the aligner's deformation model")
     parser.add_argument('--seed', type=int, default=0)
 
 
@@ -68,6 +80,16 @@ def make_dataset(setup, count: int, box: int, pixel_size: float, snr: Optional[f
     return Dataset(simulated.images, amplitudes, angles, shifts)
 
 
+def independent_dataset(setup, count: int, box: int, pixel_size: float, seed: int) -> Dataset:
+    """Noise-free images of helix conformations from the independent image path (module docstring)."""
+    amplitudes = helix(count, stream(seed, 'conformations')).amplitudes
+    angles = sample_angles(count, stream(seed, 'angles'))
+    shifts = sample_shifts(count, stream(seed, 'shifts'), 5.0)
+    coordinates = deform(setup.structure.coords, setup.modes.vectors, amplitudes).numpy()
+    images = independent_images(coordinates, setup.structure.elements, angles, shifts, box, pixel_size, paper_ctf())
+    return Dataset(images, amplitudes, angles, shifts)
+
+
 def align_dataset(aligner: Aligner, data: Dataset, chunk_size: int) -> Dict[str, np.ndarray]:
     parts = []
     for start in range(0, len(data.images), chunk_size):
@@ -89,9 +111,9 @@ def run(args: argparse.Namespace) -> dict:
     count, clean_count = (40, 20) if args.quick else (args.count, args.clean_count)
     torch.set_num_threads(args.threads)
     setup = paper_ak_setup((7, 8, 9))
-    reference = reference_from_modes(setup.modes, 'residues2')
+    reference = reference_from_modes(setup.modes, 'residues2', deformation=args.deformation)
     settings = AlignSettings()
-    figures: Dict[str, object] = {'images': count, 'clean_images': clean_count,
+    figures: Dict[str, object] = {'deformation': args.deformation, 'images': count, 'clean_images': clean_count,
                                   'reference_beads': int(reference.coords.shape[0]), 'modes': [7, 8, 9]}
 
     noisy = make_dataset(setup, count, 128, 0.65, 0.1, args.seed)
@@ -119,6 +141,12 @@ def run(args: argparse.Namespace) -> dict:
     figures.update(amp_mae_64=float(err['amp'].mean()), angle_median_deg_64=float(np.median(err['angle'])),
                    frac_angle_within_15_64=float(np.mean(err['angle'] <= 15.0)),
                    shift_mae_px_64=float(err['shift'].mean()))
+
+    independent = independent_dataset(setup, clean_count, 64, 2.2, args.seed + 3)
+    err = errors(align_dataset(Aligner(reference, 64, 2.2, settings), independent, args.chunk_size), independent)
+    figures.update(independent_clean_amp_mae=float(err['amp'].mean()),
+                   independent_clean_angle_median_deg=float(np.median(err['angle'])),
+                   independent_clean_shift_mae_px=float(err['shift'].mean()))
 
     figures['images_per_second_gpu'] = gpu_throughput(reference, settings, noisy, args.gpu_count) \
         if torch.cuda.is_available() else None

@@ -50,10 +50,12 @@ def add_deformation_arg(parser: argparse.ArgumentParser) -> None:
     """``--deformation``: how amplitudes move the reference (:mod:`deephemnma.nma.deform`)."""
     from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS
     parser.add_argument('--deformation', choices=DEFORMATIONS, default=DEFAULT_DEFORMATION,
-                        help="how amplitudes move the reference: 'screw' (default) turns each neighbourhood by the "
-                             "true rotation its modes start, so large motions (a domain closing by tens of degrees) "
-                             "keep their geometry; 'linear' adds the mode vectors (Xmipp's and ContinuousFlex's "
-                             "model, for amplitudes exchanged with them). Both agree for small amplitudes")
+                        help="how amplitudes move the reference: 'linear' (default) adds the mode vectors (Xmipp's "
+                             "and ContinuousFlex's model; amplitudes exchangeable with them); 'screw' turns each "
+                             "neighbourhood by the true rotation its modes start, so large motions (a domain "
+                             "closing by tens of degrees) keep their geometry (better on a real open-to-closed "
+                             "transition, worse on motions that really are linear; see the README). Both agree for "
+                             "small amplitudes; use the same model in align and animate")
 
 
 def add_contrast_args(parser: argparse.ArgumentParser, ctf_option: bool = False) -> None:

@@ -6,7 +6,8 @@
 and, with ``--box``/``--pixel-size``, the map ``centroid_NNN.mrc`` to compare with each group's reconstruction.
 With ``--space`` writes, for each ``--axes``, ``axis_N.pdb`` (multi-model: ``--frames`` conformations from
 -spread to +spread standard deviations of the axis, mapped back to amplitudes) and ``axis_N.gif`` (projections
-at ``--view``).
+at ``--view``). ``--deformation`` must be the model the amplitudes were estimated with (``deephemnma align``'s,
+default linear for both).
 
 Examples::
 
@@ -20,7 +21,7 @@ import json
 import os
 from pathlib import Path
 
-from deephemnma.cli._common import finite_float, positive_float, positive_int, result_settings
+from deephemnma.cli._common import add_deformation_arg, finite_float, positive_float, positive_int, result_settings
 from deephemnma.nma.deform import write_animation
 from deephemnma.nma.files import load_modes
 from deephemnma.nma.modes import check_amplitude_table
@@ -43,6 +44,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers of the amplitudes (default: all)')
     parser.add_argument('-o', '--output', required=True, help='output folder')
+    add_deformation_arg(parser)
     parser.add_argument('--space', help='space.pkl: animate along its axes')
     parser.add_argument('--axes', type=positive_int, nargs='+', default=[1], help='axes to animate (1-based)')
     parser.add_argument('--frames', type=positive_int, default=11, help='conformations per animation')
@@ -72,15 +74,16 @@ def main(args: argparse.Namespace) -> int:
     with Outputs(args.output, 'animate', inputs, result_settings(args)) as outputs:
         if rows is not None:
             box, pixel = (None, None) if args.no_maps else (args.box, args.pixel_size)
-            write_centroids(outputs.path(), modes, rows, box, pixel)
+            write_centroids(outputs.path(), modes, rows, box, pixel, args.deformation)
         for axis in args.axes if space is not None else []:
             amplitudes = axis_amplitudes(space, axis - 1, args.frames, args.spread)
-            coordinates = write_animation(outputs.path(f'axis_{axis}.pdb'), modes, amplitudes)
+            coordinates = write_animation(outputs.path(f'axis_{axis}.pdb'), modes, amplitudes, args.deformation)
             if not args.no_gif:
                 frames = projection_frames(modes, coordinates, args.box, args.pixel_size, args.view)
                 write_gif(outputs.path(f'axis_{axis}.gif'), frames)
             if args.map_series:
-                write_map_series(outputs.path(), f'axis_{axis}', modes, amplitudes, args.box, args.pixel_size)
+                write_map_series(outputs.path(), f'axis_{axis}', modes, amplitudes, args.box, args.pixel_size,
+                                 args.deformation)
         names = sorted(str(p.relative_to(outputs.path())) for p in outputs.path().rglob('*')
                        if p.suffix in ('.pdb', '.mrc'))
         names += [os.path.relpath(Path(path).resolve(), outputs.final().resolve()) for path in args.group_maps or []]

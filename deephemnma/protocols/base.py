@@ -19,6 +19,7 @@ from pyworkflow.utils import Environ
 from deephemnma.convert.particles import ctf_state_of
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.molecule.structure import COARSE_LEVELS
+from deephemnma.nma.deform import DEFORMATIONS
 
 #: The forms' choices of what the images carry of the CTF: the set's own state first, then the states themselves.
 CTF_CHOICES = ('as the particle set says', *CTF_STATES)
@@ -94,6 +95,22 @@ class DeepHemnmaProtocol(EMProtocol):
         form.addParam('invertData', params.EnumParam, choices=list(CONTRAST_CHOICES), default=0,
                       label='Contrast', help='RELION and cryoSPARC extract particles with inverted contrast (protein '
                                             'white): detect it from the data, or say it.')
+
+    @classmethod
+    def _defineDeformationParam(cls, form, condition: str = 'True') -> None:
+        """The deformation model (``deformation``): how amplitudes move the reference."""
+        form.addParam('deformation', params.EnumParam, choices=list(DEFORMATIONS), default=0, condition=condition,
+                      label='Deformation model',
+                      help='linear (default): x0 + sum q_k v_k, the model of Xmipp and ContinuousFlex (amplitudes '
+                           'exchangeable with them). screw: each neighbourhood of the reference turns by the true '
+                           'rotation its modes start, so large motions (a domain closing by tens of degrees) keep '
+                           'their geometry; on the adenylate kinase open-to-closed benchmark it orders the '
+                           'particles better than the linear model, on motions that really are linear it is worse. '
+                           'Both agree for small amplitudes. Use the same model in the alignment and in the '
+                           'animations.')
+
+    def _deformationArgument(self) -> str:
+        return f'--deformation {DEFORMATIONS[self.deformation.get()]}'
 
     def _ctfState(self, particle_set) -> str:
         """The CTF state of the images (the form's choice, or the set's own)."""

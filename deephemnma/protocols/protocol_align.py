@@ -45,6 +45,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                       help='residues2: two Gaussian beads per residue (main chain, side chain); residues: one '
                            'per residue; atoms: every atom with Peng scattering factors. Pseudoatom references '
                            'are always used as they are.')
+        self._defineDeformationParam(form, condition='backend == 0')
         self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
@@ -97,6 +98,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         arguments = (f'-i {self._getExtraPath("particles.star")} -o {self._outputPath()} '
                      f'--modes {self._getExtraPath("modes.xmd")} --reference {self._referencePath()} '
                      f'--select {select} --model {MODEL_CHOICES[self.referenceModel.get()]} '
+                     f'{self._deformationArgument()} '
                      f'{self._imageArguments(self.inputParticles.get())} --angular-step {self.angularStep.get()} '
                      f'--shift-range {self.shiftRange.get()} --chunk-size {self.chunkSize.get()} '
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')

@@ -41,6 +41,7 @@ class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
         form.addParam('inputVolumes', params.PointerParam, pointerClass='SetOfVolumes', allowsNull=True,
                       label='Group maps (optional)',
                       help="The groups' reconstructions: chimerax.cxc opens them with the centroid structures.")
+        self._defineDeformationParam(form)
         form.addSection(label='Output')
         form.addParam('axes', params.NumericListParam, default='1', label='Axes to animate',
                       help='1-based axes of the space.')
@@ -84,7 +85,7 @@ class DeepHemnmaProtAnimate(DeepHemnmaProtocol):
         reference = os.path.abspath(self.inputModes.get().getPdb().getFileName())
         arguments = (f'--modes {self._getExtraPath(MODES_XMD)} --reference {reference} '
                      f'--select {" ".join(map(str, self._numbers()))} -o {self._getExtraPath()} '
-                     f'--box {box} --pixel-size {pixel}')
+                     f'--box {box} --pixel-size {pixel} {self._deformationArgument()}')
         if self.inputGroups:
             arguments += f' --centroids {self._getExtraPath(CENTROIDS_FILE)}'
         if self.inputSpace.get() is not None:

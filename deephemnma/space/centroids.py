@@ -22,7 +22,7 @@ from deephemnma.imaging.projection import AtomModel, project_atoms
 from deephemnma.imaging.rotations import euler_to_matrix
 from deephemnma.molecule.density import atoms_to_map
 from deephemnma.molecule.structure import write_structure
-from deephemnma.nma.deform import deformed_coordinates
+from deephemnma.nma.deform import DEFAULT_DEFORMATION, deformed_coordinates
 from deephemnma.nma.modes import NormalModes
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
@@ -30,9 +30,10 @@ from deephemnma.space.reduction import Space, axis_points
 
 
 def conformation_maps(modes: NormalModes, amplitudes: np.ndarray, box: int, pixel_size: float,
-                      bfactor: float = 0.0) -> List[np.ndarray]:
-    """Maps ``(box, box, box)`` of the reference deformed by each amplitude row (centred on the reference)."""
-    return _coordinate_maps(modes, deformed_coordinates(modes, amplitudes), box, pixel_size, bfactor)
+                      bfactor: float = 0.0, deformation: str = DEFAULT_DEFORMATION) -> List[np.ndarray]:
+    """Maps ``(box, box, box)`` of the reference deformed by each amplitude row (centred on the reference;
+    ``deformation``: the model the amplitudes were estimated with)."""
+    return _coordinate_maps(modes, deformed_coordinates(modes, amplitudes, deformation), box, pixel_size, bfactor)
 
 
 def _coordinate_maps(modes: NormalModes, coordinates: np.ndarray, box: int, pixel_size: float,
@@ -44,12 +45,14 @@ def _coordinate_maps(modes: NormalModes, coordinates: np.ndarray, box: int, pixe
 
 
 def write_centroids(folder: str | os.PathLike, modes: NormalModes, centroid_amplitudes: np.ndarray,
-                    box: Optional[int] = None, pixel_size: Optional[float] = None) -> List[Path]:
-    """Write ``centroid_NNN.pdb`` (and ``centroid_NNN.mrc`` when ``box`` and ``pixel_size`` are given)."""
+                    box: Optional[int] = None, pixel_size: Optional[float] = None,
+                    deformation: str = DEFAULT_DEFORMATION) -> List[Path]:
+    """Write ``centroid_NNN.pdb`` (and ``centroid_NNN.mrc`` when ``box`` and ``pixel_size`` are given), the
+    reference deformed by each row of amplitudes with the ``deformation`` model."""
     from deephemnma.data.images import write_map
     folder = Path(folder)
     written = []
-    coordinates = deformed_coordinates(modes, centroid_amplitudes)
+    coordinates = deformed_coordinates(modes, centroid_amplitudes, deformation)
     maps = _coordinate_maps(modes, coordinates, box, pixel_size) if box and pixel_size else None
     for number, coords in enumerate(coordinates, start=1):
         path = folder / f'centroid_{number:03d}.pdb'
@@ -96,12 +99,13 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, duration_ms: int = 12
 
 
 def write_map_series(folder: str | os.PathLike, name: str, modes: NormalModes, amplitudes: np.ndarray, box: int,
-                     pixel_size: float) -> List[Path]:
+                     pixel_size: float, deformation: str = DEFAULT_DEFORMATION) -> List[Path]:
     """The maps of the reference deformed by each amplitude row, ``NAME_frame_KK.mrc`` (a series ChimeraX plays
     with a slider)."""
     from deephemnma.data.images import write_map
     paths = []
-    for frame, volume in enumerate(conformation_maps(modes, amplitudes, box, pixel_size), start=1):
+    for frame, volume in enumerate(conformation_maps(modes, amplitudes, box, pixel_size,
+                                                               deformation=deformation), start=1):
         path = Path(folder) / f'{name}_frame_{frame:02d}.mrc'
         write_map(path, volume, pixel_size)
         paths.append(path)

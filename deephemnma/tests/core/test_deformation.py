@@ -77,7 +77,8 @@ def test_screw_jacobian_is_the_rotation_about_a_point():
 def test_model_choice_reaches_reference_and_animations(ca_modes):
     modes = ca_modes.select([7, 8, 9])
     linear = reference_from_modes(modes, 'residues', deformation='linear')
-    screw = reference_from_modes(modes, 'residues')
+    screw = reference_from_modes(modes, 'residues', deformation='screw')
+    assert reference_from_modes(modes, 'residues').deformation == 'linear'      # the default
     assert linear.rotations is None and linear.deformation == 'linear'
     assert screw.deformation == 'screw' and screw.rotations.shape == screw.vectors.shape
     amplitudes = [[150.0, 0, 0]]
