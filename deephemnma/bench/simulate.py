@@ -45,9 +45,9 @@ from scipy import ndimage
 
 from deephemnma.imaging.ctf import CTFParams, ctf_zero_frequencies
 from deephemnma.imaging.filters import fourier_crop
-from deephemnma.imaging.rotations import euler_to_matrix
 from deephemnma.molecule.density import atoms_to_map
 from deephemnma.simulate import conformations as conf
+from deephemnma.simulate.independent import project_volume
 from deephemnma.simulate.parameters import sample_angles, sample_shifts
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import SimulationSetup, paper_ak_setup, paper_ctf
@@ -73,17 +73,11 @@ def voxel_projection_cc(setup: SimulationSetup, angles: np.ndarray, shifts: np.n
     fine_box, fine_pixel = box * oversampling, pixel_size / oversampling
     volume = atoms_to_map(setup.structure.coords, list(setup.structure.elements), fine_box, fine_pixel)
     coefficients = ndimage.spline_filter(volume.astype(np.float64), order=3)
-    centre = np.full(3, fine_box // 2, dtype=np.float64)
-    flip = np.eye(3)[::-1]  # (x, y, z) <-> (z, y, x) index order
     frequency = np.fft.fftfreq(box) * box
     disc = np.hypot(frequency[:, None], frequency[None, :]) < box / 2  # below Nyquist in every direction
     out = []
     for pose, shift, reference in zip(angles, shifts, analytic):
-        # Output voxel r' (rotated frame) takes the input at A^T r' (the atom at r goes to A r).
-        matrix = flip @ euler_to_matrix(pose).T @ flip
-        rotated = ndimage.affine_transform(coefficients, matrix, offset=centre - matrix @ centre, order=3,
-                                           mode='constant', prefilter=False)
-        projection = rotated.sum(axis=0) * fine_pixel
+        projection = project_volume(coefficients, pose, prefiltered=True) * fine_pixel
         image = fourier_crop(torch.as_tensor(projection, dtype=torch.float64)[None], box)[0].numpy()
         image = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(image), (-shift[1], -shift[0])) * disc).real
         reference = np.fft.ifft2(np.fft.fft2(reference) * disc).real

@@ -42,17 +42,17 @@ def voxel_map(coords: np.ndarray, elements, box: int, pixel_size: float) -> np.n
     return scipy.ndimage.gaussian_filter(volume, BLUR_ANGSTROM / pixel_size)
 
 
-def rotate_and_project(volume: np.ndarray, angles: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Image [y, x]: the map rotated by the Xmipp matrix of ``angles`` (degrees), summed along z, drawn at
-    ``-shift`` (pixels, x then y)."""
+def project_volume(volume: np.ndarray, angles: np.ndarray, prefiltered: bool = False) -> np.ndarray:
+    """Image [y, x]: the map [z, y, x] rotated by the Xmipp matrix of ``angles`` (degrees; the voxel at r goes to
+    ``A r``, cubic-spline interpolation about voxel ``box // 2``) and summed along z. ``prefiltered``: ``volume``
+    already holds the cubic-spline coefficients (``scipy.ndimage.spline_filter``, for many poses of one map)."""
     box = volume.shape[0]
-    rotation = euler_to_matrix(np.asarray(angles, dtype=np.float64))
     reverse = np.eye(3)[::-1]                                            # (x, y, z) <-> (z, y, x)
-    matrix = reverse @ rotation.T @ reverse                             # output voxel -> input voxel
+    matrix = reverse @ euler_to_matrix(np.asarray(angles, dtype=np.float64)).T @ reverse   # output -> input voxel
     centre = np.full(3, box // 2, dtype=np.float64)
-    rotated = scipy.ndimage.affine_transform(volume, matrix, centre - matrix @ centre, order=3, mode='constant')
-    image = rotated.sum(axis=0)
-    return scipy.ndimage.shift(image, (-shift[1], -shift[0]), order=3, mode='constant')
+    rotated = scipy.ndimage.affine_transform(volume, matrix, centre - matrix @ centre, order=3, mode='constant',
+                                             prefilter=not prefiltered)
+    return rotated.sum(axis=0)
 
 
 def independent_images(coordinates: np.ndarray, elements, angles: np.ndarray, shifts: np.ndarray, box: int,
@@ -62,7 +62,8 @@ def independent_images(coordinates: np.ndarray, elements, angles: np.ndarray, sh
     flip = None if ctf is None else ctf_2d(ctf, box, pixel_size, dtype=torch.float64)[0].abs().numpy()
     out = np.empty((len(coordinates), box, box), dtype=np.float32)
     for i, coords in enumerate(coordinates):
-        image = rotate_and_project(voxel_map(coords, elements, box, pixel_size), angles[i], shifts[i])
+        image = project_volume(voxel_map(coords, elements, box, pixel_size), angles[i])
+        image = scipy.ndimage.shift(image, (-shifts[i][1], -shifts[i][0]), order=3, mode='constant')
         if flip is not None:
             image = np.fft.irfft2(np.fft.rfft2(image) * flip, s=(box, box))
         out[i] = (image - image.mean()) / image.std()
