@@ -24,9 +24,12 @@ class TestProtocolAlign(SimulatedProjectCase):
         return prot
 
     def test_local_alignment_of_a_small_stack(self):
-        prot = self._align(modeList='7-9', localOnly=True, angularStep=15.0, chunkSize=3, numberOfThreads=1)
+        prot = self._align(modeList='7-9', localOnly=True, angularStep=15.0, chunkSize=3, numberOfThreads=1,
+                           deformation=1)
         self.assertEqual(prot.validate(), [])
         self.launchProtocol(prot)
+        with open(prot.getLogPaths()[0]) as log:
+            self.assertIn('--deformation screw', log.read())     # the form's model reaches the command
         output = prot.outputParticles
         self.assertEqual(output.getSize(), 6)
         self.assertTrue(output.hasAlignmentProj())
