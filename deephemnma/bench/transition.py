@@ -50,6 +50,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--count', type=int, default=180, help='particles along the path (each noise level)')
     parser.add_argument('--paper', action='store_true', help="the paper's 128 px of 0.65 A instead of 64 px of 1.3 A")
     parser.add_argument('--modes', type=int, default=3, help='lowest non-rigid modes of each reference')
+    parser.add_argument('--resolutions', type=float, nargs='+', default=list(AlignSettings.refine_resolutions),
+                        help='refinement stages of the aligner (Angstrom, coarse to fine)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
     parser.add_argument('--chunk-size', type=int, default=60, help='images per aligner batch')
     parser.add_argument('--seed', type=int, default=0)
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> dict:
     shifts = sample_shifts(args.count, stream(args.seed, 'shifts'), 2.5)
     images = simulate_images(path, t, angles, shifts, box, pixel_size, args.seed)
     figures: Dict[str, object] = {
-        'particles': args.count, 'box': box, 'pixel_size': pixel_size, 'modes': args.modes,
+        'particles': args.count, 'resolutions': list(args.resolutions), 'box': box, 'pixel_size': pixel_size,
+        'modes': args.modes,
         'path_rmsd_end_to_end': float(np.sqrt(((path.frames[-1] - path.frames[0]) ** 2).sum(-1).mean())),
         'closed_reference_rmsd_to_path_end': float(np.sqrt(((path.end.coords - path.frames[-1]) ** 2).sum(-1).mean())),
         'default_model': DEFAULT_DEFORMATION, 'models': {}}
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
         modes = compute_modes(structure, n_modes=args.modes, cutoff=10.0)
         for model in DEFORMATIONS:
             reference = reference_from_modes(modes, 'residues2', centre=path.structure.centre(), deformation=model)
-            aligner = Aligner(reference, box, pixel_size, AlignSettings())
+            aligner = Aligner(reference, box, pixel_size, AlignSettings(**AlignSettings.stages(args.resolutions)))
             for noise, stack in images.items():
                 result = align(aligner, stack, args.chunk_size)
                 keys = case_figures(result, angles, t, far)

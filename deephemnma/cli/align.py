@@ -75,16 +75,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> AlignSettings:
     """AlignSettings from the command-line options (refinement steps follow the number of stages)."""
-    stages = len(args.resolutions)
-    defaults = AlignSettings()
-    steps = tuple(defaults.refine_steps[min(i, len(defaults.refine_steps) - 1)] for i in range(stages))
-    keep = tuple(min(defaults.refine_keep[min(i, len(defaults.refine_keep) - 1)], args.top_k) for i in range(stages))
     return AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range, shift_step=args.shift_step,
-                         search_resolution=max(args.resolutions[0], defaults.search_resolution),
+                         search_resolution=max(args.resolutions[0], AlignSettings.search_resolution),
                          start_amplitudes=tuple(args.start_amplitudes) if args.start_amplitudes else None,
-                         top_k=args.top_k,
-                         refine_resolutions=tuple(args.resolutions), refine_steps=steps, refine_keep=keep,
-                         ctf_mode=args.ctf)
+                         top_k=args.top_k, ctf_mode=args.ctf, **AlignSettings.stages(args.resolutions, args.top_k))
 
 
 def main(args: argparse.Namespace) -> int:

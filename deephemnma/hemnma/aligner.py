@@ -64,6 +64,17 @@ class AlignSettings:
     ctf_mode: str = 'phase_flipped'
     template_chunk: int = 8192
 
+    @staticmethod
+    def stages(resolutions: Sequence[float], top_k: int = 8) -> Dict[str, tuple]:
+        """``refine_resolutions``, ``refine_steps`` and ``refine_keep`` for these refinement stages (Angstrom,
+        coarse to fine): each stage takes the default steps and kept candidates of its position (the last
+        default for further stages), keeping at most ``top_k``."""
+        steps, keep = AlignSettings.refine_steps, AlignSettings.refine_keep
+        count = len(resolutions)
+        return {'refine_resolutions': tuple(float(r) for r in resolutions),
+                'refine_steps': tuple(steps[min(i, len(steps) - 1)] for i in range(count)),
+                'refine_keep': tuple(min(keep[min(i, len(keep) - 1)], top_k) for i in range(count))}
+
     def __post_init__(self) -> None:
         if self.ctf_mode not in CTF_STATES:
             raise ValueError(f"ctf_mode '{self.ctf_mode}' must be one of {CTF_STATES}")

@@ -192,3 +192,12 @@ class TestXmippBackend(unittest.TestCase):
 
 if __name__ == '__main__':
     unittest.main()
+
+
+def test_settings_stages_keep_the_defaults_and_extend_them():
+    from deephemnma.hemnma.aligner import AlignSettings
+    assert AlignSettings(**AlignSettings.stages(AlignSettings.refine_resolutions)) == AlignSettings()
+    two = AlignSettings(**AlignSettings.stages([15.0, 12.0], top_k=2))
+    assert two.refine_steps == (30, 25) and two.refine_keep == (2, 1)
+    five = AlignSettings.stages([12, 10, 7, 5, 3.5])
+    assert five['refine_steps'][-1] == 25 and five['refine_keep'] == (3, 1, 1, 1, 1)
