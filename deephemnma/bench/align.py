@@ -59,10 +59,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Dataset:
-    """Phase-flipped images (n, box, box) and their true amplitudes, Euler angles (deg) and shifts (px)."""
+    """Phase-flipped images (n, box, box) and their true amplitudes (None for conformations no mode model
+    made), Euler angles (deg) and shifts (px)."""
 
     images: np.ndarray
-    amplitudes: np.ndarray
+    amplitudes: Optional[np.ndarray]
     angles: np.ndarray
     shifts: np.ndarray
 

@@ -36,7 +36,7 @@ import torch
 
 from deephemnma.molecule.density import atoms_to_map
 from deephemnma.molecule.pseudoatoms import map_correlation, map_to_pseudoatoms
-from deephemnma.molecule.structure import Structure, coarse_grain, read_structure, select_chains
+from deephemnma.molecule.structure import Structure, coarse_grain, kabsch, read_structure, select_chains
 from deephemnma.nma.compare import cumulative_overlap, overlaps, rmsip
 from deephemnma.nma.elastic import compute_modes
 
@@ -57,11 +57,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def superpose(mobile: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``mobile`` (N, 3) rotated and translated onto ``target`` (Kabsch, least squares)."""
-    mc, tc = mobile.mean(axis=0), target.mean(axis=0)
-    u, _, vt = np.linalg.svd((mobile - mc).T @ (target - tc))
-    sign = np.sign(np.linalg.det(u @ vt))
-    rotation = u @ np.diag([1.0, 1.0, sign]) @ vt
-    return (mobile - mc) @ rotation + tc
+    rotation, shift = kabsch(mobile, target)
+    return mobile @ rotation.T + shift
 
 
 def transition_displacement(open_ca: Structure, closed_ca: Structure) -> np.ndarray:

@@ -25,8 +25,9 @@ from typing import Dict, List
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
+from deephemnma.bench.align import Dataset, align_dataset
+from deephemnma.bench.space import pc1_spearman
 from deephemnma.data.stacks import array_batches
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
@@ -39,7 +40,9 @@ from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ctf
 from deephemnma.simulate.transition import TransitionPath, ak_transition_path, path_coefficients, path_setup
+from deephemnma.space.groups import axis_slices
 from deephemnma.space.reconstruct import reconstruct
+from deephemnma.space.reduction import fit_space
 
 #: The demo's noise: SNR 0.1 on images 4 times finer than the output.
 DEMO_SNR, DEMO_OVERSAMPLING = 0.1, 4
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
             reference = reference_from_modes(modes, 'residues2', centre=path.structure.centre(), deformation=model)
             aligner = Aligner(reference, box, pixel_size, AlignSettings(**AlignSettings.stages(args.resolutions)))
             for noise, stack in images.items():
-                result = align(aligner, stack, args.chunk_size)
+                result = align_dataset(aligner, Dataset(stack, None, angles, shifts), args.chunk_size)
                 keys = case_figures(result, angles, t, far)
                 label = f'{prefix}{"noisy_" if noise == "noisy" else ""}'
                 figures['models'].setdefault(model, {}).update({label + k: v for k, v in keys.items()})
@@ -105,35 +108,20 @@ def simulate_images(path: TransitionPath, t: np.ndarray, angles: np.ndarray, shi
     return {'clean': clean, 'noisy': noisy}
 
 
-def align(aligner: Aligner, images: np.ndarray, chunk_size: int) -> Dict[str, np.ndarray]:
-    parts = []
-    for start in range(0, len(images), chunk_size):
-        chunk = torch.as_tensor(images[start:start + chunk_size])
-        parts.append(aligner.align(chunk, paper_ctf(len(chunk))))
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def first_component(amplitudes: np.ndarray) -> np.ndarray:
-    """Scores (n,) of the amplitudes on their first principal component."""
-    centred = amplitudes - amplitudes.mean(axis=0)
-    return centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
-
-
 def case_figures(result: Dict[str, np.ndarray], angles: np.ndarray, t: np.ndarray,
                  far: np.ndarray) -> Dict[str, float]:
     error = geodesic_angle_deg(euler_to_matrix(result['angles']), euler_to_matrix(angles))
     return {'frac_within_15': float(np.mean(error <= 15.0)), 'frac_within_15_far': float(np.mean(error[far] <= 15.0)),
             'angle_median_deg': float(np.median(error)),
             'angle_median_deg_by_third': [float(np.median(error[(t >= k / 3) & (t < (k + 1) / 3)])) for k in range(3)],
-            'pc1_spearman': float(abs(spearmanr(first_component(result['amplitudes']), t)[0]))}
+            'pc1_spearman': pc1_spearman(result['amplitudes'], t)}
 
 
 def group_maps(path: TransitionPath, t: np.ndarray, images: np.ndarray, result: Dict[str, np.ndarray], box: int,
                pixel_size: float) -> Dict[str, object]:
     """Groups along PC1 reconstructed with their estimated poses, against the intermediates at their centroids."""
-    scores = first_component(result['amplitudes'])
-    edges = np.quantile(scores, np.linspace(0.0, 1.0, GROUPS + 1)[1:-1])
-    group = np.digitize(scores, edges)
+    scores = fit_space({'amplitudes': result['amplitudes']}, 'pca').coords[:, 0]
+    group = axis_slices(scores, min_count=1, n_slices=GROUPS, equal_counts=True)
     maps: List[np.ndarray] = []
     truths: List[np.ndarray] = []
     centre = path.structure.centre()

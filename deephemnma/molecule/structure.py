@@ -107,6 +107,19 @@ class Structure:
         return float(np.linalg.norm(self.coords - self.centre(), axis=1).max())
 
 
+def kabsch(source: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Rotations (..., 3, 3) and translations (..., 3) with ``R x + t`` the least-squares fit of source points
+    (..., P, 3) onto target points (..., P, 3)."""
+    source_centre, target_centre = source.mean(-2), target.mean(-2)
+    covariance = np.swapaxes(source - source_centre[..., None, :], -1, -2) @ (target - target_centre[..., None, :])
+    u, _, vt = np.linalg.svd(covariance)
+    sign = np.sign(np.linalg.det(np.swapaxes(vt, -1, -2) @ np.swapaxes(u, -1, -2)))
+    fix = np.ones(sign.shape + (3,))
+    fix[..., 2] = sign
+    rotation = np.swapaxes(vt, -1, -2) @ (fix[..., :, None] * np.swapaxes(u, -1, -2))
+    return rotation, target_centre - (rotation @ source_centre[..., None])[..., 0]
+
+
 def check_fits(radius: float, box: int, pixel_size: float, max_shift: float) -> Optional[str]:
     """Refuse (InputError) a box whose half width is smaller than the molecule's ``radius`` (Angstrom);
     return a warning (else None) when shifts of up to ``max_shift`` px can push its outermost atoms past

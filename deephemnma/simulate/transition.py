@@ -22,7 +22,7 @@ from typing import Tuple
 
 import numpy as np
 
-from deephemnma.molecule.structure import Structure, read_structure
+from deephemnma.molecule.structure import Structure, kabsch, read_structure
 from deephemnma.nma.modes import RIGID_MODES, NormalModes
 from deephemnma.simulate.setup import SimulationSetup, ak_reference_path
 
@@ -63,19 +63,6 @@ def common_atoms(first: Structure, second: Structure) -> Tuple[Structure, Struct
              enumerate(zip(first.residue_numbers, first.atom_names)) if (int(r), n.strip()) in position]
     a, b = (np.array(index, dtype=np.int64) for index in zip(*pairs))
     return first.subset(a), second.subset(b)
-
-
-def kabsch(source: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Rotations (..., 3, 3) and translations (..., 3) with ``R x + t`` the least-squares fit of source points
-    (..., P, 3) onto target points (..., P, 3)."""
-    source_centre, target_centre = source.mean(-2), target.mean(-2)
-    covariance = np.swapaxes(source - source_centre[..., None, :], -1, -2) @ (target - target_centre[..., None, :])
-    u, _, vt = np.linalg.svd(covariance)
-    sign = np.sign(np.linalg.det(np.swapaxes(vt, -1, -2) @ np.swapaxes(u, -1, -2)))
-    fix = np.ones(sign.shape + (3,))
-    fix[..., 2] = sign
-    rotation = np.swapaxes(vt, -1, -2) @ (fix[..., :, None] * np.swapaxes(u, -1, -2))
-    return rotation, target_centre - (rotation @ source_centre[..., None])[..., 0]
 
 
 def _residue_motion(structure: Structure, ca_frames: np.ndarray) -> np.ndarray:
