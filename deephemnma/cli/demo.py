@@ -1,12 +1,14 @@
 """Run the whole DeepHEMNMA workflow in Scipion on built-in synthetic adenylate kinase, then summarise it.
 
 Creates a Scipion project from the plugin's ``synthetic_ak`` template (simulate -> HEMNMA on half the particles ->
-train -> predict the other half -> PCA space -> groups along PC1 -> group reconstructions -> centroids and
-animation), runs every protocol headless, and prints the accuracy against the ground truth (the paper's metrics)
-and where the project and the result files are. The space plot, the group maps and their FSC curves are copied to
-``OUT/results``. The default sizes (the paper's images, simulated at 256 px of 0.325 A with SNR 0.1, cropped to
-64 px of 1.3 A) finish in about 8 minutes on 2 CPU cores; larger ones (e.g. ``--count 70000 --box 128 --pixel
-0.65 --oversampling 2 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
+train -> predict the other half and refine the predictions -> PCA space -> groups of the predicted half along PC1 ->
+group reconstructions with the predicted poses -> centroids and animation), runs every protocol headless, and prints
+the accuracy against the ground truth (the paper's metrics: HEMNMA's, the network's before and after the
+refinement), the time of each stage, and where the project and the result files are. The space plot, the group maps
+and their FSC curves are copied to ``OUT/results``. The default sizes (the paper's images, simulated at 256 px of
+0.325 A with SNR 0.1, cropped to 64 px of 1.3 A) finish in about 8 minutes on 2 CPU cores; larger ones (e.g.
+``--count 70000 --box 128 --pixel 0.65 --oversampling 2 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run
+on a GPU.
 
 Examples::
 
@@ -32,7 +34,7 @@ TEMPLATE = 'synthetic_ak'
 #: Template parameters (aliases) that the command line can set.
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'oversampling': int,
                     'snr': float, 'seed': int, 'angstep': float, 'arch': int, 'epochs': int, 'batch': int,
-                    'netbox': int, 'dropout': float, 'rotations': int, 'mincount': int}
+                    'netbox': int, 'dropout': float, 'rotations': int, 'mincount': int, 'refine': str}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,11 @@ def summarise(project, results: Path) -> Dict[str, object]:
         'pc1_spearman_predicted': _pc1_spearman(predicted),
         'pc1_spearman_hemnma': _pc1_spearman(hemnma),
         'pc1_spearman_all': _pc1_spearman_combined(predicted, hemnma),
-        'hemnma_vs_truth': _errors(hemnma), 'network_vs_truth': _errors(predicted)}
+        'hemnma_vs_truth': _errors(hemnma), 'network_vs_truth': _errors(_network_predictions(predicted))}
+    if 'predicted_angles' in predicted.extra:
+        summary['refined_vs_truth'] = _errors(predicted)
+    summary['stage_seconds'] = {run.getObjLabel(): round(run.getElapsedTime().total_seconds(), 1)
+                                for run in project.getRuns(refresh=True)}
     summary['files'] = _collect_files(project, space, results)
     summary['groups'] = _group_resolutions(project)
     with atomic_path(results / 'summary.json') as tmp:
@@ -92,6 +98,16 @@ def _pc1_spearman_combined(first, second) -> float:
     pc1 = np.concatenate([first.extra['space'][:, 0], second.extra['space'][:, 0]])
     truth = np.concatenate([first.extra['true_label'], second.extra['true_label']])
     return float(abs(spearmanr(pc1, truth).correlation))
+
+
+def _network_predictions(particles):
+    """The network's own predictions of refined particles (their ``predicted_*`` columns), or the particles."""
+    if 'predicted_angles' not in particles.extra:
+        return particles
+    network = particles.subset(np.arange(len(particles)))
+    network.angles, network.shifts = particles.extra['predicted_angles'], particles.extra['predicted_shifts']
+    network.amplitudes = particles.extra.get('predicted_amplitudes', particles.amplitudes)
+    return network
 
 
 def _errors(particles) -> Dict[str, float]:
@@ -138,8 +154,10 @@ def _print_summary(summary: Dict[str, object], project_path: str, results: Path)
     print(f'  results:         {results}  (space plot, group maps, FSC curves, centroids, animation)')
     print('  Spearman |PC1 vs helix coordinate r|: predicted {pc1_spearman_predicted:.3f}, HEMNMA '
           '{pc1_spearman_hemnma:.3f}, all {pc1_spearman_all:.3f}'.format(**summary))
-    for name in ('hemnma_vs_truth', 'network_vs_truth'):
-        print(f'  {name}: ' + ', '.join(f'{k} {v:g}' for k, v in summary[name].items()))
+    for name in ('hemnma_vs_truth', 'network_vs_truth', 'refined_vs_truth'):
+        if name in summary:
+            print(f'  {name}: ' + ', '.join(f'{k} {v:g}' for k, v in summary[name].items()))
+    print('  stages (s): ' + ', '.join(f'{k} {v:g}' for k, v in summary['stage_seconds'].items()))
     for group in summary['groups']:
         print('  {group}: {images} images, half-map FSC 0.5 at {halfmap_fsc05_angstrom:.2f} A, '
               '0.143 at {halfmap_fsc0143_angstrom:.2f} A'.format(**group))

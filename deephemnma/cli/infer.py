@@ -1,24 +1,39 @@
-"""Predict amplitudes, angles and shifts of particle images with a trained DeepHEMNMA model.
+"""Predict amplitudes, angles and shifts of particle images with a trained DeepHEMNMA model (and refine them).
 
 Streams over stacks of any size (memory-mapped, batched, bfloat16 mixed precision on GPU); finished chunks
 are kept beside the output (in its staging folder) so that a killed run, started again with the same inputs and
 settings, resumes; with torchrun each process predicts its share of
 the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, from the extension).
 
+``--refine`` (predict then refine): the network's orientations for ``--rotations`` in-plane rotated copies of each
+image (8 by default) and their average are hypotheses; the HEMNMA engine (the modes given with ``--modes``)
+searches the library orientations within ``--search-radius`` degrees of them around the predicted shift, and
+refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``. The output carries the
+refined values, the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``,
+``predicted_amplitudes``), the angle the refinement moved (``refine_change_deg``) and ``refine_moved_far``
+(1 beyond ``--far-angle``). Resumable and sharded over torchrun ranks like ``deephemnma align``.
+
 Examples::
 
     deephemnma infer -m train_out/model.pt -i particles.star -o predicted.star
     deephemnma infer -m model.pt -i images.xmd -o predicted.xmd --batch-size 1024 --device cuda
     deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
+    deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz --select 7 8 9
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
 """
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
 
 from deephemnma.cli._common import (
     add_contrast_args,
+    add_deformation_arg,
     contrast_decision,
     non_negative_int,
     positive_float,
@@ -26,12 +41,21 @@ from deephemnma.cli._common import (
     result_settings,
 )
 from deephemnma.data.formats import check_format, load_particles, write_particles
+from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource
+from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
+from deephemnma.hemnma.stack import RefineSettings, refine_predictions
+from deephemnma.nma.files import load_modes
 from deephemnma.nn import targets as tg
-from deephemnma.nn.infer import Predictor, labels_to_particles, predict_source
-from deephemnma.nn.modelfile import load_model
-from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.nn.infer import Predictor, hypothesis_angles, labels_to_particles, predict_source
+from deephemnma.nn.modelfile import TrainedModel, load_model
+from deephemnma.nn.targets import labels_from_particles
+from deephemnma.runtime.distributed import Rank, cleanup, start_process
+from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.outputs import Outputs
+
+#: The defaults of --refine.
+DEFAULTS = RefineSettings()
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -42,41 +66,101 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                                            "file's folder, then the current folder)")
     parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--batch-size', type=positive_int, default=256)
-    parser.add_argument('--rotations', type=positive_int, default=1,
+    parser.add_argument('--rotations', type=positive_int,
                         help='average the predictions over this many in-plane rotations of each image '
-                             '(test-time augmentation; that many times the cost; default 1: off)')
+                             '(test-time augmentation; that many times the network\'s cost; default 1: off, '
+                             '8 with --refine, where each copy is also a hypothesis)')
     parser.add_argument('--chunk-size', type=positive_int, default=16384, help='images per resumable chunk')
     parser.add_argument('--readers', type=non_negative_int, default=2,
                         help='threads reading images ahead of the network')
     add_contrast_args(parser, ctf_option=True)
+    refine = parser.add_argument_group('predict then refine')
+    refine.add_argument('--refine', action='store_true',
+                        help="refine every prediction with the HEMNMA engine, starting from the network's "
+                             'hypotheses (needs --modes)')
+    refine.add_argument('--modes', help='modes.npz (deephemnma nma) or Xmipp modes.xmd: the modes the network '
+                                        'was trained on')
+    refine.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
+    refine.add_argument('--select', type=int, nargs='+', help='mode numbers (default: all in the file, 7+)')
+    refine.add_argument('--reference-model', choices=COARSE_MODELS, default='residues2',
+                        help='reference as two beads per residue (default), one bead per residue, or all atoms')
+    add_deformation_arg(refine)
+    refine.add_argument('--search-radius', type=positive_float, default=DEFAULTS.radius,
+                        help='search the library orientations within this angle (deg) of each hypothesis')
+    refine.add_argument('--shift-radius', type=float, default=DEFAULTS.shift_radius,
+                        help='search shifts within this many pixels (steps of 1 px) of the predicted shift')
+    refine.add_argument('--resolutions', type=positive_float, nargs='+', default=list(DEFAULTS.resolutions),
+                        help='refinement stages (Angstrom, coarse to fine)')
+    refine.add_argument('--top-k', type=positive_int, default=DEFAULTS.top_k,
+                        help='candidates refined per image')
+    refine.add_argument('--far-angle', type=positive_float, default=DEFAULTS.far_angle,
+                        help='flag particles whose refined orientation is further than this (deg) from the '
+                             "network's (refine_moved_far)")
+    refine.add_argument('--refine-chunk-size', type=positive_int, default=64,
+                        help='images per refinement batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--no-amp', action='store_true', help='full precision on GPU')
     parser.add_argument('--threads', type=positive_int, help='torch CPU threads')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
+def check_refine_args(args: argparse.Namespace, model: TrainedModel) -> None:
+    """One clear error for a --refine without modes or with modes the network was not trained on."""
+    if not args.refine:
+        return
+    if not args.modes:
+        raise InputError('--refine needs the modes the network was trained on (--modes modes.npz)')
+    amplitudes = model.scaling.amplitude_mean
+    if 'amplitudes' in model.types and args.select and len(args.select) != len(amplitudes):
+        raise InputError(f'{args.model}: the network predicts {len(amplitudes)} amplitudes but --select names '
+                         f'{len(args.select)} modes')
+
+
+def refine(args: argparse.Namespace, predicted: Particles, raw: Dict[str, np.ndarray], inverted: bool,
+           work_folder, device: torch.device, rank: Rank) -> Optional[Particles]:
+    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses (None on ranks > 0)."""
+    modes = load_modes(args.modes, args.reference, args.select)
+    reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
+    settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
+                              shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
+                              far_angle=args.far_angle)
+    progress = None if args.quiet or not rank.is_main else \
+        (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
+    hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
+    return refine_predictions(predicted, hypotheses, reference, settings, args.ctf, work_folder,
+                              args.refine_chunk_size, device, rank, progress, inverted)
+
+
 def main(args: argparse.Namespace) -> int:
     check_format(args.output)
+    rotations = args.rotations or (DEFAULTS.rotations if args.refine else 1)
     device, rank = start_process(args.threads, args.device)
     try:
-        particles = load_particles(args.particles, pixel_size=args.pixel_size, base_dir=args.base_dir)
         model = load_model(args.model)
-        predictor = Predictor(model, device, amp=not args.no_amp, rotations=args.rotations)
-        inputs = [args.particles, args.model]
+        check_refine_args(args, model)
+        columns = ('ctf',) if args.refine and args.ctf != 'none' else ()
+        particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
+        predictor = Predictor(model, device, amp=not args.no_amp, rotations=rotations, keep_hypotheses=args.refine)
+        inputs = [args.particles, args.model] + ([args.modes, args.reference] if args.refine else [])
         with Outputs(args.output, 'infer', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
             contrast = contrast_decision(particles, args.invert_data, args.ctf)
             raw = predict_source(predictor, ImageSource(particles.image, invert=contrast['inverted']),
                                  args.batch_size, args.readers,
                                  outputs.work('chunks'), args.chunk_size, rank, not args.quiet)
+            result = labels_to_particles(particles, tg.decode(raw, model.scaling))
+            if args.refine:
+                result = refine(args, result, raw, contrast['inverted'], outputs.work('refine'), device, rank)
             if rank.is_main:
-                estimated = tg.decode(raw, model.scaling)
-                write_particles(outputs.path(), labels_to_particles(particles, estimated), continuousflex_only=True,
-                                located_in=outputs.final().parent)
+                write_particles(outputs.path(), result, continuousflex_only=True, located_in=outputs.final().parent)
             outputs.commit()
         if rank.is_main:
-            print(json.dumps({'output': str(args.output), 'images': len(particles), 'types': list(model.types),
-                              'contrast': contrast}))
+            summary = {'output': str(args.output), 'images': len(particles), 'types': list(model.types),
+                       'contrast': contrast, 'refined': bool(args.refine)}
+            if args.refine:
+                summary.update(mean_score=float(result.score.mean()),
+                               moved_far=int(result.extra['refine_moved_far'].sum()))
+            print(json.dumps(summary))
     finally:
         cleanup()
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from itertools import islice
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from pwem.objects import Acquisition, CTFModel, Particle, SetOfParticles, Transform
@@ -83,8 +83,12 @@ def _set_row_attributes(particle: Particle, particles: Particles, row: int) -> N
         setattr(particle, SCORE_ATTR, Float(float(particles.score[row])))
     extra = dict(particles.extra, **({'half': particles.half} if particles.half is not None else {}))
     for name, values in extra.items():
-        value = values[row]
-        setattr(particle, EXTRA_PREFIX + name, _csv(value) if np.ndim(value) else Float(float(value)))
+        _set_extra(particle, name, values[row])
+
+
+def _set_extra(particle: Particle, name: str, value) -> None:
+    """Attribute ``_deephemnma_NAME`` of a particle: a float, or comma-separated values for a vector."""
+    setattr(particle, EXTRA_PREFIX + name, _csv(value) if np.ndim(value) else Float(float(value)))
 
 
 def ctf_state_of(particle_set: SetOfParticles) -> str:
@@ -190,9 +194,12 @@ def optional_float(value, default: float) -> float:
 
 
 
-def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estimates: Particles) -> SetOfParticles:
+def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estimates: Particles,
+                        extra_names: Sequence[str] = ()) -> SetOfParticles:
     """Copy ``input_set`` into ``output`` (every attribute kept: CTF, ground truth, ...), with the poses,
-    amplitudes and scores of ``estimates`` (one row per input particle, in id order)."""
+    amplitudes and scores of ``estimates`` (one row per input particle, in id order) and those of its extra
+    columns named in ``extra_names`` that it has (attributes ``_deephemnma_NAME``)."""
+    extras = {name: estimates.extra[name] for name in extra_names if name in estimates.extra}
     output.copyInfo(input_set)
     if estimates.has_alignment:
         output.setAlignmentProj()
@@ -205,6 +212,8 @@ def copy_with_estimates(output: SetOfParticles, input_set: SetOfParticles, estim
             setattr(particle, AMPLITUDES_ATTR, _csv(estimates.amplitudes[row]))
         if estimates.score is not None:
             setattr(particle, SCORE_ATTR, Float(float(estimates.score[row])))
+        for name, values in extras.items():
+            _set_extra(particle, name, values[row])
 
     output.copyItems(input_set, updateItemCallback=update, itemDataIterator=iter(range(len(estimates))),
                      copyDisabled=True, orderBy='id')

@@ -15,8 +15,11 @@ in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for
    each stage only the best candidates of each image are kept. Parameters are scaled so that one unit moves the
    model by about one Angstrom.
 
-The local mode skips the global search and refines from given poses (and amplitudes). Each image is processed
-independently of the others in its batch, so results do not depend on how images are grouped into processes.
+The local mode skips the global search and refines from given poses (and amplitudes). The guided mode (predict
+then refine) replaces step 1 by a search restricted to the library orientations within ``hypothesis_radius``
+degrees of a few hypotheses per image (e.g. the network's predictions), at every start conformation and shift.
+Each image is processed independently of the others in its batch, so results do not depend on how images are
+grouped into processes.
 """
 from __future__ import annotations
 
@@ -47,7 +50,9 @@ class AlignSettings:
     all of them; on the adenylate kinase transition benchmark five modes started so find 98% of the poses
     within 15 degrees, where starting from +-1 step along each of four modes found 95%).
     Refinement stage ``i`` runs ``refine_steps[i]`` Adam steps at ``refine_resolutions[i]`` and keeps the
-    ``refine_keep[i]`` best candidates of each image.
+    ``refine_keep[i]`` best candidates of each image. ``hypothesis_radius`` (degrees): the guided search
+    scores the library orientations within this angle of each hypothesis, at shifts within
+    ``hypothesis_shift_range`` pixels (steps of 1 px) of the hypothesis's shift.
     """
 
     angular_step: float = 10.0
@@ -63,6 +68,8 @@ class AlignSettings:
     learning_rate: float = 0.5
     ctf_mode: str = 'phase_flipped'
     template_chunk: int = 8192
+    hypothesis_radius: float = 30.0
+    hypothesis_shift_range: float = 1.0
 
     @staticmethod
     def stages(resolutions: Sequence[float], top_k: int = 8) -> Dict[str, tuple]:
@@ -108,6 +115,13 @@ def amplitude_grid(values: Sequence[float], num_modes: int) -> np.ndarray:
         return np.zeros((1, 0))
     mesh = np.meshgrid(*([np.asarray(sorted(set(float(v) for v in values)))] * num_modes), indexing='ij')
     return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+def so3_ball_fraction(angle_rad: float) -> float:
+    """Fraction of uniformly distributed rotations within ``angle_rad`` of a given rotation
+    (``(a - sin a) / pi`` under the Haar measure)."""
+    angle = min(max(angle_rad, 0.0), math.pi)
+    return (angle - math.sin(angle)) / math.pi
 
 
 def small_rotation(vectors: torch.Tensor) -> torch.Tensor:
@@ -212,6 +226,24 @@ class Candidates:
     scores: torch.Tensor = None
 
 
+class _Pool:
+    """The ``size`` best-scoring library templates seen so far for each image of a batch (score, template,
+    shift index)."""
+
+    def __init__(self, batch: int, device: torch.device, dtype: torch.dtype, size: int = 64):
+        self.size = size
+        self.scores = torch.full((batch, 0), -2.0, device=device, dtype=dtype)
+        self.index = torch.zeros((batch, 0), dtype=torch.long, device=device)
+        self.shift = torch.zeros((batch, 0), dtype=torch.long, device=device)
+
+    def add(self, scores: torch.Tensor, index: torch.Tensor, shift: torch.Tensor) -> None:
+        """Offer ``(B, P)`` scores of templates ``index`` at shift indices ``shift``; keeps the best, sorted."""
+        scores, index, shift = (torch.cat(pair, dim=1) for pair in ((self.scores, scores), (self.index, index),
+                                                                      (self.shift, shift)))
+        keep = scores.topk(min(self.size, scores.shape[1]), dim=1).indices
+        self.scores, self.index, self.shift = scores.gather(1, keep), index.gather(1, keep), shift.gather(1, keep)
+
+
 @dataclass
 class _Library:
     templates: torch.Tensor      # (T, 2F) real: [Re, Im] of the template transforms
@@ -219,6 +251,7 @@ class _Library:
     rotations: torch.Tensor      # (T, 3, 3)
     amplitudes: torch.Tensor     # (T, M)
     band: FourierBand
+    orientations: int            # orientations per start conformation (the templates are start-major)
 
 
 class Aligner:
@@ -287,7 +320,8 @@ class Aligner:
                     powers.append(values.abs() ** 2)
                 rot_all.append(rotations)
                 amp_all.append(amplitudes[None].expand(len(rotations), -1))
-        return _Library(torch.cat(parts), torch.cat(powers), torch.cat(rot_all), torch.cat(amp_all), band)
+        return _Library(torch.cat(parts), torch.cat(powers), torch.cat(rot_all), torch.cat(amp_all), band,
+                        len(rotations))
 
     def start_conformations(self) -> np.ndarray:
         """Starting amplitudes (C, M) of the global search (see :class:`AlignSettings`)."""
@@ -301,53 +335,84 @@ class Aligner:
         starts[:, :corners] = amplitude_grid((-1.0, 1.0), corners) * unit[None, :corners] if corners else 0.0
         return starts
 
-    def shift_grid(self) -> torch.Tensor:
-        """Shifts (S, 2) pixels of the global search."""
+    def shift_grid(self, shift_range: Optional[float] = None, step: Optional[float] = None) -> torch.Tensor:
+        """Shifts (S, 2) pixels of the global search (or of another ``shift_range`` and ``step``, pixels)."""
         s = self.settings
-        steps = int(math.floor(s.shift_range / s.shift_step + 1e-9))
-        values = torch.arange(-steps, steps + 1, device=self.device, dtype=self.dtype) * s.shift_step
+        shift_range = s.shift_range if shift_range is None else shift_range
+        step = s.shift_step if step is None else step
+        steps = int(math.floor(shift_range / step + 1e-9))
+        values = torch.arange(-steps, steps + 1, device=self.device, dtype=self.dtype) * step
         sy, sx = torch.meshgrid(values, values, indexing='ij')
         return torch.stack([sx.reshape(-1), sy.reshape(-1)], dim=1)
+
+    def _shifted_images(self, prepared: PreparedImages, band: FourierBand, shifts: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images x CTF at every search shift (S, 2) or (B, S, 2) px as real columns ``(B, S, 2F)`` ([Re, Im];
+        the model drawn at -s is correlated with the image multiplied by exp(-2 pi i k.s)), the squared CTF
+        ``(B, F)`` and the image norms ``(B,)`` on ``band``."""
+        images, ctf = prepared.band(band)
+        phase = torch.polar(torch.ones(shifts.shape[:-1] + (band.size,), device=self.device, dtype=self.dtype),
+                            -2.0 * math.pi * (shifts[..., :1] * band.fx + shifts[..., 1:] * band.fy))
+        shifted = (images * ctf)[:, None, :] * phase                                    # (B, S, F)
+        return torch.cat([shifted.real, shifted.imag], dim=-1), ctf ** 2, torch.sqrt((images.abs() ** 2).sum(-1))
 
     def global_search(self, prepared: PreparedImages) -> Candidates:
         """Best ``top_k`` distinct candidates per image from the library (no prior pose)."""
         s = self.settings
         lib = self.library()
-        band = lib.band
-        images, ctf = prepared.band(band)
-        batch = images.shape[0]
         shifts = self.shift_grid()
-        # Model drawn at -s: correlate with images multiplied by exp(-2 pi i k.s).
-        phase = torch.polar(torch.ones(len(shifts), band.size, device=self.device, dtype=self.dtype),
-                            -2.0 * math.pi * (shifts[:, :1] * band.fx[None] + shifts[:, 1:] * band.fy[None]))
-        weighted = images * ctf                                                      # (B, F)
-        shifted = weighted[:, None, :] * phase[None]                                  # (B, S, F)
-        columns = torch.cat([shifted.real, shifted.imag], dim=-1).reshape(batch * len(shifts), -1).T
-        ctf_power = (ctf ** 2).T                                                      # (F, B)
-        image_norm = torch.sqrt((images.abs() ** 2).sum(-1))                          # (B,)
-        pool = min(64, len(lib.templates))
-        best_scores = torch.full((batch, 0), -2.0, device=self.device, dtype=self.dtype)
-        best_index = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
-        best_shift = torch.zeros((batch, 0), dtype=torch.long, device=self.device)
+        shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)
+        batch = shifted.shape[0]
+        columns = shifted.reshape(batch * len(shifts), -1).T
+        pool = _Pool(batch, self.device, self.dtype)
         with torch.no_grad():
             for start in range(0, len(lib.templates), s.template_chunk):
                 num = lib.templates[start:start + s.template_chunk] @ columns         # (T, B*S)
                 num = num.reshape(-1, batch, len(shifts))
-                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power + 1e-30)   # (T, B)
+                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power.T + 1e-30)   # (T, B)
                 score, shift_index = (num / norm[..., None]).max(dim=2)               # (T, B)
-                score = score.T / image_norm[:, None]
-                index = torch.arange(start, start + score.shape[1], device=self.device).expand(batch, -1)
-                best_scores = torch.cat([best_scores, score], dim=1)
-                best_index = torch.cat([best_index, index], dim=1)
-                best_shift = torch.cat([best_shift, shift_index.T], dim=1)
-                keep = best_scores.topk(min(pool, best_scores.shape[1]), dim=1).indices
-                best_scores = best_scores.gather(1, keep)
-                best_index = best_index.gather(1, keep)
-                best_shift = best_shift.gather(1, keep)
-        chosen = self._distinct(lib.rotations[best_index], s.top_k, 1.5 * s.angular_step)
-        index = best_index.gather(1, chosen)
-        return Candidates(lib.rotations[index], shifts[best_shift.gather(1, chosen)], lib.amplitudes[index],
-                          best_scores.gather(1, chosen))
+                index = torch.arange(start, start + score.shape[0], device=self.device).expand(batch, -1)
+                pool.add(score.T / image_norm[:, None], index, shift_index.T)
+        return self._candidates(pool, shifts)
+
+    def guided_search(self, prepared: PreparedImages, hypotheses: torch.Tensor, centres: torch.Tensor
+                      ) -> Candidates:
+        """Best ``top_k`` distinct candidates per image among the library templates (every start conformation)
+        whose orientation lies within ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at
+        shifts within ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2)."""
+        lib = self.library()
+        offsets = self.shift_grid(self.settings.hypothesis_shift_range, 1.0)
+        shifts = centres.to(self.device, self.dtype)[:, None, :] + offsets[None]              # (B, S, 2)
+        shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)
+        batch = shifted.shape[0]
+        grid = lib.rotations[:lib.orientations]
+        nearest = max(1, min(lib.orientations, math.ceil(lib.orientations * so3_ball_fraction(
+            math.radians(self.settings.hypothesis_radius)))))
+        starts = torch.arange(len(lib.templates) // lib.orientations, device=self.device) * lib.orientations
+        pool = _Pool(batch, self.device, self.dtype)
+        with torch.no_grad():
+            for hypothesis in hypotheses.to(self.device, self.dtype).unbind(1):               # (B, 3, 3)
+                closeness = torch.einsum('bij,tij->bt', hypothesis, grid)                       # trace(H^T R)
+                near = closeness.topk(nearest, dim=1).indices                                   # (B, n)
+                index = (near[:, None, :] + starts[None, :, None]).reshape(batch, -1)           # (B, C n)
+                num = torch.einsum('bpf,bsf->bps', lib.templates[index], shifted)
+                norm = torch.sqrt(torch.einsum('bpf,bf->bp', lib.power[index], ctf_power) + 1e-30)
+                score, shift_index = (num / norm[..., None]).max(dim=2)
+                pool.add(score / image_norm[:, None], index, shift_index)
+        return self._candidates(pool, shifts)
+
+    def _candidates(self, pool: '_Pool', shifts: torch.Tensor) -> Candidates:
+        """The ``top_k`` best candidates of ``pool`` (shifts (S, 2) or per image (B, S, 2) px), kept at least
+        1.5 angular steps apart."""
+        lib = self.library()
+        chosen = self._distinct(lib.rotations[pool.index], self.settings.top_k, 1.5 * self.settings.angular_step)
+        index = pool.index.gather(1, chosen)
+        shift_index = pool.shift.gather(1, chosen)
+        if shifts.ndim == 2:
+            chosen_shifts = shifts[shift_index]
+        else:
+            chosen_shifts = shifts.gather(1, shift_index[..., None].expand(-1, -1, 2))
+        return Candidates(lib.rotations[index], chosen_shifts, lib.amplitudes[index], pool.scores.gather(1, chosen))
 
     @staticmethod
     def _distinct(rotations: torch.Tensor, count: int, min_angle_deg: float) -> torch.Tensor:
@@ -425,16 +490,24 @@ class Aligner:
 
     # -- whole batches --------------------------------------------------------------------------------
     def align(self, images: torch.Tensor, ctf_params: Optional[CTFParams] = None,
-              initial: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-        """Align ``(B, box, box)`` images; ``initial`` (local mode) holds ``angles`` (B, 3) deg, ``shifts``
-        (B, 2) px and optionally ``amplitudes`` (B, M). Returns numpy ``angles``, ``shifts``, ``amplitudes``,
-        ``score`` (NCC at the finest resolution)."""
+              initial: Optional[Dict[str, np.ndarray]] = None,
+              hypotheses: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+        """Align ``(B, box, box)`` images: global search, or local mode when ``initial`` holds ``angles`` (B, 3)
+        deg, ``shifts`` (B, 2) px and optionally ``amplitudes`` (B, M), or guided mode when ``hypotheses``
+        holds ``angles`` (B, H, 3) deg and ``shifts`` (B, 2) px to search around. Returns numpy ``angles``, ``shifts``,
+        ``amplitudes``, ``score`` (NCC at the finest resolution)."""
         images = torch.as_tensor(images, dtype=self.dtype).to(self.device)
         prepared = prepare_images(images, ctf_params, self.pixel_size, self.settings.ctf_mode)
-        if initial is None:
-            candidates = self.global_search(prepared)
-        else:
+        if initial is not None:
             candidates = self._initial_candidates(initial, images.shape[0])
+        elif hypotheses is not None:
+            batch = images.shape[0]
+            matrices = euler_to_matrix(np.asarray(hypotheses['angles'], dtype=np.float64).reshape(batch, -1, 3))
+            centres = np.asarray(hypotheses['shifts'], dtype=np.float64).reshape(batch, 2)
+            candidates = self.guided_search(prepared, torch.as_tensor(matrices, dtype=self.dtype),
+                                            torch.as_tensor(centres, dtype=self.dtype))
+        else:
+            candidates = self.global_search(prepared)
         best = self.refine(prepared, candidates)
         rotations = best.rotations[:, 0].detach().double().cpu().numpy()
         return {'angles': matrix_to_euler(rotations), 'shifts': best.shifts[:, 0].detach().double().cpu().numpy(),

@@ -9,7 +9,8 @@ on the chunk it belongs to, never on the number of processes.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import AlignReference
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.runtime.chunks import ChunkStore
 from deephemnma.runtime.distributed import Rank
 from deephemnma.runtime.errors import InputError
@@ -27,22 +29,26 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
                     work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
                     chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
                     progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
-                    invert: bool = False) -> Optional[Particles]:
+                    invert: bool = False, hypotheses: Optional[np.ndarray] = None) -> Optional[Particles]:
     """Align every particle; returns (on rank 0) a copy of ``particles`` with angles, shifts, amplitudes, score.
 
     ``local``: refine from the particles' own angles/shifts (and amplitudes when present) instead of a global
-    search. ``work_folder`` keeps the finished chunks (resumable; the settings are checked on resume). ``invert``:
-    multiply the images by -1 (inverted contrast).
+    search. ``hypotheses`` (n, H, 3) Euler angles (deg): guided mode (predict then refine), a search around these
+    orientations and the particles' own shifts instead of the global search. ``work_folder`` keeps the finished
+    chunks (resumable; the settings are checked on resume). ``invert``: multiply the images by -1 (inverted
+    contrast).
     """
-    if local and not particles.has_alignment:
-        raise InputError('local alignment needs particles with angles and shifts (none in the input metadata)')
+    if (local or hypotheses is not None) and not particles.has_alignment:
+        raise InputError('local and guided alignment need particles with angles and shifts (none in the input '
+                         'metadata)')
     reader = ImageSource(particles.image, base_dir, invert=invert)
     aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
     ctf = particles.ctf()
     store = ChunkStore(work_folder, len(particles), chunk_size,
                        {'settings': settings.__dict__, 'local': local, 'box': reader.box,
                         'modes': reference.mode_numbers, 'pixel_size': particles.pixel_size,
-                        'atoms': int(reference.coords.shape[0]), 'deformation': reference.deformation})
+                        'atoms': int(reference.coords.shape[0]), 'deformation': reference.deformation,
+                        'hypotheses': None if hypotheses is None else int(hypotheses.shape[1])})
 
     def compute(positions: range) -> Dict[str, np.ndarray]:
         index = np.asarray(positions)
@@ -52,7 +58,8 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
             initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
             if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
                 initial['amplitudes'] = particles.amplitudes[index]
-        return aligner.align(images, None if ctf is None else ctf.rows(index), initial)
+        guide = None if hypotheses is None else {'angles': hypotheses[index], 'shifts': particles.shifts[index]}
+        return aligner.align(images, None if ctf is None else ctf.rows(index), initial, guide)
 
     store.run(compute, rank, progress)
     if not rank.is_main:
@@ -62,3 +69,55 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     result.angles, result.shifts = merged['angles'], merged['shifts']
     result.amplitudes, result.score = merged['amplitudes'], merged['score']
     return result
+
+
+@dataclass
+class RefineSettings:
+    """Predict then refine: how the engine searches around the network's hypotheses (the defaults of
+    ``deephemnma infer --refine``; figures in the README, ``deephemnma bench hybrid``).
+
+    ``rotations``: in-plane rotated copies of each image given to the network (each copy's orientation is a
+    hypothesis, their average another); ``radius`` (deg) and ``shift_radius`` (px): the guided search around each
+    hypothesis and the predicted shift; ``resolutions`` (Angstrom) and ``top_k``: the refinement stages and the
+    candidates refined; ``far_angle`` (deg): flag a particle whose refined orientation is further from the
+    prediction."""
+
+    rotations: int = 8
+    radius: float = 45.0
+    shift_radius: float = 1.0
+    resolutions: Tuple[float, ...] = (7.0, 3.5)
+    top_k: int = 2
+    far_angle: float = 15.0
+
+    def align_settings(self, ctf_mode: str) -> AlignSettings:
+        """The engine's settings of the guided search and refinement."""
+        return AlignSettings(ctf_mode=ctf_mode, top_k=self.top_k, hypothesis_radius=self.radius,
+                             hypothesis_shift_range=self.shift_radius,
+                             **AlignSettings.stages(self.resolutions, self.top_k))
+
+
+def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: AlignReference,
+                       settings: RefineSettings, ctf_mode: str, work_folder: str | os.PathLike,
+                       chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
+                       progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
+                       invert: bool = False) -> Optional[Particles]:
+    """Predict then refine: the guided alignment of ``predicted`` (the network's poses; shifts are the search
+    centres) around ``hypotheses`` (n, H, 3) Euler angles (deg), with :func:`refinement_report`'s columns
+    (rank 0; None on the others). Resumable and sharded like :func:`align_particles`."""
+    refined = align_particles(predicted, reference, settings.align_settings(ctf_mode), work_folder, '.', False,
+                              chunk_size, device, rank, progress, invert, hypotheses)
+    return None if refined is None else refinement_report(predicted, refined, settings.far_angle)
+
+
+def refinement_report(predicted: Particles, refined: Particles, far_angle_deg: float) -> Particles:
+    """``refined`` (predict then refine) with the network's predictions kept beside it (extra columns
+    ``predicted_angles`` deg, ``predicted_shifts`` px, ``predicted_amplitudes``), the angle (deg) between the
+    predicted and the refined orientation (``refine_change_deg``) and ``refine_moved_far`` (1 where that angle
+    exceeds ``far_angle_deg``, else 0)."""
+    change = geodesic_angle_deg(euler_to_matrix(predicted.angles), euler_to_matrix(refined.angles))
+    report = refined.subset(np.arange(len(refined)))
+    report.extra.update({'predicted_angles': predicted.angles, 'predicted_shifts': predicted.shifts,
+                         'refine_change_deg': change, 'refine_moved_far': (change > far_angle_deg).astype(float)})
+    if predicted.amplitudes is not None:
+        report.extra['predicted_amplitudes'] = predicted.amplitudes
+    return report

@@ -6,7 +6,7 @@
   the Xmipp matrix becomes ``A' = Rz(-phi) A`` i.e. ``psi' = psi - phi`` (rot and tilt unchanged), and the
   shift (the translation that brings the particle back to the centre) becomes ``s' = R(phi) s - t``.
 * Test-time augmentation runs the network on in-plane rotated copies of each image and merges the outputs
-  after undoing each rotation on the labels (:func:`merge_rotated_outputs`).
+  after undoing each rotation on the labels (:func:`unrotate_outputs`, :func:`merge_hypotheses`).
 """
 from __future__ import annotations
 
@@ -79,28 +79,32 @@ class Augmentation:
         return phi, t
 
 
-def merge_rotated_outputs(outputs: Sequence[Dict[str, torch.Tensor]], angles_deg: Sequence[float],
-                          scaling: tg.Scaling) -> Dict[str, torch.Tensor]:
-    """One output per image from the network's outputs for copies of the images rotated in-plane by
-    ``angles_deg`` (``transform_images`` without translation; outputs as the network gives them: scaled
-    amplitudes and shifts, unit quaternions). Each rotation is undone on the labels, then amplitudes and
-    shifts are averaged and orientations averaged as rotations (:func:`rotations.mean_quaternion_torch`)."""
+def unrotate_outputs(outputs: Sequence[Dict[str, torch.Tensor]], angles_deg: Sequence[float],
+                     scaling: tg.Scaling) -> Dict[str, torch.Tensor]:
+    """The network's outputs for copies of the images rotated in-plane by ``angles_deg`` (``transform_images``
+    without translation; outputs as the network gives them: scaled amplitudes and shifts, unit quaternions),
+    each with its rotation undone on the labels: one hypothesis per copy, ``(K, B, n)`` float64 per type."""
     first = next(iter(outputs[0].values()))
     count, device = len(first), first.device
     undo = [torch.full((count,), -float(a), dtype=torch.float64, device=device) for a in angles_deg]
-    merged: Dict[str, torch.Tensor] = {}
+    hypotheses: Dict[str, torch.Tensor] = {}
     for kind in outputs[0]:
         stacked = torch.stack([o[kind] for o in outputs]).double()  # (K, B, n)
         if kind == 'orientation':
-            back = torch.stack([transform_quaternions(q, phi) for q, phi in zip(stacked, undo)])
-            merged[kind] = rotations.mean_quaternion_torch(back)
+            hypotheses[kind] = torch.stack([transform_quaternions(q, phi) for q, phi in zip(stacked, undo)])
         elif kind == 'shifts':
             mean, std = (torch.as_tensor(v, dtype=torch.float64, device=device)
                          for v in (scaling.shift_mean, scaling.shift_std))
             zero = torch.zeros(count, 2, dtype=torch.float64, device=device)
-            back = torch.stack([transform_shifts(s * std + mean, phi, zero) for s, phi in zip(stacked, undo)])
-            merged[kind] = (back.mean(0) - mean) / std
+            hypotheses[kind] = torch.stack([(transform_shifts(s * std + mean, phi, zero) - mean) / std
+                                            for s, phi in zip(stacked, undo)])
         else:
-            merged[kind] = stacked.mean(0)
-        merged[kind] = merged[kind].float()
-    return merged
+            hypotheses[kind] = stacked
+    return hypotheses
+
+
+def merge_hypotheses(hypotheses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """One output per image from :func:`unrotate_outputs`' hypotheses: amplitudes and shifts averaged,
+    orientations averaged as rotations (:func:`rotations.mean_quaternion_torch`); float32."""
+    return {kind: (rotations.mean_quaternion_torch(values) if kind == 'orientation' else values.mean(0)).float()
+            for kind, values in hypotheses.items()}

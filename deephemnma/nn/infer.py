@@ -17,25 +17,34 @@ import torch
 
 from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource, read_ahead
+from deephemnma.imaging import rotations
 from deephemnma.imaging.filters import fourier_crop
 from deephemnma.nn import targets as tg
-from deephemnma.nn.augment import merge_rotated_outputs, transform_images
+from deephemnma.nn.augment import merge_hypotheses, transform_images, unrotate_outputs
 from deephemnma.nn.modelfile import TrainedModel
 from deephemnma.runtime.chunks import ChunkStore
 from deephemnma.runtime.distributed import Rank, barrier
 from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.machine import amp_supported, flush_denormals
 
+#: Raw-output key of the orientation hypotheses, one per in-plane rotated copy: ``(B, rotations, 4)``
+#: quaternions.
+HYPOTHESES = 'orientation_hypotheses'
+
 
 class Predictor:
     """A trained model on a device: raw images ``(k, box, box)`` -> raw outputs and decoded labels."""
 
-    def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True, rotations: int = 1):
+    def __init__(self, model: TrainedModel, device: torch.device, amp: bool = True, rotations: int = 1,
+                 keep_hypotheses: bool = False):
         """``rotations``: average the predictions over this many in-plane rotations of each image (angles
-        ``360 k / rotations`` deg; test-time augmentation, ``rotations`` times the cost; 1: off)."""
+        ``360 k / rotations`` deg; test-time augmentation, ``rotations`` times the cost; 1: off).
+        ``keep_hypotheses``: also return each copy's orientation (key :data:`HYPOTHESES`), the starting points
+        of predict-then-refine."""
         if rotations < 1:
             raise InputError(f'the number of in-plane rotations must be at least 1, not {rotations}')
         self.rotations = int(rotations)
+        self.keep_hypotheses = bool(keep_hypotheses)
         self.model = model
         self.device = torch.device(device)
         if self.device.type == 'cpu':
@@ -60,13 +69,17 @@ class Predictor:
         scaling = self.model.scaling
         batch = images.to(self.device, non_blocking=True).float()[:, None]
         batch = (batch - scaling.image_mean) / scaling.image_std
-        if self.rotations == 1:
+        if self.rotations == 1 and not self.keep_hypotheses:
             return self._forward(batch)
         angles = [360.0 * k / self.rotations for k in range(self.rotations)]
         no_shift = torch.zeros(len(batch), 2, device=self.device)
         outputs = [self._forward(transform_images(batch, torch.full((len(batch),), angle, device=self.device),
                                                   no_shift) if angle else batch) for angle in angles]
-        return merge_rotated_outputs(outputs, angles, scaling)
+        hypotheses = unrotate_outputs(outputs, angles, scaling)
+        merged = merge_hypotheses(hypotheses)
+        if self.keep_hypotheses:
+            merged[HYPOTHESES] = hypotheses['orientation'].transpose(0, 1).float()
+        return merged
 
     def _forward(self, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Outputs for normalised images ``(B, 1, box, box)`` (Fourier-cropped here to the network size)."""
@@ -92,8 +105,8 @@ def _batches(items: range, batch_size: int) -> List[np.ndarray]:
 
 def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 256, readers: int = 0,
                    work_dir: Optional[str | Path] = None, chunk_size: int = 16384, rank: Rank = Rank(),
-                   progress: bool = True, settings: Optional[dict] = None) -> Optional[Dict[str, np.ndarray]]:
-    """Raw outputs for every image of ``source`` in order (on rank 0; None on the other ranks).
+                   progress: bool = True, settings: Optional[dict] = None) -> Dict[str, np.ndarray]:
+    """Raw outputs for every image of ``source`` in order (on every rank).
 
     ``readers``: threads reading images ahead of the network (0: read in turn). With ``work_dir`` finished
     chunks are stored there (resume, several processes); ``settings`` (e.g. the model file's name and date) must
@@ -110,6 +123,7 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
         store = ChunkStore(work_dir, len(source), chunk_size, {'box': source.box, 'batch': batch_size,
                                                               'model_types': list(predictor.model.types),
                                                               'rotations': predictor.rotations,
+                                                              'hypotheses': predictor.keep_hypotheses,
                                                               **(settings or {})})
         chunks = [store.chunk_range(c) for c in store.pending(rank)]
     plan = [(number, b) for number, items in enumerate(chunks) for b in _batches(items, batch_size)]
@@ -138,7 +152,16 @@ def predict_source(predictor: Predictor, source: ImageSource, batch_size: int = 
     if store is None:
         return results
     barrier(rank)
-    return store.merged() if rank.is_main else None
+    return store.merged()
+
+
+def hypothesis_angles(raw: Dict[str, np.ndarray], labels: tg.Labels) -> np.ndarray:
+    """Orientation hypotheses (n, 1 + rotations, 3) Euler angles (deg) of a :class:`Predictor` with
+    ``keep_hypotheses``: the merged prediction first, then each in-plane copy's."""
+    if HYPOTHESES not in raw:
+        raise InputError('these predictions carry no hypotheses (predict with keep_hypotheses)')
+    copies = rotations.quaternion_to_euler(np.asarray(raw[HYPOTHESES], dtype=np.float64))
+    return np.concatenate([labels.angles[:, None], copies], axis=1)
 
 
 def labels_to_particles(particles: Particles, labels: tg.Labels) -> Particles:

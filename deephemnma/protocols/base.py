@@ -16,10 +16,14 @@ from pwem.protocols import EMProtocol
 from pyworkflow.protocol import params
 from pyworkflow.utils import Environ
 
+from deephemnma.convert.modes import modes_mismatch, write_modes_xmd_from_set
 from deephemnma.convert.particles import ctf_state_of
+from deephemnma.hemnma.reference import COARSE_MODELS
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.molecule.structure import COARSE_LEVELS
 from deephemnma.nma.deform import DEFORMATIONS
+from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
+from deephemnma.runtime.errors import InputError
 
 #: The forms' choices of what the images carry of the CTF: the set's own state first, then the states themselves.
 CTF_CHOICES = ('as the particle set says', *CTF_STATES)
@@ -32,6 +36,9 @@ DISTRIBUTED_COMMANDS = ('align', 'train', 'infer', 'reconstruct')
 #: The atoms a model is reduced to, as the forms offer them: (label, level of ``coarse_grain`` or None).
 COARSE_CHOICES = (('all heavy atoms', None), ('C-alpha', 'CA'), ('C-alpha and P', 'CA+P'))
 assert {level for _, level in COARSE_CHOICES if level} == set(COARSE_LEVELS)
+#: The engine's reference models as the forms offer them (the default, two beads per residue, first).
+REFERENCE_MODEL_CHOICES = ('residues2', 'residues', 'atoms')
+assert set(REFERENCE_MODEL_CHOICES) == set(COARSE_MODELS)
 
 
 def check_gpus_available(gpus: List[str]) -> None:
@@ -108,6 +115,91 @@ class DeepHemnmaProtocol(EMProtocol):
                            'particles better than the linear model, on motions that really are linear it is worse. '
                            'Both agree for small amplitudes. Use the same model in the alignment and in the '
                            'animations.')
+
+    @classmethod
+    def _defineModesParams(cls, form, condition: str = 'True') -> None:
+        """The normal modes (``inputModes``), the modes used (``modeList``) and the reference model
+        (``referenceModel``) of the HEMNMA engine."""
+        form.addParam('inputModes', params.PointerParam, pointerClass='SetOfNormalModes', important=True,
+                      condition=condition, allowsNull=condition != 'True', label='Normal modes',
+                      help='Modes of the reference (atomic structure or pseudoatoms).')
+        form.addParam('modeList', params.StringParam, default='', label='Modes to use', condition=condition,
+                      help='Mode numbers, e.g. "7-9" or "7 8 9 11"; empty: the enabled modes of the set.')
+
+    @classmethod
+    def _defineReferenceModelParam(cls, form, condition: str = 'True') -> None:
+        """How the engine draws the reference (``referenceModel``)."""
+        form.addParam('referenceModel', params.EnumParam, choices=list(REFERENCE_MODEL_CHOICES), default=0,
+                      label='Reference model', condition=condition,
+                      help='residues2: two Gaussian beads per residue (main chain, side chain); residues: one '
+                           'per residue; atoms: every atom with Peng scattering factors. Pseudoatom references '
+                           'are always used as they are.')
+
+    def _selectedModes(self) -> List[int]:
+        """The mode numbers chosen in the form (default: the enabled non-rigid modes of the set)."""
+        numbers = parse_mode_numbers(self.modeList.get())
+        if numbers:
+            return numbers
+        return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > RIGID_MODES]
+
+    def _referencePath(self) -> str:
+        return os.path.abspath(self.inputModes.get().getPdb().getFileName())
+
+    def _modesPath(self) -> str:
+        return self._getExtraPath('modes.xmd')
+
+    def _writeModes(self) -> None:
+        """The selected modes as an Xmipp modes.xmd in the protocol's extra folder."""
+        write_modes_xmd_from_set(self.inputModes.get(), self._modesPath(), enabled=self._selectedModes())
+
+    def _modesArguments(self) -> str:
+        """``--modes --reference --select`` of the command line."""
+        select = ' '.join(str(n) for n in self._selectedModes())
+        return f'--modes {self._modesPath()} --reference {self._referencePath()} --select {select}'
+
+    def _referenceModel(self) -> str:
+        """The reference model chosen in the form (a value of ``--model`` / ``--reference-model``)."""
+        return REFERENCE_MODEL_CHOICES[self.referenceModel.get()]
+
+    def _validateModes(self, particle_set) -> List[str]:
+        """Form errors of the modes fields: empty set, unknown, rigid or missing modes, reference mismatch."""
+        modes = self.inputModes.get()
+        if modes is None or modes.getSize() == 0:
+            return ['The set of normal modes is empty.']
+        try:
+            selected = self._selectedModes()
+        except InputError as error:
+            return [str(error)]
+        errors: List[str] = []
+        available = {int(m.getObjId()) for m in modes}
+        if not selected:
+            errors.append('No mode selected: give mode numbers (7 and up) or enable modes in the input set.')
+        missing = sorted(set(selected) - available)
+        if missing:
+            errors.append(f'Mode(s) {missing} are not in the input set (available: {sorted(available)}).')
+        rigid = [n for n in selected if n <= RIGID_MODES]
+        if rigid:
+            errors.append(f'Modes {rigid} are rigid-body motions (1-{RIGID_MODES}); alignment already finds the '
+                          'pose.')
+        return errors + self._checkReference(modes, selected, particle_set)
+
+    @staticmethod
+    def _checkReference(modes, selected: List[int], particle_set) -> List[str]:
+        from deephemnma.molecule.structure import check_fits, read_structure
+        pdb = modes.getPdb()
+        if pdb is None or not os.path.exists(pdb.getFileName()):
+            return ['The normal modes have no reference structure file.']
+        structure = read_structure(pdb.getFileName(), remove_hydrogens=False, remove_waters=False)
+        problem = modes_mismatch(modes, selected, len(structure))
+        if problem:
+            return [f'{problem} (reference {os.path.basename(pdb.getFileName())}).']
+        if particle_set is not None and particle_set.getSize():
+            try:
+                check_fits(structure.radius(), particle_set.getXDim(), particle_set.getSamplingRate(), 0.0)
+            except InputError as error:
+                return [f'{error} (reference {os.path.basename(pdb.getFileName())}; check the pixel size of the '
+                        'particles or of the reference).']
+        return []
 
     def _deformationArgument(self) -> str:
         return f'--deformation {DEFORMATIONS[self.deformation.get()]}'

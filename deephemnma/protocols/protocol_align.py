@@ -1,21 +1,16 @@
 """Scipion protocol: HEMNMA elastic and rigid-body alignment of particles (this engine or Xmipp's program)."""
 from __future__ import annotations
 
-import os
 from typing import List
 
 from pyworkflow.protocol import params
 
-from deephemnma.convert.modes import modes_mismatch, write_modes_xmd_from_set
 from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
-from deephemnma.nma.modes import RIGID_MODES, parse_mode_numbers
 from deephemnma.protocols.base import DeepHemnmaProtocol
-from deephemnma.runtime.errors import InputError
 
 BACKEND_ENGINE = 0
 BACKEND_XMIPP = 1
-MODEL_CHOICES = ['residues2', 'residues', 'atoms']
 
 
 class DeepHemnmaProtAlign(DeepHemnmaProtocol):
@@ -29,10 +24,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
 
     def _defineParams(self, form) -> None:
         form.addSection(label='Input')
-        form.addParam('inputModes', params.PointerParam, pointerClass='SetOfNormalModes', important=True,
-                      label='Normal modes', help='Modes of the reference (atomic structure or pseudoatoms).')
-        form.addParam('modeList', params.StringParam, default='', label='Modes to use',
-                      help='Mode numbers, e.g. "7-9" or "7 8 9 11"; empty: the enabled modes of the set.')
+        self._defineModesParams(form)
         form.addParam('inputParticles', params.PointerParam, pointerClass='SetOfParticles', important=True,
                       label='Particles', help='Particle images with CTF (phase-flipped or not, see below).')
         form.addParam('backend', params.EnumParam, choices=['DeepHEMNMA engine', 'Xmipp xmipp_nma_alignment'],
@@ -40,11 +32,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                       help='The batched engine of this plugin (CPU/GPU), or the original Xmipp program '
                            '(needs an Xmipp installation; about 230 CPU seconds per 128 px image).')
         form.addSection(label='Engine')
-        form.addParam('referenceModel', params.EnumParam, choices=MODEL_CHOICES, default=0,
-                      label='Reference model', condition='backend == 0',
-                      help='residues2: two Gaussian beads per residue (main chain, side chain); residues: one '
-                           'per residue; atoms: every atom with Peng scattering factors. Pseudoatom references '
-                           'are always used as they are.')
+        self._defineReferenceModelParam(form, condition='backend == 0')
         self._defineDeformationParam(form, condition='backend == 0')
         self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
@@ -70,18 +58,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         self._insertFunctionStep(self.alignStep)
         self._insertFunctionStep(self.createOutputStep)
 
-    def _selectedModes(self) -> List[int]:
-        numbers = parse_mode_numbers(self.modeList.get())
-        if numbers:
-            return numbers
-        return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > RIGID_MODES]
-
-    def _referencePath(self) -> str:
-        return os.path.abspath(self.inputModes.get().getPdb().getFileName())
-
     def convertInputStep(self) -> None:
-        write_modes_xmd_from_set(self.inputModes.get(), self._getExtraPath('modes.xmd'),
-                                 enabled=self._selectedModes())
+        self._writeModes()
         particles = particles_from_set(self.inputParticles.get(),
                                        require_alignment=bool(self.localOnly.get())).resolved()
         write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
@@ -94,11 +72,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         if self.backend.get() == BACKEND_XMIPP:
             self._alignXmipp()
             return
-        select = ' '.join(str(n) for n in self._selectedModes())
         arguments = (f'-i {self._getExtraPath("particles.star")} -o {self._outputPath()} '
-                     f'--modes {self._getExtraPath("modes.xmd")} --reference {self._referencePath()} '
-                     f'--select {select} --model {MODEL_CHOICES[self.referenceModel.get()]} '
-                     f'{self._deformationArgument()} '
+                     f'{self._modesArguments()} --model {self._referenceModel()} {self._deformationArgument()} '
                      f'{self._imageArguments(self.inputParticles.get())} --angular-step {self.angularStep.get()} '
                      f'--shift-range {self.shiftRange.get()} --chunk-size {self.chunkSize.get()} '
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
@@ -109,7 +84,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
     def _alignXmipp(self) -> None:
         from deephemnma.hemnma.xmipp import XmippAlignmentJob, is_pseudoatom_pdb
         job = XmippAlignmentJob(images=self._getExtraPath('images.xmd'), pdb=self._referencePath(),
-                                modes=self._getExtraPath('modes.xmd'),
+                                modes=self._modesPath(),
                                 sampling_rate=self.inputParticles.get().getSamplingRate(),
                                 output_dir=self._getTmpPath(), discrete_angular_step=self.angularStep.get(),
                                 trust_region_scale=self.trustRegionScale.get(),
@@ -133,26 +108,11 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
     def _validate(self) -> List[str]:
         errors: List[str] = []
         particle_set = self.inputParticles.get()
-        modes = self.inputModes.get()
         if particle_set is None or particle_set.getSize() == 0:
             errors.append('The set of particles is empty.')
-        if modes is None or modes.getSize() == 0:
-            return errors + ['The set of normal modes is empty.']
-        try:
-            selected = self._selectedModes()
-        except InputError as error:
-            return errors + [str(error)]
-        available = {int(m.getObjId()) for m in modes}
-        if not selected:
-            errors.append('No mode selected: give mode numbers (7 and up) or enable modes in the input set.')
-        missing = sorted(set(selected) - available)
-        if missing:
-            errors.append(f'Mode(s) {missing} are not in the input set (available: {sorted(available)}).')
-        rigid = [n for n in selected if n <= RIGID_MODES]
-        if rigid:
-            errors.append(f'Modes {rigid} are rigid-body motions (1-{RIGID_MODES}); alignment already finds the '
-                          'pose.')
-        errors += self._checkReference(modes, selected, particle_set)
+        modes_errors = self._validateModes(particle_set)
+        if modes_errors:
+            return errors + modes_errors
         if self.backend.get() == BACKEND_XMIPP:
             from deephemnma.hemnma.xmipp import program_path
             if program_path() is None:
@@ -161,23 +121,6 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         if self.backend.get() == BACKEND_ENGINE:
             errors += self._validateGpus()
         return errors
-
-    def _checkReference(self, modes, selected: List[int], particle_set) -> List[str]:
-        from deephemnma.molecule.structure import check_fits, read_structure
-        pdb = modes.getPdb()
-        if pdb is None or not os.path.exists(pdb.getFileName()):
-            return ['The normal modes have no reference structure file.']
-        structure = read_structure(pdb.getFileName(), remove_hydrogens=False, remove_waters=False)
-        problem = modes_mismatch(modes, selected, len(structure))
-        if problem:
-            return [f'{problem} (reference {os.path.basename(pdb.getFileName())}).']
-        if particle_set is not None and particle_set.getSize():
-            try:
-                check_fits(structure.radius(), particle_set.getXDim(), particle_set.getSamplingRate(), 0.0)
-            except InputError as error:
-                return [f'{error} (reference {os.path.basename(pdb.getFileName())}; check the pixel size of the '
-                        'particles or of the reference).']
-        return []
 
     def _summary(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):

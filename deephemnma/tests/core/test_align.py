@@ -12,9 +12,9 @@ import torch
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.hemnma.aligner import Aligner, AlignSettings, orientation_grid, small_rotation
+from deephemnma.hemnma.aligner import Aligner, AlignSettings, orientation_grid, small_rotation, so3_ball_fraction
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.hemnma.stack import align_particles
+from deephemnma.hemnma.stack import align_particles, refinement_report
 from deephemnma.hemnma.xmipp import XmippAlignmentJob, merge_in_order, read_alignment
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
@@ -75,6 +75,11 @@ class TestGeometry(unittest.TestCase):
         self.assertAlmostEqual(float(geodesic_angle_deg(matrix.numpy(), np.eye(3))), np.degrees(angle), places=8)
         np.testing.assert_allclose(small_rotation(torch.zeros(1, 3))[0].numpy(), np.eye(3), atol=1e-7)
 
+    def test_ball_fraction_matches_uniform_rotations(self):
+        angles = geodesic_angle_deg(random_rotations(40000, 3), np.eye(3))
+        for radius in (20.0, 45.0, 90.0, 180.0):
+            self.assertAlmostEqual(so3_ball_fraction(np.radians(radius)), float((angles < radius).mean()), delta=0.004)
+
 
 class TestRecovery(SingleThreaded):
     @classmethod
@@ -102,6 +107,46 @@ class TestRecovery(SingleThreaded):
         errors = geodesic_angle_deg(euler_to_matrix(result['angles']), euler_to_matrix(self.angles))
         self.assertLess(np.median(errors), 2.0, errors)
         self.assertLess(np.abs(result['amplitudes'] - self.amplitudes).mean(), 12.0)
+
+
+    def _rotated(self, degrees: float, seed: int) -> np.ndarray:
+        """The true orientations turned by ``degrees`` about random axes (Euler angles, deg)."""
+        axes = np.random.default_rng(seed).normal(size=(len(self.angles), 3))
+        axes *= np.radians(degrees) / np.linalg.norm(axes, axis=1, keepdims=True)
+        turns = small_rotation(torch.as_tensor(axes)).numpy()
+        return matrix_to_euler(turns @ euler_to_matrix(self.angles))
+
+    def test_guided_search_finds_poses_near_a_hypothesis(self):
+        settings = AlignSettings(angular_step=15.0, start_amplitudes=(0.0,), top_k=2, hypothesis_radius=35.0,
+                                 hypothesis_shift_range=2.0, **AlignSettings.stages((7.0, 5.0), 2))
+        aligner = Aligner(self.reference, BOX, PIXEL, settings)
+        wrong = self._rotated(120.0, 1)
+        shifts = self.shifts + np.random.default_rng(2).normal(0, 1, self.shifts.shape)
+        guided = {'angles': np.stack([wrong, self._rotated(25.0, 3)], axis=1), 'shifts': shifts}
+        result = aligner.align(torch.as_tensor(self.images), ctf_params(len(self.images)), hypotheses=guided)
+        errors = geodesic_angle_deg(euler_to_matrix(result['angles']), euler_to_matrix(self.angles))
+        self.assertLess(np.median(errors), 2.0, errors)
+        self.assertLess(np.abs(result['shifts'] - self.shifts).mean(), 0.3)
+        # only far hypotheses: the search stays near them, so the poses are not found
+        far = aligner.align(torch.as_tensor(self.images), ctf_params(len(self.images)),
+                            hypotheses={'angles': wrong[:, None], 'shifts': shifts})
+        far_errors = geodesic_angle_deg(euler_to_matrix(far['angles']), euler_to_matrix(self.angles))
+        self.assertGreater(np.median(far_errors), 45.0, far_errors)
+        self.assertLess(far['score'].mean(), result['score'].mean())
+
+
+def test_refinement_report_flags_far_moves():
+    angles = np.array([[10.0, 40.0, 0.0], [10.0, 40.0, 0.0], [0.0, 90.0, 0.0]])
+    predicted = Particles(image=np.array(['1@a.mrcs', '2@a.mrcs', '3@a.mrcs']), angles=angles,
+                          shifts=np.zeros((3, 2)), amplitudes=np.ones((3, 2)))
+    refined = predicted.subset(np.arange(3))
+    refined.angles = angles + np.array([[0.0, 0.0, 5.0], [0.0, 0.0, 20.0], [0.0, 0.0, 0.0]])
+    refined.amplitudes = np.zeros((3, 2))
+    report = refinement_report(predicted, refined, far_angle_deg=15.0)
+    np.testing.assert_allclose(report.extra['refine_change_deg'], [5.0, 20.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(report.extra['refine_moved_far'], [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(report.extra['predicted_amplitudes'], np.ones((3, 2)))
+    np.testing.assert_array_equal(report.amplitudes, np.zeros((3, 2)))
 
 
 class TestStacks(SingleThreaded):

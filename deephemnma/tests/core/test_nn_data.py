@@ -12,7 +12,13 @@ from deephemnma.data.stacks import ImageSource
 from deephemnma.imaging import rotations
 from deephemnma.nn import data
 from deephemnma.nn import targets as tg
-from deephemnma.nn.augment import merge_rotated_outputs, transform_images, transform_quaternions, transform_shifts
+from deephemnma.nn.augment import (
+    merge_hypotheses,
+    transform_images,
+    transform_quaternions,
+    transform_shifts,
+    unrotate_outputs,
+)
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ak_setup
 
@@ -84,7 +90,10 @@ class TestRotatedPredictionsMerge(unittest.TestCase):
                             'shifts': ((shifts - torch.as_tensor(scaling.shift_mean))
                                        / torch.as_tensor(scaling.shift_std)).float(),
                             'amplitudes': (amplitudes + (k - 2) * 0.1).float()})
-        merged = merge_rotated_outputs(outputs, angles, scaling)
+        hypotheses = unrotate_outputs(outputs, angles, scaling)
+        for each in hypotheses['orientation']:  # every copy, its rotation undone, gives the truth
+            self.assertLess(rotations.quaternion_angle_deg(each.numpy(), truth_q.numpy()).max(), 1e-3)
+        merged = merge_hypotheses(hypotheses)
         np.testing.assert_allclose(merged['amplitudes'].numpy(), amplitudes.numpy(), atol=1e-6)
         decoded = tg.decode({t: v.numpy() for t, v in merged.items()}, scaling)
         np.testing.assert_allclose(decoded.shifts, truth_shifts.numpy(), atol=1e-5)

@@ -57,6 +57,21 @@ class TestSyntheticWorkflow(BaseTest):
         error = np.abs(aligned.amplitudes - aligned.extra['true_amplitudes']).mean()
         self.assertLess(error, 40.0, 'amplitude MAE of HEMNMA on SNR-1 images (range -200..200)')
 
+    def test_predictions_are_refined_and_grouped(self):
+        refined = particles_from_set(self.runs['DeepHemnmaProtInfer'].outputParticles)
+        self.assertEqual(60, len(refined))
+        truth = euler_to_matrix(refined.extra['true_angles'])
+        network = geodesic_angle_deg(euler_to_matrix(refined.extra['predicted_angles']), truth)
+        after = geodesic_angle_deg(euler_to_matrix(refined.angles), truth)
+        change = geodesic_angle_deg(euler_to_matrix(refined.extra['predicted_angles']), euler_to_matrix(refined.angles))
+        np.testing.assert_allclose(refined.extra['refine_change_deg'], change, atol=1e-3)
+        np.testing.assert_array_equal(refined.extra['refine_moved_far'], (change > 15.0).astype(float))
+        self.assertGreater((after < 15).mean(), (network < 15).mean() + 0.05,
+                           'the refinement finds poses the 2-epoch network misses')
+        self.assertTrue(np.all(refined.score > 0))
+        group = particles_from_set(self.runs['DeepHemnmaProtGroups'].outputGroup1)
+        self.assertIn('refine_change_deg', group.extra, 'the groups are made of the predicted (refined) half')
+
     def test_space_orders_images_like_the_helix(self):
         space = self.runs['DeepHemnmaProtSpace']
         hemnma = particles_from_set(space.outputParticles2)

@@ -1,0 +1,156 @@
+"""Predict then refine against HEMNMA's global search, on the demo's images, in one run.
+
+The demo's data (``deephemnma simulate``'s path: all-atom 4AKE chain A on the paper's helix over modes 7-9,
+uniform orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flipped, SNR 0.1 on images of 256 px
+of 0.325 A Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue
+reference) labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels;
+the second half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
+(``deephemnma infer --refine``'s defaults), each scored against the ground truth. CPU times (process time, all
+threads) per particle include building the engine's library in both (2) + (3) and (1).
+
+Figures: ``hemnma_*``, ``network_*``, ``refined_*`` (``amp_mae``, ``angle_median_deg``, ``shift_mae_px``,
+``frac_within_15``), ``refined_*_over_hemnma``, ``refine_cpu_time_over_global``, ``network_coverage`` (fraction
+of particles with a hypothesis within the search radius of the truth), ``moved_far``, times of each stage.
+
+Examples::
+
+    deephemnma bench hybrid
+    deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work   # smaller; kept to resume
+    deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work --radius 30 --top-k 1
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from deephemnma.bench import work_folder
+from deephemnma.data.formats import load_particles
+from deephemnma.data.particles import Particles
+from deephemnma.data.stacks import ImageSource
+from deephemnma.hemnma.aligner import AlignSettings
+from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.stack import RefineSettings, align_particles, refine_predictions
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
+from deephemnma.nma.files import load_modes
+from deephemnma.nn.config import preset_config
+from deephemnma.nn.evaluate import parameter_errors
+from deephemnma.nn.infer import Predictor, hypothesis_angles, labels_to_particles, predict_source
+from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.targets import decode, labels_from_particles, true_labels_from_particles
+from deephemnma.nn.trainer import run_training
+from deephemnma.simulate.config import SimulationConfig
+from deephemnma.simulate.dataset import TRUTH_NAME, simulate_to_disk
+
+#: The demo's simulation (the synthetic_ak template's defaults).
+DEMO_SIMULATION = dict(box=64, pixel_size=1.3, max_shift=2.5, ctf=True, voltage=200.0, cs=2.0, defocus_min=5000.0,
+                       defocus_max=5000.0, snr=0.1, snr_grid='simulation', phase_flip=True, oversampling=4)
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--count', type=int, default=3000, help='particles (half labelled, half held out)')
+    parser.add_argument('--epochs', type=int, default=120, help='training epochs (the demo: 120)')
+    parser.add_argument('--arch', default='resnet18', help='feature extractor (the demo: resnet18)')
+    parser.add_argument('--network-box', type=int, default=32, help='network input size (px; the demo: 32)')
+    defaults = RefineSettings()
+    parser.add_argument('--rotations', type=int, default=defaults.rotations, help='in-plane copies (hypotheses)')
+    parser.add_argument('--radius', type=float, default=defaults.radius, help='search radius (deg)')
+    parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
+                        help='refinement stages (A)')
+    parser.add_argument('--top-k', type=int, default=defaults.top_k, help='candidates refined per image')
+    parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
+    parser.add_argument('--workdir', help='keep the data, the labels and the model here (a rerun reuses them and '
+                                          'measures the held-out stages afresh)')
+    parser.add_argument('--seed', type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    with work_folder(args.workdir, 'hybrid') as folder:
+        return _measure(args, folder)
+
+
+def _errors(particles: Particles) -> Dict[str, float]:
+    """The paper's errors against the simulator's truth, and the fraction of poses within 15 degrees."""
+    truth = true_labels_from_particles(particles)
+    figures = parameter_errors(labels_from_particles(particles), truth)
+    angles = geodesic_angle_deg(euler_to_matrix(particles.angles), euler_to_matrix(truth.angles))
+    return {'amp_mae': figures['amp_mae'], 'angle_median_deg': figures['angle_median_deg'],
+            'shift_mae_px': figures['shift_mae_px'], 'frac_within_15': float((angles < 15).mean())}
+
+
+def _coverage(hypotheses: np.ndarray, particles: Particles, radius: float) -> float:
+    """Fraction of particles with a hypothesis (n, H, 3) within ``radius`` degrees of the true orientation."""
+    truth = euler_to_matrix(particles.extra['true_angles'])[:, None]
+    return float((geodesic_angle_deg(euler_to_matrix(hypotheses), truth).min(axis=1) < radius).mean())
+
+
+def _measure(args: argparse.Namespace, folder: Path) -> dict:
+    """The benchmark's figures, with its data and outputs in ``folder``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device('cpu')
+    times: Dict[str, float] = {}
+    clock = time.time()
+    simulate_to_disk(SimulationConfig(count=args.count, seed=args.seed, **DEMO_SIMULATION), folder / 'simulation')
+    particles = load_particles(folder / 'simulation' / 'particles.star', ('ctf',))
+    truth = np.load(folder / 'simulation' / TRUTH_NAME)
+    particles.extra.update(true_amplitudes=truth['amplitudes'], true_angles=truth['angles'],
+                           true_shifts=truth['shifts'])
+    times['simulate_s'] = time.time() - clock
+    half = len(particles) // 2
+    labelled, heldout = particles.subset(np.arange(half)), particles.subset(np.arange(half, len(particles)))
+    reference = reference_from_modes(load_modes(folder / 'simulation' / 'modes.npz'), 'residues2')
+
+    clock = time.time()
+    labelled = align_particles(labelled, reference, AlignSettings(), folder / 'align_labelled')
+    times['hemnma_labels_s'] = time.time() - clock
+
+    for measured in ('align_heldout', 'refine'):  # timed stages never resume
+        shutil.rmtree(folder / measured, ignore_errors=True)
+    clock, cpu = time.time(), time.process_time()
+    global_result = align_particles(heldout, reference, AlignSettings(), folder / 'align_heldout')
+    global_cpu = time.process_time() - cpu
+    times['hemnma_heldout_s'] = time.time() - clock
+
+    clock = time.time()
+    config = preset_config('fast', arch=args.arch, epochs=args.epochs, batch_size=128, network_box=args.network_box,
+                           dropout=0.1, patience=0, test=0.1, seed=args.seed)
+    run_training(labelled, config, folder / 'model', device, progress=False)
+    times['train_s'] = time.time() - clock
+
+    refine = RefineSettings(rotations=args.rotations, radius=args.radius, resolutions=tuple(args.resolutions),
+                            top_k=args.top_k)
+    clock, cpu = time.time(), time.process_time()
+    model = load_model(folder / 'model' / 'model.pt', device)
+    predictor = Predictor(model, device, rotations=refine.rotations, keep_hypotheses=True)
+    raw = predict_source(predictor, ImageSource(heldout.image), 256, progress=False)
+    predicted = labels_to_particles(heldout, decode(raw, model.scaling))
+    predict_cpu = time.process_time() - cpu
+    times['predict_s'] = time.time() - clock
+    hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
+    clock, cpu = time.time(), time.process_time()
+    refined = refine_predictions(predicted, hypotheses, reference, refine, 'phase_flipped', folder / 'refine')
+    refine_cpu = time.process_time() - cpu
+    times['refine_s'] = time.time() - clock
+
+    hemnma, network, after = _errors(global_result), _errors(predicted), _errors(refined)
+    figures = {'particles': len(particles), 'labelled': half, 'heldout': len(heldout), 'epochs': args.epochs,
+               'arch': args.arch, 'network_box': args.network_box, 'refine_settings': refine.__dict__,
+               **{f'hemnma_{k}': v for k, v in hemnma.items()},
+               **{f'network_{k}': v for k, v in network.items()},
+               **{f'refined_{k}': v for k, v in after.items()}}
+    for key in ('amp_mae', 'angle_median', 'shift_mae'):
+        name = {'angle_median': 'angle_median_deg', 'shift_mae': 'shift_mae_px'}.get(key, key)
+        figures[f'refined_{key}_over_hemnma'] = after[name] / hemnma[name]
+    figures.update(refine_cpu_time_over_global=(predict_cpu + refine_cpu) / global_cpu,
+                   cpu_seconds_per_particle={'global': global_cpu / len(heldout),
+                                             'predict': predict_cpu / len(heldout),
+                                             'refine': refine_cpu / len(heldout)},
+                   network_coverage=_coverage(hypotheses, heldout, refine.radius),
+                   moved_far=int(refined.extra['refine_moved_far'].sum()), seconds=times)
+    return figures
