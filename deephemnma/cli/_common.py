@@ -35,6 +35,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: math.isfinite(v) and v > 0, 'must be a positive number')
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, 'must be a non-negative number')
+
+
 def finite_float(text: str) -> float:
     """An argparse type: a finite number."""
     return _number(text, float, math.isfinite, 'is not a finite number')

@@ -35,6 +35,7 @@ from deephemnma.cli._common import (
     add_contrast_args,
     add_deformation_arg,
     contrast_decision,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -87,7 +88,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_deformation_arg(refine)
     refine.add_argument('--search-radius', type=positive_float, default=DEFAULTS.radius,
                         help='search the library orientations within this angle (deg) of each hypothesis')
-    refine.add_argument('--shift-radius', type=float, default=DEFAULTS.shift_radius,
+    refine.add_argument('--shift-radius', type=non_negative_float, default=DEFAULTS.shift_radius,
                         help='search shifts within this many pixels (steps of 1 px) of the predicted shift')
     refine.add_argument('--resolutions', type=positive_float, nargs='+', default=list(DEFAULTS.resolutions),
                         help='refinement stages (Angstrom, coarse to fine)')
@@ -120,6 +121,9 @@ def refine(args: argparse.Namespace, predicted: Particles, raw: Dict[str, np.nda
            work_folder, device: torch.device, rank: Rank) -> Optional[Particles]:
     """Predict then refine: the guided HEMNMA alignment from the network's hypotheses (None on ranks > 0)."""
     modes = load_modes(args.modes, args.reference, args.select)
+    if predicted.amplitudes is not None and predicted.amplitudes.shape[1] != len(modes.numbers):
+        raise InputError(f'{args.modes}: {len(modes.numbers)} modes ({list(modes.numbers)}) but the network '
+                         f'predicts {predicted.amplitudes.shape[1]} amplitudes; choose its modes with --select')
     reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
