@@ -45,7 +45,7 @@ from deephemnma.nn.modelfile import load_model
 from deephemnma.nn.targets import decode, labels_from_particles, true_labels_from_particles
 from deephemnma.nn.trainer import run_training
 from deephemnma.simulate.config import SimulationConfig
-from deephemnma.simulate.dataset import TRUTH_NAME, simulate_to_disk
+from deephemnma.simulate.dataset import TRUTH_NAME, simulate_to_disk, truth_columns
 
 #: The demo's simulation (the synthetic_ak template's defaults).
 DEMO_SIMULATION = dict(box=64, pixel_size=1.3, max_shift=2.5, ctf=True, voltage=200.0, cs=2.0, defocus_min=5000.0,
@@ -98,9 +98,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     clock = time.time()
     simulate_to_disk(SimulationConfig(count=args.count, seed=args.seed, **DEMO_SIMULATION), folder / 'simulation')
     particles = load_particles(folder / 'simulation' / 'particles.star', ('ctf',))
-    truth = np.load(folder / 'simulation' / TRUTH_NAME)
-    particles.extra.update(true_amplitudes=truth['amplitudes'], true_angles=truth['angles'],
-                           true_shifts=truth['shifts'])
+    particles.extra.update(truth_columns(np.load(folder / 'simulation' / TRUTH_NAME)))
     times['simulate_s'] = time.time() - clock
     half = len(particles) // 2
     labelled, heldout = particles.subset(np.arange(half)), particles.subset(np.arange(half, len(particles)))
@@ -144,9 +142,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
                **{f'hemnma_{k}': v for k, v in hemnma.items()},
                **{f'network_{k}': v for k, v in network.items()},
                **{f'refined_{k}': v for k, v in after.items()}}
-    for key in ('amp_mae', 'angle_median', 'shift_mae'):
-        name = {'angle_median': 'angle_median_deg', 'shift_mae': 'shift_mae_px'}.get(key, key)
-        figures[f'refined_{key}_over_hemnma'] = after[name] / hemnma[name]
+    for ratio, name in (('amp_mae', 'amp_mae'), ('angle_median', 'angle_median_deg'), ('shift_mae', 'shift_mae_px')):
+        figures[f'refined_{ratio}_over_hemnma'] = after[name] / hemnma[name]
     figures.update(refine_cpu_time_over_global=(predict_cpu + refine_cpu) / global_cpu,
                    cpu_seconds_per_particle={'global': global_cpu / len(heldout),
                                              'predict': predict_cpu / len(heldout),

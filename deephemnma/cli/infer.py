@@ -47,6 +47,7 @@ from deephemnma.data.stacks import ImageSource
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.stack import RefineSettings, refine_predictions
 from deephemnma.nma.files import load_modes
+from deephemnma.nma.modes import NormalModes
 from deephemnma.nn import targets as tg
 from deephemnma.nn.infer import Predictor, hypothesis_angles, labels_to_particles, predict_source
 from deephemnma.nn.modelfile import TrainedModel, load_model
@@ -105,25 +106,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
-def check_refine_args(args: argparse.Namespace, model: TrainedModel) -> None:
-    """One clear error for a --refine without modes or with modes the network was not trained on."""
+def refine_modes(args: argparse.Namespace, model: TrainedModel) -> Optional[NormalModes]:
+    """The modes of --refine (None without it), refused with one clear error when absent or not as many as
+    the network's amplitudes."""
     if not args.refine:
-        return
+        return None
     if not args.modes:
         raise InputError('--refine needs the modes the network was trained on (--modes modes.npz)')
-    amplitudes = model.scaling.amplitude_mean
-    if 'amplitudes' in model.types and args.select and len(args.select) != len(amplitudes):
-        raise InputError(f'{args.model}: the network predicts {len(amplitudes)} amplitudes but --select names '
-                         f'{len(args.select)} modes')
-
-
-def refine(args: argparse.Namespace, predicted: Particles, raw: Dict[str, np.ndarray], inverted: bool,
-           work_folder, device: torch.device, rank: Rank) -> Optional[Particles]:
-    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses (None on ranks > 0)."""
     modes = load_modes(args.modes, args.reference, args.select)
-    if predicted.amplitudes is not None and predicted.amplitudes.shape[1] != len(modes.numbers):
+    amplitudes = len(model.scaling.amplitude_mean) if 'amplitudes' in model.types else len(modes.numbers)
+    if amplitudes != len(modes.numbers):
         raise InputError(f'{args.modes}: {len(modes.numbers)} modes ({list(modes.numbers)}) but the network '
-                         f'predicts {predicted.amplitudes.shape[1]} amplitudes; choose its modes with --select')
+                         f'predicts {amplitudes} amplitudes; choose its modes with --select')
+    return modes
+
+
+def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, raw: Dict[str, np.ndarray],
+           inverted: bool, work_folder, device: torch.device, rank: Rank) -> Optional[Particles]:
+    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses (None on ranks > 0)."""
     reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
     device, rank = start_process(args.threads, args.device)
     try:
         model = load_model(args.model)
-        check_refine_args(args, model)
+        modes = refine_modes(args, model)
         columns = ('ctf',) if args.refine and args.ctf != 'none' else ()
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         predictor = Predictor(model, device, amp=not args.no_amp, rotations=rotations, keep_hypotheses=args.refine)
@@ -154,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
                                  outputs.work('chunks'), args.chunk_size, rank, not args.quiet)
             result = labels_to_particles(particles, tg.decode(raw, model.scaling))
             if args.refine:
-                result = refine(args, result, raw, contrast['inverted'], outputs.work('refine'), device, rank)
+                result = refine(args, modes, result, raw, contrast['inverted'], outputs.work('refine'), device, rank)
             if rank.is_main:
                 write_particles(outputs.path(), result, continuousflex_only=True, located_in=outputs.final().parent)
             outputs.commit()

@@ -402,16 +402,13 @@ class Aligner:
         return self._candidates(pool, shifts)
 
     def _candidates(self, pool: '_Pool', shifts: torch.Tensor) -> Candidates:
-        """The ``top_k`` best candidates of ``pool`` (shifts (S, 2) or per image (B, S, 2) px), kept at least
-        1.5 angular steps apart."""
+        """The ``top_k`` best candidates of ``pool`` (shifts (S, 2) for every image or (B, S, 2) per image, px),
+        kept at least 1.5 angular steps apart."""
         lib = self.library()
         chosen = self._distinct(lib.rotations[pool.index], self.settings.top_k, 1.5 * self.settings.angular_step)
         index = pool.index.gather(1, chosen)
-        shift_index = pool.shift.gather(1, chosen)
-        if shifts.ndim == 2:
-            chosen_shifts = shifts[shift_index]
-        else:
-            chosen_shifts = shifts.gather(1, shift_index[..., None].expand(-1, -1, 2))
+        shift_index = pool.shift.gather(1, chosen)[..., None].expand(-1, -1, 2)
+        chosen_shifts = shifts.expand(len(index), -1, -1).gather(1, shift_index)
         return Candidates(lib.rotations[index], chosen_shifts, lib.amplitudes[index], pool.scores.gather(1, chosen))
 
     @staticmethod

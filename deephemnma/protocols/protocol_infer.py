@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from pyworkflow.object import Integer
 from pyworkflow.protocol import params
 
 from deephemnma.convert.particles import copy_with_estimates, particles_from_set
@@ -28,6 +29,10 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
 
     _label = 'predict with network'
     _gpuDefault = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.movedFar = Integer()  # refined particles flagged as moved far (for the summary)
 
     def _defineParams(self, form) -> None:
         form.addSection(label='Input')
@@ -100,6 +105,9 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         predicted = read_particles(self.predictions_path())
         output = copy_with_estimates(self._createSetOfParticles(), self.inputParticles.get(), predicted,
                                      REFINE_COLUMNS)
+        if 'refine_moved_far' in predicted.extra:
+            self.movedFar.set(int(predicted.extra['refine_moved_far'].sum()))
+            self._store(self.movedFar)
         self._defineOutputs(outputParticles=output)
         self._defineSourceRelation(self.inputParticles, output)
         self._defineSourceRelation(self.inputTraining, output)
@@ -150,11 +158,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                     if self.rotations.get() > 1 else '')
         lines = [f'Predicted the parameters of {self.outputParticles.getSize()} particles{averaged}.']
         if self.refine.get():
-            moved = sum(1 for particle in self.outputParticles
-                        if getattr(particle, '_deephemnma_refine_moved_far', None) is not None
-                        and particle._deephemnma_refine_moved_far.get() > 0)
-            lines.append(f'Refined with the HEMNMA engine (modes {self._selectedModes()}); {moved} moved further '
-                         f'than {self.farAngle.get():g} deg from the prediction.')
+            lines.append(f'Refined with the HEMNMA engine (modes {self._selectedModes()}); {self.movedFar.get()} '
+                         f'moved further than {self.farAngle.get():g} deg from the prediction.')
         return lines
 
     def _methods(self):

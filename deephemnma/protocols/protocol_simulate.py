@@ -20,6 +20,7 @@ from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.files import atomic_path
 from deephemnma.simulate.config import ANGLE_SAMPLINGS, SNR_GRIDS, SNR_SCOPES, SimulationConfig, validate_config
 from deephemnma.simulate.conformations import KINDS
+from deephemnma.simulate.dataset import truth_columns
 from deephemnma.simulate.setup import ak_reference_path
 
 SIMULATION_FOLDER = 'simulation'
@@ -227,8 +228,7 @@ class DeepHemnmaProtSimulate(DeepHemnmaProtocol):
             defocus_u=truth['defocus_u'] if config.ctf else None, defocus_v=truth['defocus_v'] if config.ctf else None,
             defocus_angle=truth['defocus_angle'] if config.ctf else None, voltage=config.voltage, cs=config.cs,
             amplitude_contrast=config.amplitude_contrast,
-            extra={'true_amplitudes': truth['amplitudes'], 'true_angles': truth['angles'],
-                   'true_shifts': truth['shifts'], 'true_label': truth['labels']})
+            extra=truth_columns(truth))
         output = self._createSetOfParticles()
         fill_set_of_particles(output, particles, base_dir=os.getcwd())
         output.setIsPhaseFlipped(config.phase_flip)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -104,6 +104,13 @@ def write_ground_truth(outputs: _Files, setup: SimulationSetup, config: Simulati
     arrays = {k: v for k, v in dataclasses.asdict(params).items() if v is not None}
     with atomic_path(outputs.truth, suffix='.npz') as tmp:
         np.savez(tmp, mode_numbers=setup.modes.numbers, centre=setup.centre, **arrays)
+
+
+def truth_columns(truth: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The ground truth of a ``ground_truth.npz`` as the particles' extra columns (``true_amplitudes``,
+    ``true_angles`` deg, ``true_shifts`` px, ``true_label``)."""
+    return {'true_amplitudes': truth['amplitudes'], 'true_angles': truth['angles'], 'true_shifts': truth['shifts'],
+            'true_label': truth['labels']}
 
 
 def _load_finished(files: _Files, identity: dict) -> Optional[dict]:
