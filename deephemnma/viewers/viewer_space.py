@@ -2,24 +2,27 @@
 
 The space is drawn as a 2D histogram image (responsive with millions of points). The interactive selection
 window draws a lasso (free hand) or polygon (click vertices) with matplotlib widgets; every finished selection
-is kept, and "save" writes them to a polygon file and launches a groups protocol with it, whose outputs are the
-particle subsets (one per selection), so that selections keep their provenance in the project. Maps open in
-ChimeraX when it is installed, otherwise their central slices are shown.
+is kept, and "save" writes them to a polygon file and launches, in one step, a groups protocol with it (one
+particle subset per selection) and a reconstruction protocol of every subset with its particles' poses, so that
+selections and maps keep their provenance in the project; the finished maps open at once. Slices of an axis (the
+paper's grouping) are launched the same way. Maps open in ChimeraX when it is configured, otherwise their central
+slices are shown.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 from pwem.viewers import EmProtocolViewer
 from pyworkflow.protocol import params
 
 from deephemnma.convert.particles import particles_from_set, space_coordinates
+from deephemnma.protocols.base import CTF_CHOICES
 from deephemnma.protocols.protocol_animate import DeepHemnmaProtAnimate
-from deephemnma.protocols.protocol_groups import DeepHemnmaProtGroups
+from deephemnma.protocols.protocol_groups import METHODS, DeepHemnmaProtGroups
 from deephemnma.protocols.protocol_reconstruct import DeepHemnmaProtReconstruct
 from deephemnma.protocols.protocol_space import DeepHemnmaProtSpace
 from deephemnma.space.groups import write_polygons
@@ -29,15 +32,63 @@ from deephemnma.viewers._images import show_image
 SELECTION_TOOLS = ('lasso', 'polygon')
 
 
-def launch_selection(project, particles, polygons: Dict[str, np.ndarray], path: str) -> DeepHemnmaProtGroups:
-    """Write ``polygons`` to ``path`` and run a groups protocol selecting them from ``particles`` (a set with
-    space coordinates); returns the finished protocol (its ``outputGroupN`` are the subsets)."""
-    write_polygons(path, polygons)
-    protocol = project.newProtocol(DeepHemnmaProtGroups, method=4, polygonsFile=os.path.abspath(path),
-                                   objLabel='space selection')
-    protocol.inputParticles.set(particles)
+class LaunchedGroups(NamedTuple):
+    """The finished protocols of one launch from the viewer: the groups and, when asked, their maps."""
+
+    groups: DeepHemnmaProtGroups
+    reconstruction: Optional[DeepHemnmaProtReconstruct]
+
+    def map_files(self) -> List[str]:
+        """The reconstructed maps, one per group (empty without a reconstruction)."""
+        if self.reconstruction is None:
+            return []
+        return [volume.getFileName() for volume in self.reconstruction.outputVolumes]
+
+
+def _finished(project, protocol, what: str):
+    """Launch ``protocol``, wait for it and return its finished copy; a failed run raises with its error."""
     project.launchProtocol(protocol, wait=True)
-    return project.getProtocol(protocol.getObjId())
+    finished = project.getProtocol(protocol.getObjId())
+    if not finished.isFinished():
+        raise RuntimeError(f'{what} failed: {finished.getErrorMessage()}')
+    return finished
+
+
+def launch_groups(project, particles, label: str, reconstruct: bool = True, ctf_mode: int = 0,
+                  **grouping) -> LaunchedGroups:
+    """Run a groups protocol on ``particles`` (a set with space coordinates) with the ``grouping`` fields of
+    :class:`DeepHemnmaProtGroups` and, when ``reconstruct``, a reconstruction protocol of every group with its
+    particles' poses (``ctf_mode``: index in ``CTF_CHOICES``); waits for both."""
+    groups = project.newProtocol(DeepHemnmaProtGroups, objLabel=label, **grouping)
+    groups.inputParticles.set(particles)
+    groups = _finished(project, groups, f'The groups protocol "{label}"')
+    if not reconstruct:
+        return LaunchedGroups(groups, None)
+    reconstruction = project.newProtocol(DeepHemnmaProtReconstruct, objLabel=f'{label}: maps', ctfMode=ctf_mode)
+    for _name, subset in groups.iterOutputAttributes():
+        reconstruction.inputSets.append(subset)
+    errors = reconstruction._validate()
+    if errors:
+        raise ValueError(f'The groups of "{label}" cannot be reconstructed: ' + ' '.join(errors))
+    return LaunchedGroups(groups, _finished(project, reconstruction, f'The reconstruction of "{label}"'))
+
+
+def launch_selection(project, particles, polygons: Dict[str, np.ndarray], path: str, reconstruct: bool = True,
+                     ctf_mode: int = 0) -> LaunchedGroups:
+    """Write ``polygons`` to ``path``, select them from ``particles`` (a groups protocol: ``outputGroupN`` is
+    the subset of selection N) and reconstruct each subset (see :func:`launch_groups`)."""
+    write_polygons(path, polygons)
+    return launch_groups(project, particles, 'space selection', reconstruct, ctf_mode, method=METHODS.index('polygons'),
+                         polygonsFile=os.path.abspath(path))
+
+
+def launch_axis_slices(project, particles, axis: int, slices: int, reconstruct: bool = True,
+                       ctf_mode: int = 0) -> LaunchedGroups:
+    """Cut axis ``axis`` (1-based) of the space into ``slices`` groups of equal counts (the paper's grouping)
+    and reconstruct each (see :func:`launch_groups`)."""
+    return launch_groups(project, particles, f'axis {axis} in {slices} slices', reconstruct, ctf_mode,
+                         method=METHODS.index('slices'), axis=axis, numberOfGroups=slices, minCount=1,
+                         equalCounts=True)
 
 
 class SelectionWindow:
@@ -101,13 +152,25 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
         form.addParam('displaySpace', params.LabelParam, label='Display the space')
         form.addParam('selectionTool', params.EnumParam, choices=list(SELECTION_TOOLS), default=0,
                       label='Selection tool')
+        form.addParam('reconstructGroups', params.BooleanParam, default=True, label='Reconstruct the groups',
+                      help='Each selection or slicing below launches a groups protocol and, when yes, the '
+                           'reconstruction of every group with its particles\' poses; the maps open when done.')
+        form.addParam('groupsCtf', params.EnumParam, choices=list(CTF_CHOICES), default=0,
+                      condition='reconstructGroups', label='Images are',
+                      help='What the images carry of the CTF, for the reconstruction (as in the reconstruction '
+                           'protocol).')
         form.addParam('displaySelection', params.LabelParam, label='Select groups interactively')
+        form.addParam('sliceAxis', params.IntParam, default=1, label='Axis to slice', help='1 = first axis.')
+        form.addParam('numberOfSlices', params.IntParam, default=5, label='Number of slices',
+                      help='Groups of equal counts along the axis (the paper\'s grouping).')
+        form.addParam('displayAxisGroups', params.LabelParam, label='Slice the axis into groups')
         form.addParam('displayFsc', params.LabelParam, label='Display FSC curves')
         form.addParam('displayMaps', params.LabelParam, label='Display maps')
 
     def _getVisualizeDict(self):
         return {'displaySpace': self._show_space, 'displaySelection': self._show_selection,
-                'displayFsc': self._show_fsc, 'displayMaps': self._show_maps}
+                'displayAxisGroups': self._show_axis_groups, 'displayFsc': self._show_fsc,
+                'displayMaps': self._show_maps}
 
     def _form_value(self, name: str, default):
         """A form value (form attributes exist only once the viewer's form has been built)."""
@@ -171,43 +234,72 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
 
     def save_maps(self, folder: str) -> List[str]:
         """Central slices of every output map as PNG files in ``folder``."""
-        from deephemnma.data.images import read_image
-        paths = []
-        for number, filename in enumerate(self.map_files(), start=1):
-            volume, _ = read_image(filename)
-            path = os.path.join(folder, f'map_{number:03d}_slices.png')
-            save_map_slices(path, volume, os.path.basename(filename))
-            paths.append(path)
-        return paths
+        return save_slices_of_maps(self.map_files(), folder)
 
     # ------------------------------------------------------------------ GUI
     def _show_space(self, _param=None):
         return show_image(self.save_space(self.protocol._getExtraPath('viewer_space.png')))
 
+    def _launch_options(self) -> dict:
+        return {'reconstruct': bool(self._form_value('reconstructGroups', True)),
+                'ctf_mode': self._form_value('groupsCtf', 0)}
+
+    def select_groups(self, polygons: Dict[str, np.ndarray]) -> LaunchedGroups:
+        """Launch the groups of ``polygons`` (drawn in the selection window) and, as the form says, their maps."""
+        return launch_selection(self.getProject(), self._space_particles()[0], polygons,
+                                self.protocol._getExtraPath('selection.json'), **self._launch_options())
+
+    def slice_axis(self) -> LaunchedGroups:
+        """Launch the form's slices of an axis and, as the form says, their maps."""
+        return launch_axis_slices(self.getProject(), self._space_particles()[0], self._form_value('sliceAxis', 1),
+                                  self._form_value('numberOfSlices', 5), **self._launch_options())
+
+    def _open_launched(self, launched: LaunchedGroups) -> List:
+        if launched.reconstruction is None:
+            return []
+        return open_maps(launched.map_files(), launched.reconstruction._getExtraPath())
+
     def _show_selection(self, _param=None):
         import matplotlib.pyplot as plt
-        sets = self._space_particles()
-        coords = space_coordinates(sets[0])
-        path = self.protocol._getExtraPath('selection.json')
-        window = SelectionWindow(coords, lambda polygons: launch_selection(self.getProject(), sets[0], polygons,
-                                                                           path),
+        coords = space_coordinates(self._space_particles()[0])
+        window = SelectionWindow(coords, lambda polygons: self._open_launched(self.select_groups(polygons)),
                                  SELECTION_TOOLS[self._form_value('selectionTool', 0)])
         self._selection_window = window  # keep the widgets alive
         plt.show(block=False)
         return []
 
+    def _show_axis_groups(self, _param=None):
+        return self._open_launched(self.slice_axis())
+
     def _show_fsc(self, _param=None):
         return show_image(self.save_fsc(self.protocol._getExtraPath('viewer_fsc.png')))
 
     def _show_maps(self, _param=None):
-        files = self.map_files()
-        chimerax = chimerax_program()
-        if chimerax and files:
-            subprocess.Popen([chimerax] + files)
-            return []
-        for path in self.save_maps(self.protocol._getExtraPath()):
-            show_image(path)
+        return open_maps(self.map_files(), self.protocol._getExtraPath())
+
+
+def save_slices_of_maps(files: List[str], folder: str) -> List[str]:
+    """Central slices of each map in ``files`` as PNG files in ``folder``; returns their paths."""
+    from deephemnma.data.images import read_image
+    paths = []
+    for number, filename in enumerate(files, start=1):
+        volume, _ = read_image(filename)
+        path = os.path.join(folder, f'map_{number:03d}_slices.png')
+        save_map_slices(path, volume, os.path.basename(filename))
+        paths.append(path)
+    return paths
+
+
+def open_maps(files: List[str], folder: str) -> List:
+    """Open ``files`` in ChimeraX when it is configured, otherwise show their central slices (drawn into
+    ``folder``); returns the viewer's empty list of messages."""
+    chimerax = chimerax_program()
+    if chimerax and files:
+        subprocess.Popen([chimerax] + files)
         return []
+    for path in save_slices_of_maps(files, folder):
+        show_image(path)
+    return []
 
 
 def chimerax_program() -> Optional[str]:

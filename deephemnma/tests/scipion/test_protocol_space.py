@@ -153,7 +153,7 @@ class TestSpaceProtocols(BaseTest):
         self.assertTrue(any('2 modes are selected' in e for e in wrong._validate()))
 
     def _viewer_checks(self, space_prot, groups, recon):
-        from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer, launch_selection
+        from deephemnma.viewers.viewer_space import DeepHemnmaSpaceViewer
         viewer = DeepHemnmaSpaceViewer(project=self.proj, protocol=space_prot)
         folder = tempfile.mkdtemp(prefix='viewer-', dir=self.proj.getPath())
         for colour in ('density', 'source'):
@@ -164,23 +164,42 @@ class TestSpaceProtocols(BaseTest):
         self.assertGreater(os.path.getsize(path), 3000)
         paths = fsc_viewer.save_maps(folder)
         self.assertEqual(len(paths), 2)
-        # A selection drawn in the viewer becomes a groups protocol with polygons: one subset per selection.
-        coords = np.asarray(particles_from_set(space_prot.outputParticles).extra['space'])
-        low, high = np.quantile(coords[:, 0], [0.0, 0.5])
-        polygon = np.array([[low - 1, coords[:, 1].min() - 1], [high, coords[:, 1].min() - 1],
-                            [high, coords[:, 1].max() + 1], [low - 1, coords[:, 1].max() + 1]])
-        # The interactive window (Agg here) hands its finished selections to the same launcher.
-        from matplotlib.figure import Figure
+        self._selection_checks(viewer, space_prot, folder)
 
-        from deephemnma.viewers.viewer_space import SelectionWindow
-        received = []
-        window = SelectionWindow(coords, received.append, 'polygon', figure=Figure())
-        self.assertEqual(window.on_select(polygon), int((coords[:, 0] < high).sum()))
-        window.save()
-        self.assertEqual(list(received[0]), ['selection 1'])
-        selection = launch_selection(self.proj, space_prot.outputParticles, {'left half': polygon},
-                                     os.path.join(folder, 'selection.json'))
-        self.assertEqual(selection.outputGroup1.getSize(), int((coords[:, 0] < high).sum()))
+    def _selection_checks(self, viewer, space_prot, folder):
+        """The viewer's selection, driven headless with given polygons: one step makes the groups protocol (one
+        subset per polygon) and the reconstruction of each subset with its poses; the maps open as slices."""
+        from matplotlib.figure import Figure
+        from pyworkflow.object import Boolean, Integer
+
+        from deephemnma.viewers.viewer_space import SelectionWindow, open_maps
+        coords = np.asarray(particles_from_set(space_prot.outputParticles).extra['space'])
+        middle = np.median(coords[:, 0])
+        low, high = coords.min(axis=0) - 1, coords.max(axis=0) + 1
+        left = np.array([[low[0], low[1]], [middle, low[1]], [middle, high[1]], [low[0], high[1]]])
+        right = np.array([[middle, low[1]], [high[0], low[1]], [high[0], high[1]], [middle, high[1]]])
+        viewer.groupsCtf = Integer(1)  # the form's "Images are": phase_flipped (CTF_CHOICES)
+        window = SelectionWindow(coords, viewer.select_groups, 'polygon', figure=Figure())
+        expected = [int((coords[:, 0] < middle).sum()), int((coords[:, 0] > middle).sum())]
+        self.assertEqual([window.on_select(left), window.on_select(right)], expected)
+        launched = window.save()
+        sizes = [launched.groups.outputGroup1.getSize(), launched.groups.outputGroup2.getSize()]
+        self.assertEqual(sizes, expected)
+        volumes = [volume.clone() for volume in launched.reconstruction.outputVolumes]
+        self.assertEqual(len(volumes), 2)
+        for number, (volume, size) in enumerate(zip(volumes, sizes), start=1):
+            self.assertTrue(os.path.exists(volume.getFileName()))
+            self.assertEqual(volume.getXDim(), BOX)
+            self.assertEqual(launched.reconstruction.fsc_curves(number)['images'], size)
+        self.assertEqual(launched.map_files(), [v.getFileName() for v in volumes])
+        slices = tempfile.mkdtemp(prefix='opened-', dir=folder)
+        open_maps(launched.map_files(), slices)  # no ChimeraX here: central slices drawn and shown
+        self.assertEqual(sorted(os.listdir(slices)), ['map_001_slices.png', 'map_002_slices.png'])
+        # Slices of an axis from the viewer's form, groups only.
+        viewer.reconstructGroups, viewer.numberOfSlices = Boolean(False), Integer(3)
+        sliced = viewer.slice_axis()
+        self.assertIsNone(sliced.reconstruction)
+        self.assertEqual([getattr(sliced.groups, f'outputGroup{n}').getSize() for n in (1, 2, 3)], [80, 80, 80])
 
     def test_bad_inputs_are_refused(self):
         space_prot = self.space_prot
