@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 from pyworkflow.project import Manager, Project
 from pyworkflow.template import LocalTemplate
@@ -102,9 +102,11 @@ def _log_tail(protocol, lines: int = 30) -> str:
     return '(no log)'
 
 
-def find_protocol(project: Project, class_name: str):
-    """The last protocol of ``class_name`` in ``project``."""
-    matches = [p for p in project.getRuns(refresh=True) if p.getClassName() == class_name]
+def find_protocol(project: Project, class_name: str, label: Optional[str] = None):
+    """The last protocol of ``class_name`` in ``project`` (with that ``label`` when given)."""
+    matches = [p for p in project.getRuns(refresh=True)
+               if p.getClassName() == class_name and label in (None, p.getObjLabel())]
     if not matches:
-        raise LookupError(f'no {class_name} protocol in project {project.getName()}')
+        raise LookupError(f'no {class_name} protocol{f" labelled {label!r}" if label else ""} in project '
+                          f'{project.getName()}')
     return matches[-1]

@@ -5,12 +5,14 @@ uniform orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flip
 of 0.325 A Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue
 reference) labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels;
 the second half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
-(``deephemnma infer --refine``'s defaults), each scored against the ground truth. CPU times (process time, all
-threads) per particle include building the engine's library in both (2) + (3) and (1).
+(``deephemnma infer --refine``'s defaults, the global search for the outliers of the refined scores included), each
+scored against the ground truth. CPU times (process time, all threads) per particle include building the engine's
+library in both (2) + (3) and (1).
 
 Figures: ``hemnma_*``, ``network_*``, ``refined_*`` (``amp_mae``, ``angle_median_deg``, ``shift_mae_px``,
 ``frac_within_15``), ``refined_*_over_hemnma``, ``refine_cpu_time_over_global``, ``network_coverage`` (fraction
-of particles with a hypothesis within the search radius of the truth), ``moved_far``, times of each stage.
+of particles with a hypothesis within the search radius of the truth), ``moved_far``, ``fallback`` (particles
+aligned again by the global search: outlier refined scores), times of each stage.
 
 Examples::
 
@@ -63,6 +65,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
                         help='refinement stages (A)')
     parser.add_argument('--top-k', type=int, default=defaults.top_k, help='candidates refined per image')
+    parser.add_argument('--fallback-sigma', type=float, default=defaults.fallback_sigma,
+                        help='global search below the median refined score minus this many robust sigmas (0: never)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
     parser.add_argument('--workdir', help='keep the data, the labels and the model here (a rerun reuses them and '
                                           'measures the held-out stages afresh)')
@@ -122,7 +126,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     times['train_s'] = time.time() - clock
 
     refine = RefineSettings(rotations=args.rotations, radius=args.radius, resolutions=tuple(args.resolutions),
-                            top_k=args.top_k)
+                            top_k=args.top_k, fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
     model = load_model(folder / 'model' / 'model.pt', device)
     predictor = Predictor(model, device, rotations=refine.rotations, keep_hypotheses=True)
@@ -132,7 +136,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     times['predict_s'] = time.time() - clock
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
     clock, cpu = time.time(), time.process_time()
-    refined = refine_predictions(predicted, hypotheses, reference, refine, 'phase_flipped', folder / 'refine')
+    refined = refine_predictions(predicted, hypotheses, reference, refine, AlignSettings(), folder / 'refine')
     refine_cpu = time.process_time() - cpu
     times['refine_s'] = time.time() - clock
 
@@ -149,5 +153,6 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
                                              'predict': predict_cpu / len(heldout),
                                              'refine': refine_cpu / len(heldout)},
                    network_coverage=_coverage(hypotheses, heldout, refine.radius),
-                   moved_far=int(refined.extra['refine_moved_far'].sum()), seconds=times)
+                   moved_far=int(refined.extra['refine_moved_far'].sum()),
+                   fallback=int(refined.extra['refine_fallback'].sum()), seconds=times)
     return figures

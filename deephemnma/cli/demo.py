@@ -2,9 +2,10 @@
 
 Creates a Scipion project from the plugin's ``synthetic_ak`` template (simulate -> HEMNMA on half the particles ->
 train -> predict the other half and refine the predictions -> PCA space -> groups of the predicted half along PC1 ->
-group reconstructions with the predicted poses -> centroids and animation), runs every protocol headless, and prints
-the accuracy against the ground truth (the paper's metrics: HEMNMA's, the network's before and after the
-refinement), the time of each stage, and where the project and the result files are. The space plot, the group maps
+group reconstructions with the predicted poses -> centroids and animation; the same groups of the HEMNMA half for
+comparison), runs every protocol headless, and prints the accuracy against the ground truth (the paper's metrics:
+HEMNMA's, the network's before and after the refinement), the half-map resolutions of the groups of both halves, the
+time of each stage, and where the project and the result files are. The space plot, the group maps
 and their FSC curves are copied to ``OUT/results``. The default sizes (the paper's images, simulated at 256 px of
 0.325 A with SNR 0.1, cropped to 64 px of 1.3 A) took 40 minutes on a 2-core AMD EPYC (training 24 of them); larger
 ones (e.g. ``--count 70000 --box 128 --pixel 0.65 --oversampling 2 --epochs 400 --arch 0 --netbox 0``) are the
@@ -31,6 +32,8 @@ import numpy as np
 from deephemnma.runtime.files import atomic_path
 
 TEMPLATE = 'synthetic_ak'
+#: Labels of the template's reconstructions: the groups of the predicted half and the same slices of the HEMNMA half.
+PREDICTED_MAPS, HEMNMA_MAPS = 'group reconstructions', 'HEMNMA group reconstructions'
 #: Template parameters (aliases) that the command line can set.
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'oversampling': int,
                     'snr': float, 'seed': int, 'angstep': float, 'arch': int, 'epochs': int, 'batch': int,
@@ -79,10 +82,15 @@ def summarise(project, results: Path) -> Dict[str, object]:
         'hemnma_vs_truth': _errors(hemnma), 'network_vs_truth': _errors(_network_predictions(predicted))}
     if 'predicted_angles' in predicted.extra:
         summary['refined_vs_truth'] = _errors(predicted)
+        summary['refined_global_search'] = int(predicted.extra['refine_fallback'].sum())
     summary['stage_seconds'] = {run.getObjLabel(): round(run.getElapsedTime().total_seconds(), 1)
                                 for run in project.getRuns(refresh=True)}
     summary['files'] = _collect_files(project, space, results)
-    summary['groups'] = _group_resolutions(project)
+    summary['groups'] = _group_resolutions(project, PREDICTED_MAPS)
+    summary['hemnma_groups'] = _group_resolutions(project, HEMNMA_MAPS)
+    summary['group_fsc05_gap_angstrom'] = max(
+        predicted['halfmap_fsc05_angstrom'] - hemnma['halfmap_fsc05_angstrom']
+        for predicted, hemnma in zip(summary['groups'], summary['hemnma_groups']))
     with atomic_path(results / 'summary.json') as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))
     return summary
@@ -122,7 +130,7 @@ def _collect_files(project, space, results: Path) -> list:
     from deephemnma.workflow import find_protocol
     root = Path(project.getPath())
     sources = sorted((root / space._getExtraPath()).glob('space_*.png'))
-    reconstruct = find_protocol(project, 'DeepHemnmaProtReconstruct')
+    reconstruct = find_protocol(project, 'DeepHemnmaProtReconstruct', PREDICTED_MAPS)
     sources += sorted((root / reconstruct._getExtraPath()).glob('group_*'))
     animate = find_protocol(project, 'DeepHemnmaProtAnimate')
     sources += sorted((root / animate._getExtraPath()).glob('*.pdb')) + \
@@ -135,9 +143,10 @@ def _collect_files(project, space, results: Path) -> list:
     return copied
 
 
-def _group_resolutions(project) -> list:
+def _group_resolutions(project, label: str) -> list:
+    """Images and half-map resolutions of each map of the reconstruction protocol labelled ``label``."""
     from deephemnma.workflow import find_protocol
-    reconstruct = find_protocol(project, 'DeepHemnmaProtReconstruct')
+    reconstruct = find_protocol(project, 'DeepHemnmaProtReconstruct', label)
     groups = []
     for path in sorted((Path(project.getPath()) / reconstruct._getExtraPath()).glob('group_*_fsc.json')):
         data = json.loads(path.read_text())
@@ -157,8 +166,15 @@ def _print_summary(summary: Dict[str, object], project_path: str, results: Path)
     for name in ('hemnma_vs_truth', 'network_vs_truth', 'refined_vs_truth'):
         if name in summary:
             print(f'  {name}: ' + ', '.join(f'{k} {v:g}' for k, v in summary[name].items()))
+    if 'refined_global_search' in summary:
+        print('  refined particles aligned again by the global search (outlier scores): '
+              f"{summary['refined_global_search']}")
     print('  stages (s): ' + ', '.join(f'{k} {v:g}' for k, v in summary['stage_seconds'].items()))
-    for group in summary['groups']:
-        print('  {group}: {images} images, half-map FSC 0.5 at {halfmap_fsc05_angstrom:.2f} A, '
-              '0.143 at {halfmap_fsc0143_angstrom:.2f} A'.format(**group))
+    for name, key in (('predicted', 'groups'), ('HEMNMA', 'hemnma_groups')):
+        for group in summary.get(key, []):
+            print(f'  {name} ' + '{group}: {images} images, half-map FSC 0.5 at {halfmap_fsc05_angstrom:.2f} A, '
+                  '0.143 at {halfmap_fsc0143_angstrom:.2f} A'.format(**group))
+    if 'group_fsc05_gap_angstrom' in summary:
+        print('  predicted groups vs HEMNMA groups of the same sizes: FSC 0.5 at most '
+              f"{summary['group_fsc05_gap_angstrom']:.2f} A coarser")
     print(json.dumps({k: v for k, v in summary.items() if k != 'files'}))

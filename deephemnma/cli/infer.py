@@ -8,10 +8,13 @@ the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, fro
 ``--refine`` (predict then refine): the network's orientations for ``--rotations`` in-plane rotated copies of each
 image (8 by default) and their average are hypotheses; the HEMNMA engine (the modes given with ``--modes``)
 searches the library orientations within ``--search-radius`` degrees of them around the predicted shift, and
-refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``. The output carries the
-refined values, the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``,
-``predicted_amplitudes``), the angle the refinement moved (``refine_change_deg``) and ``refine_moved_far``
-(1 beyond ``--far-angle``). Resumable and sharded over torchrun ranks like ``deephemnma align``.
+refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; particles whose refined
+score is an outlier (more than ``--fallback-sigma`` robust deviations below the median: none of the network's
+hypotheses led to the pose) are aligned again by HEMNMA's global search. The output carries the refined values,
+the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``, ``predicted_amplitudes``),
+the angle the refinement moved (``refine_change_deg``), ``refine_moved_far`` (1 beyond ``--far-angle``) and
+``refine_fallback`` (1 where the global search ran). Resumable and sharded over torchrun ranks like
+``deephemnma align``.
 
 Examples::
 
@@ -44,6 +47,7 @@ from deephemnma.cli._common import (
 from deephemnma.data.formats import check_format, load_particles, write_particles
 from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource
+from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.stack import RefineSettings, refine_predictions
 from deephemnma.nma.files import load_modes
@@ -98,6 +102,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     refine.add_argument('--far-angle', type=positive_float, default=DEFAULTS.far_angle,
                         help='flag particles whose refined orientation is further than this (deg) from the '
                              "network's (refine_moved_far)")
+    refine.add_argument('--fallback-sigma', type=non_negative_float, default=DEFAULTS.fallback_sigma,
+                        help='align again by the global search the particles whose refined score lies more than '
+                             'this many robust standard deviations below the median (refine_fallback); 0: never')
     refine.add_argument('--refine-chunk-size', type=positive_int, default=64,
                         help='images per refinement batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
@@ -122,17 +129,18 @@ def refine_modes(args: argparse.Namespace, model: TrainedModel) -> Optional[Norm
 
 
 def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, raw: Dict[str, np.ndarray],
-           inverted: bool, work_folder, device: torch.device, rank: Rank) -> Optional[Particles]:
-    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses (None on ranks > 0)."""
+           inverted: bool, work_folder, device: torch.device, rank: Rank) -> Particles:
+    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses, the global search for
+    the outliers of the refined scores."""
     reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
-                              far_angle=args.far_angle)
+                              far_angle=args.far_angle, fallback_sigma=args.fallback_sigma)
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
-    return refine_predictions(predicted, hypotheses, reference, settings, args.ctf, work_folder,
-                              args.refine_chunk_size, device, rank, progress, inverted)
+    return refine_predictions(predicted, hypotheses, reference, settings, AlignSettings(ctf_mode=args.ctf),
+                              work_folder, args.refine_chunk_size, device, rank, progress, inverted)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -163,7 +171,8 @@ def main(args: argparse.Namespace) -> int:
                        'contrast': contrast, 'refined': bool(args.refine)}
             if args.refine:
                 summary.update(mean_score=float(result.score.mean()),
-                               moved_far=int(result.extra['refine_moved_far'].sum()))
+                               moved_far=int(result.extra['refine_moved_far'].sum()),
+                               fallback=int(result.extra['refine_fallback'].sum()))
             print(json.dumps(summary))
     finally:
         cleanup()

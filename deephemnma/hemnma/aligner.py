@@ -273,7 +273,6 @@ class Aligner:
         self.amplitude_unit = torch.as_tensor(reference.amplitude_scale(), dtype=self.dtype, device=self.device)
         self.rotation_unit = 1.0 / max(reference.radius_of_gyration(), 1.0)
         self.shift_unit = 1.0 / self.pixel_size
-        self._library: Optional[_Library] = None
         self._projectors = ProjectorCache(lambda box, pixel_size, radius, device, dtype:
                                           FourierProjector(self.model, box, pixel_size, radius, device, dtype))
 
@@ -298,10 +297,14 @@ class Aligner:
 
     # -- global search ------------------------------------------------------------------------------
     def library(self) -> _Library:
-        """The projection library of the global search (built once per aligner)."""
-        if self._library is None:
-            self._library = self._build_library()
-        return self._library
+        """The projection library of the global search, built once per grid (size, pixel size, device, search
+        resolution, angular step, start conformations) and kept by the reference for its other aligners."""
+        s = self.settings
+        key = (self.box, self.pixel_size, str(self.device), s.search_resolution, s.angular_step,
+               self.start_conformations().tobytes())
+        if key not in self.reference.libraries:
+            self.reference.libraries[key] = self._build_library()
+        return self.reference.libraries[key]
 
     def _build_library(self) -> _Library:
         s = self.settings

@@ -8,8 +8,8 @@ the model the modes were computed on (:mod:`deephemnma.nma.modes`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -87,6 +87,10 @@ class AlignReference:
     vectors: np.ndarray
     mode_numbers: np.ndarray
     rotations: Optional[np.ndarray] = None
+    #: Projection libraries of the global search by grid (see ``Aligner.library``): made once and shared by
+    #: every aligner of this reference in the process (e.g. the guided search and the global search of its
+    #: outliers).
+    libraries: Dict[tuple, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def deformation(self) -> str:

@@ -9,7 +9,8 @@ on the chunk it belongs to, never on the number of processes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -29,8 +30,9 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
                     work_folder: str | os.PathLike, base_dir: str | os.PathLike = '.', local: bool = False,
                     chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
                     progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
-                    invert: bool = False, hypotheses: Optional[np.ndarray] = None) -> Optional[Particles]:
-    """Align every particle; returns (on rank 0) a copy of ``particles`` with angles, shifts, amplitudes, score.
+                    invert: bool = False, hypotheses: Optional[np.ndarray] = None) -> Particles:
+    """Align every particle; returns (on every rank) a copy of ``particles`` with angles, shifts, amplitudes,
+    score.
 
     ``local``: refine from the particles' own angles/shifts (and amplitudes when present) instead of a global
     search. ``hypotheses`` (n, H, 3) Euler angles (deg): guided mode (predict then refine), a search around these
@@ -62,8 +64,6 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
         return aligner.align(images, None if ctf is None else ctf.rows(index), initial, guide)
 
     store.run(compute, rank, progress)
-    if not rank.is_main:
-        return None
     merged = store.merged()
     result = particles.subset(np.arange(len(particles)))
     result.angles, result.shifts = merged['angles'], merged['shifts']
@@ -80,7 +80,9 @@ class RefineSettings:
     hypothesis, their average another); ``radius`` (deg) and ``shift_radius`` (px): the guided search around each
     hypothesis and the predicted shift; ``resolutions`` (Angstrom) and ``top_k``: the refinement stages and the
     candidates refined; ``far_angle`` (deg): flag a particle whose refined orientation is further from the
-    prediction."""
+    prediction; ``fallback_sigma``: a particle whose refined score lies more than this many robust standard
+    deviations below the median refined score (none of its hypotheses led to its pose) is aligned again by the
+    global search, and the better of the two scores is kept; 0: never."""
 
     rotations: int = 8
     radius: float = 45.0
@@ -88,36 +90,72 @@ class RefineSettings:
     resolutions: Tuple[float, ...] = (7.0, 3.5)
     top_k: int = 2
     far_angle: float = 15.0
+    fallback_sigma: float = 4.0
 
-    def align_settings(self, ctf_mode: str) -> AlignSettings:
-        """The engine's settings of the guided search and refinement."""
-        return AlignSettings(ctf_mode=ctf_mode, top_k=self.top_k, hypothesis_radius=self.radius,
-                             hypothesis_shift_range=self.shift_radius,
-                             **AlignSettings.stages(self.resolutions, self.top_k))
+    def align_settings(self, search: AlignSettings) -> AlignSettings:
+        """The guided search and refinement: the library of the global search ``search`` (orientation grid,
+        start conformations, CTF mode) searched near the hypotheses, with these stages and candidates."""
+        return replace(search, top_k=self.top_k, hypothesis_radius=self.radius,
+                       hypothesis_shift_range=self.shift_radius, **AlignSettings.stages(self.resolutions, self.top_k))
 
 
 def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: AlignReference,
-                       settings: RefineSettings, ctf_mode: str, work_folder: str | os.PathLike,
+                       settings: RefineSettings, search: AlignSettings, work_folder: str | os.PathLike,
                        chunk_size: int = 64, device: torch.device = torch.device('cpu'), rank: Rank = Rank(),
                        progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
-                       invert: bool = False) -> Optional[Particles]:
+                       invert: bool = False) -> Particles:
     """Predict then refine: the guided alignment of ``predicted`` (the network's poses; shifts are the search
-    centres) around ``hypotheses`` (n, H, 3) Euler angles (deg), with :func:`refinement_report`'s columns
-    (rank 0; None on the others). Resumable and sharded like :func:`align_particles`."""
-    refined = align_particles(predicted, reference, settings.align_settings(ctf_mode), work_folder, '.', False,
-                              chunk_size, device, rank, progress, invert, hypotheses)
-    return None if refined is None else refinement_report(predicted, refined, settings.far_angle)
+    centres) around ``hypotheses`` (n, H, 3) Euler angles (deg) in the library of the global search ``search``,
+    then that global search for the particles whose refined score is an outlier (:func:`score_outliers`), with
+    :func:`refinement_report`'s columns. Resumable and sharded like :func:`align_particles` (chunks in
+    ``work_folder/guided`` and ``work_folder/fallback``)."""
+    folder = Path(work_folder)
+    refined = align_particles(predicted, reference, settings.align_settings(search), folder / 'guided', '.',
+                              False, chunk_size, device, rank, progress, invert, hypotheses)
+    fallback = score_outliers(refined.score, settings.fallback_sigma)
+    if fallback.any():
+        rows = np.flatnonzero(fallback)
+        searched = align_particles(refined.subset(rows), reference, search, folder / 'fallback', '.', False,
+                                   chunk_size, device, rank, progress, invert)
+        refined = _better_scores(refined, rows, searched)
+    return refinement_report(predicted, refined, settings.far_angle, fallback)
 
 
-def refinement_report(predicted: Particles, refined: Particles, far_angle_deg: float) -> Particles:
+def score_outliers(scores: np.ndarray, sigmas: float) -> np.ndarray:
+    """True where a score lies more than ``sigmas`` robust standard deviations below the median (the deviation
+    from the upper half, (q75 - median) / 0.6745, which the failures in the lower tail do not widen); none when
+    ``sigmas`` is 0."""
+    if sigmas <= 0 or len(scores) < 4:
+        return np.zeros(len(scores), dtype=bool)
+    median, upper = np.quantile(scores, [0.5, 0.75])
+    return scores < median - sigmas * (upper - median) / 0.6745
+
+
+def _better_scores(refined: Particles, rows: np.ndarray, searched: Particles) -> Particles:
+    """``refined`` with the poses and amplitudes of ``searched`` (the particles ``rows`` aligned again) where
+    their score is higher."""
+    taken = searched.score > refined.score[rows]
+    better = rows[taken]
+    result = refined.subset(np.arange(len(refined)))
+    for name in ('angles', 'shifts', 'amplitudes', 'score'):
+        values = getattr(result, name).copy()
+        values[better] = getattr(searched, name)[taken]
+        setattr(result, name, values)
+    return result
+
+
+def refinement_report(predicted: Particles, refined: Particles, far_angle_deg: float,
+                      fallback: Optional[np.ndarray] = None) -> Particles:
     """``refined`` (predict then refine) with the network's predictions kept beside it (extra columns
     ``predicted_angles`` deg, ``predicted_shifts`` px, ``predicted_amplitudes``), the angle (deg) between the
-    predicted and the refined orientation (``refine_change_deg``) and ``refine_moved_far`` (1 where that angle
-    exceeds ``far_angle_deg``, else 0)."""
+    predicted and the refined orientation (``refine_change_deg``), ``refine_moved_far`` (1 where that angle
+    exceeds ``far_angle_deg``, else 0) and ``refine_fallback`` (1 where the global search was run again)."""
     change = geodesic_angle_deg(euler_to_matrix(predicted.angles), euler_to_matrix(refined.angles))
     report = refined.subset(np.arange(len(refined)))
+    fallback = np.zeros(len(refined), dtype=bool) if fallback is None else fallback
     report.extra.update({'predicted_angles': predicted.angles, 'predicted_shifts': predicted.shifts,
-                         'refine_change_deg': change, 'refine_moved_far': (change > far_angle_deg).astype(float)})
+                         'refine_change_deg': change, 'refine_moved_far': (change > far_angle_deg).astype(float),
+                         'refine_fallback': fallback.astype(float)})
     if predicted.amplitudes is not None:
         report.extra['predicted_amplitudes'] = predicted.amplitudes
     return report

@@ -15,7 +15,7 @@ from deephemnma.protocols.base import DeepHemnmaProtocol
 
 #: The refinement's columns kept on the output particles (attributes ``_deephemnma_NAME``).
 REFINE_COLUMNS = ('predicted_angles', 'predicted_shifts', 'predicted_amplitudes', 'refine_change_deg',
-                  'refine_moved_far')
+                  'refine_moved_far', 'refine_fallback')
 _DEFAULTS = RefineSettings()
 
 
@@ -33,6 +33,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.movedFar = Integer()  # refined particles flagged as moved far (for the summary)
+        self.fellBack = Integer()  # refined particles aligned again by the global search (for the summary)
 
     def _defineParams(self, form) -> None:
         form.addSection(label='Input')
@@ -64,6 +65,11 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                       label='Flag moves beyond (deg)', expertLevel=params.LEVEL_ADVANCED,
                       help='Particles whose refined orientation is further than this from the prediction are '
                            'flagged (_deephemnma_refine_moved_far = 1).')
+        form.addParam('fallbackSigma', params.FloatParam, default=_DEFAULTS.fallback_sigma, condition='refine',
+                      label='Global search below (robust sigmas)', expertLevel=params.LEVEL_ADVANCED,
+                      help='Particles whose refined score lies more than this many robust standard deviations '
+                           "below the median score (none of the network's hypotheses led to their pose) are "
+                           'aligned again by the global search (_deephemnma_refine_fallback = 1); 0: never.')
         self._defineImageParams(form)
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
@@ -98,7 +104,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.refine.get():
             arguments += (f' --refine {self._modesArguments()} --reference-model {self._referenceModel()} '
                           f'{self._deformationArgument()} --search-radius {self.searchRadius.get()} '
-                          f'--far-angle {self.farAngle.get()}')
+                          f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()}')
         self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:
@@ -107,7 +113,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                                      REFINE_COLUMNS)
         if 'refine_moved_far' in predicted.extra:
             self.movedFar.set(int(predicted.extra['refine_moved_far'].sum()))
-            self._store(self.movedFar)
+            self.fellBack.set(int(predicted.extra['refine_fallback'].sum()))
+            self._store(self.movedFar, self.fellBack)
         self._defineOutputs(outputParticles=output)
         self._defineSourceRelation(self.inputParticles, output)
         self._defineSourceRelation(self.inputTraining, output)
@@ -146,6 +153,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                               'modes are selected for the refinement.')
         if self.searchRadius.get() <= 0 or self.farAngle.get() <= 0:
             errors.append('The search radius and the flag angle must be positive.')
+        if self.fallbackSigma.get() < 0:
+            errors.append('The global-search threshold (robust sigmas) must be 0 (never) or positive.')
         if self.rotations.get() < 2:
             errors.append('The refinement takes its hypotheses from rotated copies: use at least 2 in-plane '
                           'rotations per image.')
@@ -159,7 +168,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         lines = [f'Predicted the parameters of {self.outputParticles.getSize()} particles{averaged}.']
         if self.refine.get():
             lines.append(f'Refined with the HEMNMA engine (modes {self._selectedModes()}); {self.movedFar.get()} '
-                         f'moved further than {self.farAngle.get():g} deg from the prediction.')
+                         f'moved further than {self.farAngle.get():g} deg from the prediction; '
+                         f'{self.fellBack.get()} were aligned again by the global search (outlier scores).')
         return lines
 
     def _methods(self):

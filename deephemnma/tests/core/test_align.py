@@ -14,7 +14,13 @@ from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.hemnma.aligner import Aligner, AlignSettings, orientation_grid, small_rotation, so3_ball_fraction
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.hemnma.stack import align_particles, refinement_report
+from deephemnma.hemnma.stack import (
+    RefineSettings,
+    align_particles,
+    refine_predictions,
+    refinement_report,
+    score_outliers,
+)
 from deephemnma.hemnma.xmipp import XmippAlignmentJob, merge_in_order, read_alignment
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
@@ -133,6 +139,41 @@ class TestRecovery(SingleThreaded):
         far_errors = geodesic_angle_deg(euler_to_matrix(far['angles']), euler_to_matrix(self.angles))
         self.assertGreater(np.median(far_errors), 45.0, far_errors)
         self.assertLess(far['score'].mean(), result['score'].mean())
+
+    def test_predict_then_refine_falls_back_to_the_global_search(self):
+        """Hypotheses 25 deg off for four particles, 120 deg off for two: the guided refinement finds the first
+        four; the other two get outlier scores, and the global search (the fallback) finds them."""
+        with tempfile.TemporaryDirectory() as folder:
+            write_stack(Path(folder) / 'particles.mrcs', self.images, PIXEL)
+            count = len(self.images)
+            predicted = Particles(image=stack_locations(str(Path(folder) / 'particles.mrcs'), count),
+                                  pixel_size=PIXEL, angles=self.angles, shifts=self.shifts,
+                                  amplitudes=np.zeros((count, 3)), defocus_u=np.full(count, 5000.0),
+                                  defocus_v=np.full(count, 5000.0), defocus_angle=np.zeros(count), **CTF)
+            far = np.arange(count) >= count - 2
+            hypotheses = np.where(far[:, None], self._rotated(120.0, 4), self._rotated(25.0, 5))[:, None]
+            settings = RefineSettings(radius=35.0, shift_radius=2.0, resolutions=(7.0, 5.0), top_k=2)
+            result = refine_predictions(predicted, hypotheses, self.reference, settings, FAST,
+                                        Path(folder) / 'refine')
+            np.testing.assert_array_equal(result.extra['refine_fallback'], far.astype(float))
+            errors = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(self.angles))
+            self.assertLess(errors.max(), 6.0, errors)
+            # without the fallback (the guided chunks are reused), the two stay far from their poses
+            settings.fallback_sigma = 0.0
+            guided_only = refine_predictions(predicted, hypotheses, self.reference, settings, FAST,
+                                             Path(folder) / 'refine')
+            errors = geodesic_angle_deg(euler_to_matrix(guided_only.angles), euler_to_matrix(self.angles))
+            self.assertTrue(np.all(errors[far] > 45.0), errors)
+            self.assertFalse(guided_only.extra['refine_fallback'].any())
+
+
+def test_score_outliers_are_the_lower_tail_only():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.76, 0.03, 90), rng.normal(0.42, 0.05, 10)])
+    outliers = score_outliers(scores, 4.0)
+    np.testing.assert_array_equal(np.flatnonzero(outliers), np.arange(90, 100))
+    assert not score_outliers(scores, 0.0).any()
+    assert not score_outliers(scores[:90], 4.0).any()
 
 
 def test_refinement_report_flags_far_moves():

@@ -8,6 +8,7 @@ space protocols.
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,7 +37,8 @@ class TestSyntheticWorkflow(BaseTest):
     def setUpClass(cls):
         setupTestProject(cls)
         run_workflow(cls.proj, resolve_template('synthetic_ak', TINY), report=lambda message: None)
-        cls.runs = {p.getClassName(): p for p in cls.proj.getRuns(refresh=True)}
+        # by class; of the two groups and reconstructions, the first: those of the predicted half
+        cls.runs = {p.getClassName(): p for p in reversed(cls.proj.getRuns(refresh=True))}
 
     def test_every_protocol_finished(self):
         expected = {'DeepHemnmaProtSimulate', 'ProtSplitSet', 'DeepHemnmaProtAlign', 'DeepHemnmaProtTrain',
@@ -87,6 +89,25 @@ class TestSyntheticWorkflow(BaseTest):
                 fsc = json.load(handle)
             self.assertGreater(fsc['images'], 0)
             self.assertGreater(fsc['half_maps']['fsc'][1], 0.5, 'low-frequency half-map agreement')
+
+    def test_demo_summary_compares_predicted_and_hemnma_groups_of_the_same_sizes(self):
+        from deephemnma.cli.demo import summarise
+        here = os.getcwd()
+        os.chdir(self.proj.getPath())  # as the demo: Scipion's sets hold paths relative to the project
+        try:
+            summary = summarise(self.proj, Path(tempfile.mkdtemp(prefix='summary-', dir=self.proj.getPath())))
+        finally:
+            os.chdir(here)
+        sizes = [[group['images'] for group in summary[key]] for key in ('groups', 'hemnma_groups')]
+        self.assertEqual(sizes[0], sizes[1])
+        self.assertEqual(len(sizes[0]), 3)
+        gaps = [a['halfmap_fsc05_angstrom'] - b['halfmap_fsc05_angstrom']
+                for a, b in zip(summary['groups'], summary['hemnma_groups'])]
+        self.assertAlmostEqual(summary['group_fsc05_gap_angstrom'], max(gaps))
+        self.assertIn('refined_vs_truth', summary)
+        self.assertEqual(summary['refined_global_search'],
+                         int(particles_from_set(self.runs['DeepHemnmaProtInfer'].outputParticles)
+                             .extra['refine_fallback'].sum()))
 
     def test_chimerax_script_opens_group_maps_centroids_and_map_series(self):
         animate = self.runs['DeepHemnmaProtAnimate']
