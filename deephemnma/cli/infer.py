@@ -8,9 +8,10 @@ the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, fro
 ``--refine`` (predict then refine): the network's orientations for ``--rotations`` in-plane rotated copies of each
 image (8 by default) and their average are hypotheses; the HEMNMA engine (the modes given with ``--modes``)
 searches the library orientations within ``--search-radius`` degrees of them around the predicted shift, and
-refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; particles whose refined
-score is an outlier (more than ``--fallback-sigma`` robust deviations below the median: none of the network's
-hypotheses led to the pose) are aligned again by HEMNMA's global search. The output carries the refined values,
+refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; HEMNMA's global search
+aligns ``--calibration`` particles (evenly spread) to learn what a found pose scores on these images, and every
+particle whose refined score lies more than ``--fallback-sigma`` robust deviations below their median (none of the
+network's hypotheses led to the pose) is aligned again by it. The output carries the refined values,
 the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``, ``predicted_amplitudes``),
 the angle the refinement moved (``refine_change_deg``), ``refine_moved_far`` (1 beyond ``--far-angle``) and
 ``refine_fallback`` (1 where the global search ran). Resumable and sharded over torchrun ranks like
@@ -104,7 +105,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "network's (refine_moved_far)")
     refine.add_argument('--fallback-sigma', type=non_negative_float, default=DEFAULTS.fallback_sigma,
                         help='align again by the global search the particles whose refined score lies more than '
-                             'this many robust standard deviations below the median (refine_fallback); 0: never')
+                             "this many robust standard deviations below the calibration sample's median score "
+                             '(refine_fallback); 0: no global search')
+    refine.add_argument('--calibration', type=non_negative_int, default=DEFAULTS.calibration,
+                        help='particles aligned by the global search to calibrate the scores of found poses')
     refine.add_argument('--refine-chunk-size', type=positive_int, default=64,
                         help='images per refinement batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
@@ -135,7 +139,8 @@ def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, r
     reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
-                              far_angle=args.far_angle, fallback_sigma=args.fallback_sigma)
+                              far_angle=args.far_angle, fallback_sigma=args.fallback_sigma,
+                              calibration=args.calibration)
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))

@@ -80,9 +80,10 @@ class RefineSettings:
     hypothesis, their average another); ``radius`` (deg) and ``shift_radius`` (px): the guided search around each
     hypothesis and the predicted shift; ``resolutions`` (Angstrom) and ``top_k``: the refinement stages and the
     candidates refined; ``far_angle`` (deg): flag a particle whose refined orientation is further from the
-    prediction; ``fallback_sigma``: a particle whose refined score lies more than this many robust standard
-    deviations below the median refined score (none of its hypotheses led to its pose) is aligned again by the
-    global search, and the better of the two scores is kept; 0: never."""
+    prediction; ``calibration`` particles (evenly spread) are also aligned by the global search, and a particle
+    whose refined score lies more than ``fallback_sigma`` robust standard deviations below their median score
+    (none of its hypotheses led to its pose) is aligned again by the global search; the better of the two
+    results is kept; ``fallback_sigma`` 0: no global search at all."""
 
     rotations: int = 8
     radius: float = 45.0
@@ -91,6 +92,7 @@ class RefineSettings:
     top_k: int = 2
     far_angle: float = 15.0
     fallback_sigma: float = 4.0
+    calibration: int = 64
 
     def align_settings(self, search: AlignSettings) -> AlignSettings:
         """The guided search and refinement: the library of the global search ``search`` (orientation grid,
@@ -105,30 +107,44 @@ def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: 
                        progress: Optional[Callable[[Iterator[int]], Iterator[int]]] = None,
                        invert: bool = False) -> Particles:
     """Predict then refine: the guided alignment of ``predicted`` (the network's poses; shifts are the search
-    centres) around ``hypotheses`` (n, H, 3) Euler angles (deg) in the library of the global search ``search``,
-    then that global search for the particles whose refined score is an outlier (:func:`score_outliers`), with
+    centres) around ``hypotheses`` (n, H, 3) Euler angles (deg) in the library of the global search ``search``;
+    then that global search for a calibration sample, whose scores tell what a found pose scores on these images
+    (:func:`score_threshold`), and for the particles whose refined score falls below it; with
     :func:`refinement_report`'s columns. Resumable and sharded like :func:`align_particles` (chunks in
-    ``work_folder/guided`` and ``work_folder/fallback``)."""
+    ``work_folder/guided``, ``calibration`` and ``fallback``)."""
     folder = Path(work_folder)
+
+    def global_search(rows: np.ndarray, name: str) -> Particles:
+        return align_particles(refined.subset(rows), reference, search, folder / name, '.', False, chunk_size,
+                               device, rank, progress, invert)
+
     refined = align_particles(predicted, reference, settings.align_settings(search), folder / 'guided', '.',
                               False, chunk_size, device, rank, progress, invert, hypotheses)
-    fallback = score_outliers(refined.score, settings.fallback_sigma)
-    if fallback.any():
-        rows = np.flatnonzero(fallback)
-        searched = align_particles(refined.subset(rows), reference, search, folder / 'fallback', '.', False,
-                                   chunk_size, device, rank, progress, invert)
-        refined = _better_scores(refined, rows, searched)
-    return refinement_report(predicted, refined, settings.far_angle, fallback)
+    searched = np.zeros(len(refined), dtype=bool)
+    if settings.fallback_sigma > 0 and settings.calibration > 0:
+        sample = calibration_rows(len(refined), settings.calibration)
+        calibrated = global_search(sample, 'calibration')
+        threshold = score_threshold(calibrated.score, settings.fallback_sigma)
+        refined = _better_scores(refined, sample, calibrated)
+        searched[sample] = True
+        rows = np.flatnonzero(~searched & (refined.score < threshold))
+        if len(rows):
+            refined = _better_scores(refined, rows, global_search(rows, 'fallback'))
+            searched[rows] = True
+    return refinement_report(predicted, refined, settings.far_angle, searched)
 
 
-def score_outliers(scores: np.ndarray, sigmas: float) -> np.ndarray:
-    """True where a score lies more than ``sigmas`` robust standard deviations below the median (the deviation
-    from the upper half, (q75 - median) / 0.6745, which the failures in the lower tail do not widen); none when
-    ``sigmas`` is 0."""
-    if sigmas <= 0 or len(scores) < 4:
-        return np.zeros(len(scores), dtype=bool)
-    median, upper = np.quantile(scores, [0.5, 0.75])
-    return scores < median - sigmas * (upper - median) / 0.6745
+def calibration_rows(count: int, size: int) -> np.ndarray:
+    """``size`` rows evenly spread over ``count`` (all of them when ``count <= size``)."""
+    return np.unique(np.linspace(0, count - 1, min(count, size)).round().astype(np.int64))
+
+
+def score_threshold(found: np.ndarray, sigmas: float) -> float:
+    """The lowest score of a found pose: ``sigmas`` robust standard deviations below the median of ``found`` (the
+    global search's scores on the same images; deviation from their upper half, (q75 - median) / 0.6745, which a
+    few failures in the lower tail do not widen)."""
+    median, upper = np.quantile(found, [0.5, 0.75])
+    return float(median - sigmas * (upper - median) / 0.6745)
 
 
 def _better_scores(refined: Particles, rows: np.ndarray, searched: Particles) -> Particles:

@@ -67,9 +67,10 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            'flagged (_deephemnma_refine_moved_far = 1).')
         form.addParam('fallbackSigma', params.FloatParam, default=_DEFAULTS.fallback_sigma, condition='refine',
                       label='Global search below (robust sigmas)', expertLevel=params.LEVEL_ADVANCED,
-                      help='Particles whose refined score lies more than this many robust standard deviations '
-                           "below the median score (none of the network's hypotheses led to their pose) are "
-                           'aligned again by the global search (_deephemnma_refine_fallback = 1); 0: never.')
+                      help=f'The global search aligns {_DEFAULTS.calibration} particles to learn what a found pose '
+                           'scores; particles whose refined score lies more than this many robust standard '
+                           "deviations below their median (none of the network's hypotheses led to the pose) are "
+                           'aligned again by it (_deephemnma_refine_fallback = 1 on both); 0: no global search.')
         self._defineImageParams(form)
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')

@@ -17,9 +17,10 @@ from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import (
     RefineSettings,
     align_particles,
+    calibration_rows,
     refine_predictions,
     refinement_report,
-    score_outliers,
+    score_threshold,
 )
 from deephemnma.hemnma.xmipp import XmippAlignmentJob, merge_in_order, read_alignment
 from deephemnma.imaging.ctf import CTFParams
@@ -142,7 +143,8 @@ class TestRecovery(SingleThreaded):
 
     def test_predict_then_refine_falls_back_to_the_global_search(self):
         """Hypotheses 25 deg off for four particles, 120 deg off for two: the guided refinement finds the first
-        four; the other two get outlier scores, and the global search (the fallback) finds them."""
+        four; the other two score below what the global search scores on a calibration sample (particles 0 and 5),
+        and the global search (the fallback) finds them."""
         with tempfile.TemporaryDirectory() as folder:
             write_stack(Path(folder) / 'particles.mrcs', self.images, PIXEL)
             count = len(self.images)
@@ -152,10 +154,11 @@ class TestRecovery(SingleThreaded):
                                   defocus_v=np.full(count, 5000.0), defocus_angle=np.zeros(count), **CTF)
             far = np.arange(count) >= count - 2
             hypotheses = np.where(far[:, None], self._rotated(120.0, 4), self._rotated(25.0, 5))[:, None]
-            settings = RefineSettings(radius=35.0, shift_radius=2.0, resolutions=(7.0, 5.0), top_k=2)
+            settings = RefineSettings(radius=35.0, shift_radius=2.0, resolutions=(7.0, 5.0), top_k=2, calibration=2)
             result = refine_predictions(predicted, hypotheses, self.reference, settings, FAST,
                                         Path(folder) / 'refine')
-            np.testing.assert_array_equal(result.extra['refine_fallback'], far.astype(float))
+            searched = result.extra['refine_fallback'] == 1
+            self.assertTrue(np.all(searched[far]) and searched[0], searched)
             errors = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(self.angles))
             self.assertLess(errors.max(), 6.0, errors)
             # without the fallback (the guided chunks are reused), the two stay far from their poses
@@ -167,13 +170,15 @@ class TestRecovery(SingleThreaded):
             self.assertFalse(guided_only.extra['refine_fallback'].any())
 
 
-def test_score_outliers_are_the_lower_tail_only():
+def test_score_threshold_separates_found_from_missed_poses():
     rng = np.random.default_rng(0)
-    scores = np.concatenate([rng.normal(0.76, 0.03, 90), rng.normal(0.42, 0.05, 10)])
-    outliers = score_outliers(scores, 4.0)
-    np.testing.assert_array_equal(np.flatnonzero(outliers), np.arange(90, 100))
-    assert not score_outliers(scores, 0.0).any()
-    assert not score_outliers(scores[:90], 4.0).any()
+    found = rng.normal(0.76, 0.03, 64)
+    threshold = score_threshold(np.concatenate([found, [0.40, 0.45]]), 4.0)  # two misses among the calibration
+    assert 0.60 < threshold < 0.68
+    refined = np.concatenate([rng.normal(0.76, 0.03, 90), rng.normal(0.42, 0.05, 10)])
+    np.testing.assert_array_equal(np.flatnonzero(refined < threshold), np.arange(90, 100))
+    np.testing.assert_array_equal(calibration_rows(100, 3), [0, 50, 99])
+    np.testing.assert_array_equal(calibration_rows(2, 64), [0, 1])
 
 
 def test_refinement_report_flags_far_moves():
