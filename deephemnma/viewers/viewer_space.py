@@ -40,9 +40,7 @@ class LaunchedGroups(NamedTuple):
 
     def map_files(self) -> List[str]:
         """The reconstructed maps, one per group (empty without a reconstruction)."""
-        if self.reconstruction is None:
-            return []
-        return [volume.getFileName() for volume in self.reconstruction.outputVolumes]
+        return [] if self.reconstruction is None else volume_files(self.reconstruction.outputVolumes)
 
 
 def _finished(project, protocol, what: str):
@@ -230,7 +228,7 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
     def map_files(self) -> List[str]:
         protocol = self.protocol
         volumes = getattr(protocol, 'outputVolumes', None) or getattr(protocol, 'outputCentroidMaps', None)
-        return [v.getFileName() for v in volumes] if volumes is not None else []
+        return volume_files(volumes) if volumes is not None else []
 
     def save_maps(self, folder: str) -> List[str]:
         """Central slices of every output map as PNG files in ``folder``."""
@@ -276,6 +274,11 @@ class DeepHemnmaSpaceViewer(EmProtocolViewer):
 
     def _show_maps(self, _param=None):
         return open_maps(self.map_files(), self.protocol._getExtraPath())
+
+
+def volume_files(volumes) -> List[str]:
+    """The file of each volume of a Scipion set (the set's iterator reuses one item, so names are read in turn)."""
+    return [volume.getFileName() for volume in volumes]
 
 
 def save_slices_of_maps(files: List[str], folder: str) -> List[str]:
