@@ -134,8 +134,8 @@ def refine_modes(args: argparse.Namespace, model: TrainedModel) -> Optional[Norm
 
 def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, raw: Dict[str, np.ndarray],
            inverted: bool, work_folder, device: torch.device, rank: Rank) -> Particles:
-    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses, the global search for
-    the outliers of the refined scores."""
+    """Predict then refine: the guided HEMNMA alignment from the network's hypotheses, then the global search for
+    the calibration sample and for the particles scoring below what it finds."""
     reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
