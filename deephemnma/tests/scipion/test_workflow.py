@@ -29,7 +29,8 @@ from deephemnma.tests.scipion.screenshots import grab_window, screenshot_dir, vi
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
 #: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
-TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1, 'angstep': 20.0}
+TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1, 'angstep': 20.0,
+        'calibration': 16}
 
 
 class TestSyntheticWorkflow(BaseTest):
@@ -274,6 +275,8 @@ class TestOwnParticlesTemplate(BaseTest):
         errors = geodesic_angle_deg(euler_to_matrix(refined.angles), truth)
         self.assertGreater(np.mean(errors < 15.0), 0.8, errors)
         self.assertGreater(np.mean(errors < 15.0), np.mean(network < 15.0) + 0.3, network)
+        self.assertEqual(refined.extra['refine_fallback'].sum(), len(refined),
+                         'a set smaller than the calibration sample (64) gets the global search throughout')
 
     def _truth_rows(self, particles) -> np.ndarray:
         """Rows of the export (and of its truth) of ``particles``, matched by stack file name and slice."""

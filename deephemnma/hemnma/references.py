@@ -1,0 +1,127 @@
+"""Several references of one molecule: each image takes the reference (and pose, amplitudes) that fits it best.
+
+For motions far beyond one structure's modes (adenylate kinase's lid closing, 7 A RMSD), give the structures at
+both ends (for example the open and the closed crystal structure, each with its own modes; ``deephemnma align
+--other-modes``). Every image is aligned against every reference and keeps the result with the highest score; the
+``reference`` column says which (0: the first, k: the k-th other). Measured by ``deephemnma bench transition``.
+
+Conventions:
+
+* The other structures are superposed on the first by the least-squares fit of their common atoms
+  (:func:`~deephemnma.molecule.structure.common_atoms`), their modes turned with them, and every reference is
+  centred on the first structure's centre: the poses of all references are in the first reference's frame.
+* Amplitudes are expressed in the first reference's modes, so that one space, one network and one animation serve
+  every image: the conformation ``x`` of an image (its reference deformed by its amplitudes, all atoms, with the
+  chosen deformation model) gives ``q = argmin sum_c |x_c - D(q)_c|^2`` over the common atoms ``c``, with ``D(q)``
+  the first structure deformed by ``q`` with the same model (least squares); images of the first reference keep
+  their own amplitudes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+import torch
+
+from deephemnma.data.particles import Particles
+from deephemnma.hemnma.aligner import AlignSettings
+from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.stack import align_particles
+from deephemnma.molecule.structure import common_atoms, kabsch
+from deephemnma.nma.deform import deform, deformed_coordinates, model_rotations
+from deephemnma.nma.modes import NormalModes
+from deephemnma.runtime.errors import InputError
+
+#: Images whose conformations are converted to first-reference amplitudes at once (memory: batch x atoms x 3).
+CONVERSION_BATCH = 1024
+#: Gauss-Newton steps of a non-linear deformation model's conversion, and its finite-difference step (amplitude).
+GAUSS_NEWTON_ITERATIONS, FINITE_STEP = 5, 1e-2
+#: What an alignment gives each image.
+RESULT_FIELDS = ('angles', 'shifts', 'amplitudes', 'score')
+
+
+def superpose_modes(modes: NormalModes, on: NormalModes) -> NormalModes:
+    """``modes`` with their structure (and mode vectors) moved onto ``on``'s structure by the least-squares fit
+    of their common atoms; InputError when they share too few atoms (fewer than three)."""
+    mine, theirs = common_atoms(modes.structure, on.structure)
+    if len(mine) < 3:
+        raise InputError(f'the structures share {len(mine)} atoms: at least 3 are needed to superpose them')
+    rotation, shift = kabsch(modes.structure.coords[mine], on.structure.coords[theirs])
+    moved = modes.structure.with_coords(modes.structure.coords @ rotation.T + shift)
+    return replace(modes, structure=moved, vectors=modes.vectors @ rotation.T,
+                   rigid_vectors=modes.rigid_vectors @ rotation.T)
+
+
+def first_frame_amplitudes(first: NormalModes, other: NormalModes, amplitudes: np.ndarray,
+                           deformation: str) -> np.ndarray:
+    """Amplitudes ``(n, M_first)`` in ``first``'s modes of the conformations of ``other`` (superposed on
+    ``first``) deformed by ``amplitudes`` ``(n, M_other)`` (module docstring): least squares over the common
+    atoms, solved by Gauss-Newton from the linear solution (exact in one step for the linear model)."""
+    in_first, in_other = common_atoms(first.structure, other.structure)
+    table = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
+    out = np.empty((len(table), len(first)))
+    for start in range(0, len(table), CONVERSION_BATCH):
+        rows = slice(start, start + CONVERSION_BATCH)
+        target = torch.as_tensor(deformed_coordinates(other, table[rows], deformation)[:, in_other])
+        out[rows] = _fit_amplitudes(first, in_first, target, deformation).numpy()
+    return out
+
+
+def _fit_amplitudes(modes: NormalModes, atoms: np.ndarray, target: torch.Tensor, deformation: str,
+                    iterations: int = GAUSS_NEWTON_ITERATIONS) -> torch.Tensor:
+    """Amplitudes ``(B, M)`` whose conformations of ``modes`` (``deformation`` model) best fit ``target``
+    ``(B, len(atoms), 3)`` on ``atoms`` (least squares; Jacobian by finite differences of 0.01 amplitude)."""
+    x0 = torch.as_tensor(modes.structure.coords, dtype=torch.float64)
+    vectors = torch.as_tensor(modes.vectors, dtype=torch.float64)
+    rotations = model_rotations(modes.structure.coords, modes.vectors, deformation)
+    basis = vectors[:, atoms].reshape(len(modes), -1)                                  # (M, 3C)
+    residual_of = (lambda q: (deform(x0, vectors, q, rotations)[:, atoms] - target).reshape(len(q), -1))
+    q = torch.linalg.lstsq(basis.T, (target - x0[atoms]).reshape(len(target), -1).T).solution.T
+    with torch.no_grad():
+        for _ in range(iterations if rotations is not None else 0):
+            residual = residual_of(q)
+            jacobian = torch.stack([(residual_of(q + FINITE_STEP * torch.eye(len(modes), dtype=q.dtype)[k])
+                                     - residual) / FINITE_STEP for k in range(len(modes))], -1)  # (B, 3C, M)
+            q = q - torch.linalg.lstsq(jacobian, residual[..., None]).solution[..., 0]
+    return q
+
+
+def align_with_references(particles: Particles, modes: Sequence[NormalModes], coarse: str, deformation: str,
+                          settings: AlignSettings, work_folder: str | os.PathLike, **align) -> Particles:
+    """Align ``particles`` against the reference of each of ``modes`` (first: the frame and the amplitudes of the
+    result; the others are superposed on it) and keep, per image, the best score (:func:`align_particles`'s
+    other arguments in ``align``; each reference's chunks in ``work_folder/reference_k``, resumable). The result
+    has amplitudes in the first reference's modes and the extra column ``reference`` (index into ``modes``)."""
+    first = modes[0]
+    others = [superpose_modes(m, first) for m in modes[1:]]
+    centre = first.structure.centre()
+    results = [align_particles(particles, reference_from_modes(m, coarse, centre=centre, deformation=deformation),
+                               settings, Path(work_folder) / f'reference_{k}', **align)
+               for k, m in enumerate([first] + others)]
+    best = best_of_references([{name: getattr(r, name) for name in RESULT_FIELDS} for r in results], first,
+                              others, deformation)
+    output = results[0].subset(np.arange(len(particles)))
+    for name in RESULT_FIELDS:
+        setattr(output, name, best[name])
+    output.extra['reference'] = best['reference']
+    return output
+
+
+def best_of_references(results: Sequence[Dict[str, np.ndarray]], first: NormalModes,
+                       others: Sequence[NormalModes], deformation: str) -> Dict[str, np.ndarray]:
+    """Per image, the alignment (``angles``, ``shifts``, ``amplitudes``, ``score``) of the reference with the
+    highest score, amplitudes in ``first``'s modes; ``reference``: its index (float; 0 ``first``, k ``others[k-1]``,
+    already superposed on ``first``)."""
+    chosen = np.stack([r['score'] for r in results]).argmax(axis=0)
+    best = {name: np.array(results[0][name], dtype=np.float64, copy=True) for name in RESULT_FIELDS}
+    for k, (result, other) in enumerate(zip(results[1:], others), start=1):
+        rows = np.flatnonzero(chosen == k)
+        if len(rows):
+            for name in ('angles', 'shifts', 'score'):
+                best[name][rows] = result[name][rows]
+            best['amplitudes'][rows] = first_frame_amplitudes(first, other, result['amplitudes'][rows], deformation)
+    best['reference'] = chosen.astype(np.float64)
+    return best

