@@ -6,8 +6,8 @@ search runs first; ``--local-refine`` refines from the poses in the input file. 
 size); finished chunks are kept beside the output (in its staging folder) so that a killed or interrupted run,
 started again with the same inputs and settings, resumes with identical results; with torchrun each process aligns
 its share of the chunks and rank 0 writes the output in input order. For motions beyond one structure's modes
-(a domain closing by tens of degrees), ``--other-modes`` adds a second reference (the other end of the motion,
-with its own modes): each image keeps the better of the two alignments, amplitudes in the first one's modes
+(a domain closing by tens of degrees), ``--other-modes`` adds references (the other end of the motion, with its
+own modes): each image keeps the best of the alignments, amplitudes in the first one's modes
 (:mod:`deephemnma.hemnma.references`).
 
 Examples::
@@ -44,6 +44,7 @@ from deephemnma.hemnma.stack import align_particles
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.nma.files import load_modes
 from deephemnma.runtime.distributed import cleanup, start_process
+from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.outputs import Outputs
 
 
@@ -53,13 +54,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modes', required=True, help='modes.npz (deephemnma nma) or Xmipp modes.xmd')
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
-    parser.add_argument('--other-modes', help='modes of another conformation of the molecule (e.g. the closed '
-                                              'structure; modes.npz or modes.xmd, the same --select): every image '
-                                              'is aligned against both references and keeps the better score '
-                                              '(column "reference": 0 --modes, 1 these); amplitudes are given in '
-                                              "--modes' modes (least squares). For motions beyond one structure's "
-                                              'modes (bench transition)')
-    parser.add_argument('--other-reference', help='reference structure of an --other-modes modes.xmd')
+    parser.add_argument('--other-modes', nargs='+', default=[],
+                        help='modes of other conformations of the molecule (e.g. the closed structure; modes.npz or '
+                             'modes.xmd, the same --select): every image is aligned against every reference and '
+                             'keeps the best score (column "reference": 0 --modes, k the k-th of these); amplitudes '
+                             "are given in --modes' modes (least squares). For motions beyond one structure's "
+                             'modes (bench transition)')
+    parser.add_argument('--other-reference', nargs='+', default=[],
+                        help='reference structures of --other-modes modes.xmd files, in the same order')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -102,8 +104,9 @@ def main(args: argparse.Namespace) -> int:
         columns = (('angles', 'shifts') if args.local else ()) + (('ctf',) if args.ctf != 'none' else ())
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         modes = load_modes(args.modes, args.reference, args.select)
-        other = None if args.other_modes is None else load_modes(args.other_modes, args.other_reference, args.select)
-        inputs = [args.particles, args.modes, args.reference, args.other_modes, args.other_reference]
+        others = [load_modes(path, reference, args.select)
+                  for path, reference in zip(args.other_modes, _other_references(args))]
+        inputs = [args.particles, args.modes, args.reference, *args.other_modes, *args.other_reference]
         with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
             contrast = contrast_decision(particles, args.invert_data, args.ctf)
@@ -111,12 +114,12 @@ def main(args: argparse.Namespace) -> int:
                 (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
             align = dict(base_dir='.', local=args.local, chunk_size=args.chunk_size, device=device, rank=rank,
                          progress=progress, invert=contrast['inverted'])
-            if other is None:
+            if not others:
                 reference = reference_from_modes(modes, args.model, deformation=args.deformation)
                 result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'),
                                          **align)
             else:
-                result = align_with_references(particles, [modes, other], args.model, args.deformation,
+                result = align_with_references(particles, [modes, *others], args.model, args.deformation,
                                                settings_from_args(args), outputs.work('chunks'), **align)
             if rank.is_main:
                 write_particles(outputs.path(), result, continuousflex_only=True,
@@ -125,14 +128,22 @@ def main(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
-                              'contrast': contrast, **_reference_counts(result)}))
+                              'contrast': contrast, **_reference_counts(result, 1 + len(others))}))
     finally:
         cleanup()
     return 0
 
 
-def _reference_counts(result) -> dict:
+def _other_references(args: argparse.Namespace) -> list:
+    """The structure of each ``--other-modes`` file (None: found beside it or inside it)."""
+    if args.other_reference and len(args.other_reference) != len(args.other_modes):
+        raise InputError(f'{len(args.other_reference)} --other-reference for {len(args.other_modes)} --other-modes: '
+                         'give one structure per modes file, in the same order')
+    return args.other_reference or [None] * len(args.other_modes)
+
+
+def _reference_counts(result, references: int) -> dict:
     """Images that took each reference (``--other-modes`` only)."""
     if 'reference' not in result.extra:
         return {}
-    return {'images_per_reference': np.bincount(result.extra['reference'].astype(int), minlength=2).tolist()}
+    return {'images_per_reference': np.bincount(result.extra['reference'].astype(int), minlength=references).tolist()}

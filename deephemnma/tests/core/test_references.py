@@ -107,3 +107,12 @@ def test_each_image_takes_the_reference_that_made_it(tmp_path, ca_modes, closed_
     closed_in_open = first_frame_amplitudes(modes, closed, np.zeros((1, 3)), 'linear')[0]
     np.testing.assert_allclose(result.amplitudes[count:], np.broadcast_to(closed_in_open, (count, 3)),
                                atol=0.25 * np.abs(closed_in_open).max())
+
+
+def test_command_line_needs_one_structure_per_other_modes_file():
+    from argparse import Namespace
+
+    from deephemnma.cli.align import _other_references
+    assert _other_references(Namespace(other_modes=['a.npz', 'b.npz'], other_reference=[])) == [None, None]
+    with pytest.raises(InputError, match='1 --other-reference for 2 --other-modes'):
+        _other_references(Namespace(other_modes=['a.xmd', 'b.xmd'], other_reference=['a.pdb']))
