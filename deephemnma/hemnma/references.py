@@ -59,7 +59,8 @@ def first_frame_amplitudes(first: NormalModes, other: NormalModes, amplitudes: n
                            deformation: str) -> np.ndarray:
     """Amplitudes ``(n, M_first)`` in ``first``'s modes of the conformations of ``other`` (superposed on
     ``first``) deformed by ``amplitudes`` ``(n, M_other)`` (module docstring): least squares over the common
-    atoms, solved by Gauss-Newton from the linear solution (exact in one step for the linear model)."""
+    atoms: the linear least-squares solution, exact for the linear model, refined by Gauss-Newton steps for a
+    non-linear one."""
     in_first, in_other = common_atoms(first.structure, other.structure)
     table = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
     out = np.empty((len(table), len(first)))

