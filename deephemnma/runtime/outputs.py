@@ -96,11 +96,15 @@ class Outputs:
     def __enter__(self) -> 'Outputs':
         if self.single_file:
             check_apart([self.target], self.inputs)
-        if self.rank.is_main:
-            self._make_folder()
-            self._acquire_lock()
-            self._prepare_staging()
-        barrier(self.rank)
+        try:
+            if self.rank.is_main:
+                self._make_folder()
+                self._acquire_lock()
+                self._prepare_staging()
+            barrier(self.rank)
+        except BaseException as error:  # an interrupt here, after the staging folder was made, must not leave it
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
         return self
 
     def _make_folder(self) -> None:
@@ -210,7 +214,7 @@ class Outputs:
     # -- closing ---------------------------------------------------------------------------------------
     def __exit__(self, kind, error, trace) -> None:
         try:
-            if kind is not None and self.rank.is_main and not self.resumable and self.staging.exists():
+            if kind is not None and self._lock is not None and not self.resumable and self.staging.exists():
                 shutil.rmtree(self.staging, ignore_errors=True)
         finally:
             if self._lock is not None:
