@@ -6,16 +6,17 @@ settings, resumes; with torchrun each process predicts its share of
 the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, from the extension).
 
 ``--refine`` (predict then refine): the network's orientations for ``--rotations`` in-plane rotated copies of each
-image (8 by default) and their average are hypotheses; the HEMNMA engine (the modes given with ``--modes``)
-searches the library orientations within ``--search-radius`` degrees of them around the predicted shift, and
-refines the best candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; HEMNMA's global search
-aligns ``--calibration`` particles (evenly spread) to learn what a found pose scores on these images, and every
-particle whose refined score lies more than ``--fallback-sigma`` robust deviations below their median (none of the
-network's hypotheses led to the pose) is aligned again by it. The output carries the refined values,
-the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``, ``predicted_amplitudes``),
-the angle the refinement moved (``refine_change_deg``), ``refine_moved_far`` (1 beyond ``--far-angle``) and
-``refine_fallback`` (1 where the global search ran). Resumable and sharded over torchrun ranks like
-``deephemnma align``.
+image (8 by default) and their average are hypotheses; the HEMNMA engine (the modes given with ``--modes``) searches
+the library orientations within ``--search-radius`` degrees of them around the predicted shift, and refines the best
+candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; HEMNMA's global search aligns
+``--calibration`` particles (evenly spread) to learn what a found pose scores on these images, and every particle
+whose refined score lies more than ``--fallback-sigma`` robust deviations below their median (none of the network's
+hypotheses led to the pose), or no higher than the refined score of a calibration particle whose pose the guided
+search missed (wrong poses scoring as well as right ones elsewhere), is aligned again by it. The output carries the
+refined values, the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``,
+``predicted_amplitudes``), the angle the refinement moved (``refine_change_deg``), ``refine_moved_far`` (1 beyond
+``--far-angle``) and ``refine_fallback`` (1 where the global search ran). Resumable and sharded over torchrun ranks
+like ``deephemnma align``.
 
 Examples::
 

@@ -82,8 +82,9 @@ class RefineSettings:
     candidates refined; ``far_angle`` (deg): flag a particle whose refined orientation is further from the
     prediction; ``calibration`` particles (evenly spread) are also aligned by the global search, and a particle
     whose refined score lies more than ``fallback_sigma`` robust standard deviations below their median score
-    (none of its hypotheses led to its pose) is aligned again by the global search; the better of the two
-    results is kept; ``fallback_sigma`` 0: no global search at all."""
+    (none of its hypotheses led to its pose), or no higher than the refined score of a calibration particle
+    whose pose the guided search missed, is aligned again by the global search; the better of the two results
+    is kept; ``fallback_sigma`` 0: no global search at all."""
 
     rotations: int = 8
     radius: float = 45.0
@@ -109,7 +110,8 @@ def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: 
     """Predict then refine: the guided alignment of ``predicted`` (the network's poses; shifts are the search
     centres) around ``hypotheses`` (n, H, 3) Euler angles (deg) in the library of the global search ``search``;
     then that global search for a calibration sample, whose scores tell what a found pose scores on these images
-    (:func:`score_threshold`), and for the particles whose refined score falls below it; with
+    (:func:`score_threshold`) and what a missed one scores (:func:`missed_score`), and for the particles whose
+    refined score falls below the higher of the two; with
     :func:`refinement_report`'s columns. Resumable and sharded like :func:`align_particles` (chunks in
     ``work_folder/guided``, ``calibration`` and ``fallback``)."""
     folder = Path(work_folder)
@@ -124,10 +126,11 @@ def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: 
     if settings.fallback_sigma > 0 and settings.calibration > 0:
         sample = calibration_rows(len(refined), settings.calibration)
         calibrated = global_search(sample, 'calibration')
-        threshold = score_threshold(calibrated.score, settings.fallback_sigma)
+        threshold = max(score_threshold(calibrated.score, settings.fallback_sigma),
+                        missed_score(refined.subset(sample), calibrated, settings.far_angle))
         refined = _better_scores(refined, sample, calibrated)
         searched[sample] = True
-        rows = np.flatnonzero(~searched & (refined.score < threshold))
+        rows = np.flatnonzero(~searched & (refined.score <= threshold))
         if len(rows):
             refined = _better_scores(refined, rows, global_search(rows, 'fallback'))
             searched[rows] = True
@@ -145,6 +148,16 @@ def score_threshold(found: np.ndarray, sigmas: float) -> float:
     few failures in the lower tail do not widen)."""
     median, upper = np.quantile(found, [0.5, 0.75])
     return float(median - sigmas * (upper - median) / 0.6745)
+
+
+def missed_score(guided: Particles, searched: Particles, far_angle_deg: float) -> float:
+    """The highest score of a guided result that missed: one whose pose the global search (``searched``, the same
+    particles) found more than ``far_angle_deg`` away with a higher score; -inf when none missed. Where wrong poses
+    score as well as right ones on other particles (heterogeneous defocus, microscopes, views), every particle
+    scoring at most this gets the global search too."""
+    apart = geodesic_angle_deg(euler_to_matrix(guided.angles), euler_to_matrix(searched.angles))
+    missed = (apart > far_angle_deg) & (searched.score > guided.score)
+    return float(guided.score[missed].max()) if missed.any() else -np.inf
 
 
 def _better_scores(refined: Particles, rows: np.ndarray, searched: Particles) -> Particles:

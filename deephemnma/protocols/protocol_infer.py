@@ -69,8 +69,10 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                       label='Global search below (robust sigmas)', expertLevel=params.LEVEL_ADVANCED,
                       help='The global search aligns a calibration sample of particles to learn what a found pose '
                            'scores; particles whose refined score lies more than this many robust standard '
-                           "deviations below their median (none of the network's hypotheses led to the pose) are "
-                           'aligned again by it (_deephemnma_refine_fallback = 1 on both); 0: no global search.')
+                           "deviations below their median (none of the network's hypotheses led to the pose), or "
+                           'no higher than the refined score of a calibration particle whose pose the refinement '
+                           'missed, are aligned again by it (_deephemnma_refine_fallback = 1 on both); 0: no '
+                           'global search.')
         form.addParam('calibration', params.IntParam, default=_DEFAULTS.calibration,
                       condition='refine and fallbackSigma > 0', label='Calibration sample (particles)',
                       expertLevel=params.LEVEL_ADVANCED,

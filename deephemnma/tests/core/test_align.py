@@ -18,6 +18,7 @@ from deephemnma.hemnma.stack import (
     RefineSettings,
     align_particles,
     calibration_rows,
+    missed_score,
     refine_predictions,
     refinement_report,
     score_threshold,
@@ -179,6 +180,18 @@ def test_score_threshold_separates_found_from_missed_poses():
     np.testing.assert_array_equal(np.flatnonzero(refined < threshold), np.arange(90, 100))
     np.testing.assert_array_equal(calibration_rows(100, 3), [0, 50, 99])
     np.testing.assert_array_equal(calibration_rows(2, 64), [0, 1])
+
+
+def test_missed_score_is_the_best_score_of_a_missed_pose():
+    angles = np.zeros((4, 3))
+    guided = Particles(image=np.array(['1@a'] * 4), angles=angles, score=np.array([0.80, 0.60, 0.85, 0.70]))
+    found = angles.copy()
+    found[[1, 2], 1] = [90.0, 40.0]                      # particles 1 and 2: the global search found a far pose
+    searched = Particles(image=guided.image, angles=found, score=np.array([0.90, 0.70, 0.84, 0.75]))
+    assert missed_score(guided, searched, 15.0) == 0.60   # 2 scored higher where it was: not a miss
+    searched.score[2] = 0.95
+    assert missed_score(guided, searched, 15.0) == 0.85   # a missed pose scoring as well as found ones elsewhere
+    assert missed_score(guided, searched, 95.0) == -np.inf
 
 
 def test_refinement_report_flags_far_moves():

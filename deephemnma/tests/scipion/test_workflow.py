@@ -230,7 +230,7 @@ class TestOwnParticlesTemplate(BaseTest):
         cls.star = os.path.join(folder, EXPORT_STAR)
         values = {'model': str(ak_reference_path()), 'particles': cls.star, 'modes': 3, 'training': cls.TRAINING,
                   'flipped': 'false', 'ctf': 0, 'contrast': 0, 'reconctf': 0, 'epochs': 2, 'mincount': 5,
-                  'angstep': 20.0}
+                  'angstep': 20.0, 'calibration': 8}
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
@@ -266,8 +266,9 @@ class TestOwnParticlesTemplate(BaseTest):
 
     def test_predictions_refined_on_the_export_reach_the_truth(self):
         """Predict then refine on RELION's conventions (inverted contrast, full CTF, each particle's optics
-        group): the 2-epoch network's poses are far off, the refinement (and the global search of its outliers)
-        puts the other particles where HEMNMA puts the training ones."""
+        group): the 2-epoch network's poses are far off, the refinement (and the global search where the
+        8-particle calibration sample says it may have missed) puts the other particles where HEMNMA puts the
+        training ones. With the robust score threshold alone, 54 % were within 15 deg."""
         refined = particles_from_set(find_protocol(self.proj, 'DeepHemnmaProtInfer').outputParticles)
         self.assertEqual(self.COUNT - self.TRAINING, len(refined))
         truth = euler_to_matrix(self.truth.angles[self._truth_rows(refined)])
@@ -275,8 +276,8 @@ class TestOwnParticlesTemplate(BaseTest):
         errors = geodesic_angle_deg(euler_to_matrix(refined.angles), truth)
         self.assertGreater(np.mean(errors < 15.0), 0.8, errors)
         self.assertGreater(np.mean(errors < 15.0), np.mean(network < 15.0) + 0.3, network)
-        self.assertEqual(refined.extra['refine_fallback'].sum(), len(refined),
-                         'a set smaller than the calibration sample (64) gets the global search throughout')
+        searched = refined.extra['refine_fallback'].sum()
+        self.assertTrue(8 < searched < len(refined), 'the calibration sample of 8 and some of the others')
 
     def _truth_rows(self, particles) -> np.ndarray:
         """Rows of the export (and of its truth) of ``particles``, matched by stack file name and slice."""
