@@ -39,3 +39,9 @@ def ca_modes(ca) -> NormalModes:
 def ca_setup() -> SimulationSetup:
     """C-alpha adenylate kinase (214 atoms), modes 7-9, centred: small and fast to simulate."""
     return paper_ak_setup(coarse='CA')
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Start the template workflows (the longest test classes, about 5 minutes each) first, so that the parallel
+    workers (``-n auto --dist loadscope``) share the shorter ones and finish together."""
+    items.sort(key=lambda item: 'test_workflow.py' not in item.nodeid)
