@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.molecule.structure import common_atoms, kabsch
-from deephemnma.nma.deform import deform, deformed_coordinates, model_rotations
+from deephemnma.nma.deform import deform, model_rotations
 from deephemnma.nma.modes import NormalModes
 from deephemnma.runtime.errors import InputError
 
@@ -63,30 +63,38 @@ def first_frame_amplitudes(first: NormalModes, other: NormalModes, amplitudes: n
     non-linear one."""
     in_first, in_other = common_atoms(first.structure, other.structure)
     table = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
+    (coords, vectors, rotations), fit = _deformation_of(other, deformation), _deformation_of(first, deformation)
     out = np.empty((len(table), len(first)))
-    for start in range(0, len(table), CONVERSION_BATCH):
-        rows = slice(start, start + CONVERSION_BATCH)
-        target = torch.as_tensor(deformed_coordinates(other, table[rows], deformation)[:, in_other])
-        out[rows] = _fit_amplitudes(first, in_first, target, deformation).numpy()
+    with torch.no_grad():
+        for start in range(0, len(table), CONVERSION_BATCH):
+            rows = slice(start, start + CONVERSION_BATCH)
+            target = deform(coords, vectors, torch.as_tensor(table[rows]), rotations)[:, in_other]
+            out[rows] = _fit_amplitudes(*fit, in_first, target).numpy()
     return out
 
 
-def _fit_amplitudes(modes: NormalModes, atoms: np.ndarray, target: torch.Tensor, deformation: str,
-                    iterations: int = GAUSS_NEWTON_ITERATIONS) -> torch.Tensor:
-    """Amplitudes ``(B, M)`` whose conformations of ``modes`` (``deformation`` model) best fit ``target``
-    ``(B, len(atoms), 3)`` on ``atoms`` (least squares; Jacobian by finite differences of 0.01 amplitude)."""
-    x0 = torch.as_tensor(modes.structure.coords, dtype=torch.float64)
-    vectors = torch.as_tensor(modes.vectors, dtype=torch.float64)
+def _deformation_of(modes: NormalModes, deformation: str) -> tuple:
+    """``(coords, vectors, rotations)`` of :func:`~deephemnma.nma.deform.deform` for ``modes``' structure
+    (float64 tensors; rotations None for the linear model), made once per conversion rather than per batch."""
     rotations = model_rotations(modes.structure.coords, modes.vectors, deformation)
-    basis = vectors[:, atoms].reshape(len(modes), -1)                                  # (M, 3C)
+    return (torch.as_tensor(modes.structure.coords, dtype=torch.float64),
+            torch.as_tensor(modes.vectors, dtype=torch.float64),
+            None if rotations is None else torch.as_tensor(rotations, dtype=torch.float64))
+
+
+def _fit_amplitudes(x0: torch.Tensor, vectors: torch.Tensor, rotations: Optional[torch.Tensor], atoms: np.ndarray,
+                    target: torch.Tensor, iterations: int = GAUSS_NEWTON_ITERATIONS) -> torch.Tensor:
+    """Amplitudes ``(B, M)`` whose conformations (:func:`_deformation_of`'s model) best fit ``target``
+    ``(B, len(atoms), 3)`` on ``atoms`` (least squares; Jacobian by finite differences of 0.01 amplitude)."""
+    count = len(vectors)
+    basis = vectors[:, atoms].reshape(count, -1)                                       # (M, 3C)
     residual_of = (lambda q: (deform(x0, vectors, q, rotations)[:, atoms] - target).reshape(len(q), -1))
     q = torch.linalg.lstsq(basis.T, (target - x0[atoms]).reshape(len(target), -1).T).solution.T
-    with torch.no_grad():
-        for _ in range(iterations if rotations is not None else 0):
-            residual = residual_of(q)
-            jacobian = torch.stack([(residual_of(q + FINITE_STEP * torch.eye(len(modes), dtype=q.dtype)[k])
-                                     - residual) / FINITE_STEP for k in range(len(modes))], -1)  # (B, 3C, M)
-            q = q - torch.linalg.lstsq(jacobian, residual[..., None]).solution[..., 0]
+    for _ in range(iterations if rotations is not None else 0):
+        residual = residual_of(q)
+        jacobian = torch.stack([(residual_of(q + FINITE_STEP * torch.eye(count, dtype=q.dtype)[k]) - residual)
+                                / FINITE_STEP for k in range(count)], -1)                # (B, 3C, M)
+        q = q - torch.linalg.lstsq(jacobian, residual[..., None]).solution[..., 0]
     return q
 
 

@@ -142,8 +142,9 @@ class DeepHemnmaProtocol(EMProtocol):
             return numbers
         return [int(m.getObjId()) for m in self.inputModes.get() if m.isEnabled() and m.getObjId() > RIGID_MODES]
 
-    def _referencePath(self) -> str:
-        return os.path.abspath(self.inputModes.get().getPdb().getFileName())
+    def _referencePath(self, modes_set=None) -> str:
+        """The structure file of ``modes_set`` (default: the form's normal modes), absolute."""
+        return os.path.abspath((modes_set or self.inputModes.get()).getPdb().getFileName())
 
     def _modesPath(self) -> str:
         return self._getExtraPath('modes.xmd')

@@ -1,7 +1,6 @@
 """Scipion protocol: HEMNMA elastic and rigid-body alignment of particles (this engine or Xmipp's program)."""
 from __future__ import annotations
 
-import os
 from typing import List
 
 from pyworkflow.protocol import params
@@ -94,7 +93,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
             arguments += ' --local-refine'
         if self.otherModes.get() is not None:
             arguments += (f' --other-modes {self._otherModesPath()} '
-                          f'--other-reference {os.path.abspath(self.otherModes.get().getPdb().getFileName())}')
+                          f'--other-reference {self._referencePath(self.otherModes.get())}')
         self.runCommand('align', arguments)
 
     def _otherModesPath(self) -> str:
