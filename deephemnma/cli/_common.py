@@ -63,6 +63,39 @@ def add_deformation_arg(parser: argparse.ArgumentParser) -> None:
                              "small amplitudes; use the same model in align and animate")
 
 
+def add_other_modes_args(parser, what: str) -> None:
+    """``--other-modes`` and ``--other-reference``: more references of the molecule (``what``: the step they
+    join, for the help text)."""
+    parser.add_argument('--other-modes', nargs='+', default=[],
+                        help='modes of other conformations of the molecule (e.g. the closed structure; modes.npz or '
+                             f'modes.xmd, the same --select): {what} every image against every reference and keeps '
+                             'the best score (column "reference": 0 --modes, k the k-th of these); amplitudes are '
+                             "given in --modes' modes (least squares). For motions beyond one structure's modes "
+                             '(bench transition)')
+    parser.add_argument('--other-reference', nargs='+', default=[],
+                        help='reference structures of --other-modes modes.xmd files, in the same order')
+
+
+def load_other_modes(args: argparse.Namespace) -> list:
+    """The modes of each ``--other-modes`` file (``--select``), with its ``--other-reference`` structure (None:
+    found beside it or inside it); InputError when there are not as many structures as files."""
+    from deephemnma.nma.files import load_modes
+    from deephemnma.runtime.errors import InputError
+    if args.other_reference and len(args.other_reference) != len(args.other_modes):
+        raise InputError(f'{len(args.other_reference)} --other-reference for {len(args.other_modes)} --other-modes: '
+                         'give one structure per modes file, in the same order')
+    structures = args.other_reference or [None] * len(args.other_modes)
+    return [load_modes(path, structure, args.select) for path, structure in zip(args.other_modes, structures)]
+
+
+def reference_counts(result, references: int) -> dict:
+    """``images_per_reference`` (JSON summary) of a result with the column ``reference``; empty without it."""
+    import numpy as np
+    if 'reference' not in result.extra:
+        return {}
+    return {'images_per_reference': np.bincount(result.extra['reference'].astype(int), minlength=references).tolist()}
+
+
 def add_contrast_args(parser: argparse.ArgumentParser, ctf_option: bool = False) -> None:
     """``--invert-data`` (and, for commands without their own, ``--ctf``: what the images carry of the CTF)."""
     from deephemnma.imaging.contrast import INVERT_CHOICES

@@ -24,16 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 from tqdm import tqdm
 
 from deephemnma.cli._common import (
     add_contrast_args,
     add_deformation_arg,
+    add_other_modes_args,
     contrast_decision,
     finite_float,
+    load_other_modes,
     positive_float,
     positive_int,
+    reference_counts,
     result_settings,
 )
 from deephemnma.data.formats import check_format, load_particles, write_particles
@@ -44,7 +46,6 @@ from deephemnma.hemnma.stack import align_particles
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.nma.files import load_modes
 from deephemnma.runtime.distributed import cleanup, start_process
-from deephemnma.runtime.errors import InputError
 from deephemnma.runtime.outputs import Outputs
 
 
@@ -54,14 +55,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--modes', required=True, help='modes.npz (deephemnma nma) or Xmipp modes.xmd')
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
-    parser.add_argument('--other-modes', nargs='+', default=[],
-                        help='modes of other conformations of the molecule (e.g. the closed structure; modes.npz or '
-                             'modes.xmd, the same --select): every image is aligned against every reference and '
-                             'keeps the best score (column "reference": 0 --modes, k the k-th of these); amplitudes '
-                             "are given in --modes' modes (least squares). For motions beyond one structure's "
-                             'modes (bench transition)')
-    parser.add_argument('--other-reference', nargs='+', default=[],
-                        help='reference structures of --other-modes modes.xmd files, in the same order')
+    add_other_modes_args(parser, 'aligns')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -104,8 +98,7 @@ def main(args: argparse.Namespace) -> int:
         columns = (('angles', 'shifts') if args.local else ()) + (('ctf',) if args.ctf != 'none' else ())
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         modes = load_modes(args.modes, args.reference, args.select)
-        others = [load_modes(path, reference, args.select)
-                  for path, reference in zip(args.other_modes, _other_references(args))]
+        others = load_other_modes(args)
         inputs = [args.particles, args.modes, args.reference, *args.other_modes, *args.other_reference]
         with Outputs(args.output, 'align', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
@@ -128,22 +121,7 @@ def main(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
-                              'contrast': contrast, **_reference_counts(result, 1 + len(others))}))
+                              'contrast': contrast, **reference_counts(result, 1 + len(others))}))
     finally:
         cleanup()
     return 0
-
-
-def _other_references(args: argparse.Namespace) -> list:
-    """The structure of each ``--other-modes`` file (None: found beside it or inside it)."""
-    if args.other_reference and len(args.other_reference) != len(args.other_modes):
-        raise InputError(f'{len(args.other_reference)} --other-reference for {len(args.other_modes)} --other-modes: '
-                         'give one structure per modes file, in the same order')
-    return args.other_reference or [None] * len(args.other_modes)
-
-
-def _reference_counts(result, references: int) -> dict:
-    """Images that took each reference (``--other-modes`` only)."""
-    if 'reference' not in result.extra:
-        return {}
-    return {'images_per_reference': np.bincount(result.extra['reference'].astype(int), minlength=references).tolist()}

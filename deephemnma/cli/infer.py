@@ -15,8 +15,9 @@ hypotheses led to the pose), or no higher than the refined score of a calibratio
 search missed (wrong poses scoring as well as right ones elsewhere), is aligned again by it. The output carries the
 refined values, the score (NCC), the network's own values (``predicted_angles``, ``predicted_shifts``,
 ``predicted_amplitudes``), the angle the refinement moved (``refine_change_deg``), ``refine_moved_far`` (1 beyond
-``--far-angle``) and ``refine_fallback`` (1 where the global search ran). Resumable and sharded over torchrun ranks
-like ``deephemnma align``.
+``--far-angle``) and ``refine_fallback`` (1 where the global search ran). With ``--other-modes`` (the network
+trained on labels of ``deephemnma align --other-modes``), every particle is refined against every reference and keeps
+the best score (column ``reference``). Resumable and sharded over torchrun ranks like ``deephemnma align``.
 
 Examples::
 
@@ -24,13 +25,15 @@ Examples::
     deephemnma infer -m model.pt -i images.xmd -o predicted.xmd --batch-size 1024 --device cuda
     deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz --select 7 8 9
+    deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes open/modes.npz \
+        --other-modes closed/modes.npz --select 7 8 9 --deformation screw
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
 """
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Dict, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -39,11 +42,14 @@ from tqdm import tqdm
 from deephemnma.cli._common import (
     add_contrast_args,
     add_deformation_arg,
+    add_other_modes_args,
     contrast_decision,
+    load_other_modes,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    reference_counts,
     result_settings,
 )
 from deephemnma.data.formats import check_format, load_particles, write_particles
@@ -51,6 +57,7 @@ from deephemnma.data.particles import Particles
 from deephemnma.data.stacks import ImageSource
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
+from deephemnma.hemnma.references import refine_with_references
 from deephemnma.hemnma.stack import RefineSettings, refine_predictions
 from deephemnma.nma.files import load_modes
 from deephemnma.nma.modes import NormalModes
@@ -90,6 +97,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                                         'was trained on')
     refine.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     refine.add_argument('--select', type=int, nargs='+', help='mode numbers (default: all in the file, 7+)')
+    add_other_modes_args(refine, 'refines')
     refine.add_argument('--reference-model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (default), one bead per residue, or all atoms')
     add_deformation_arg(refine)
@@ -118,11 +126,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
 
 
-def refine_modes(args: argparse.Namespace, model: TrainedModel) -> Optional[NormalModes]:
-    """The modes of --refine (None without it), refused with one clear error when absent or not as many as
-    the network's amplitudes."""
+def refine_modes(args: argparse.Namespace, model: TrainedModel) -> List[NormalModes]:
+    """The modes of --refine (empty without it; the first: --modes, then each --other-modes), refused with one
+    clear error when absent or not as many as the network's amplitudes."""
     if not args.refine:
-        return None
+        return []
     if not args.modes:
         raise InputError('--refine needs the modes the network was trained on (--modes modes.npz)')
     modes = load_modes(args.modes, args.reference, args.select)
@@ -130,14 +138,14 @@ def refine_modes(args: argparse.Namespace, model: TrainedModel) -> Optional[Norm
     if amplitudes != len(modes.numbers):
         raise InputError(f'{args.modes}: {len(modes.numbers)} modes ({list(modes.numbers)}) but the network '
                          f'predicts {amplitudes} amplitudes; choose its modes with --select')
-    return modes
+    return [modes] + load_other_modes(args)
 
 
-def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, raw: Dict[str, np.ndarray],
+def refine(args: argparse.Namespace, modes: List[NormalModes], predicted: Particles, raw: Dict[str, np.ndarray],
            inverted: bool, work_folder, device: torch.device, rank: Rank) -> Particles:
     """Predict then refine: the guided HEMNMA alignment from the network's hypotheses, then the global search for
-    the calibration sample and for the particles scoring below what it finds."""
-    reference = reference_from_modes(modes, args.reference_model, deformation=args.deformation)
+    the calibration sample and for the particles scoring below what it finds; against every reference of
+    ``modes`` (each image keeps the best) when there are several."""
     settings = RefineSettings(rotations=args.rotations or DEFAULTS.rotations, radius=args.search_radius,
                               shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
                               far_angle=args.far_angle, fallback_sigma=args.fallback_sigma,
@@ -145,8 +153,13 @@ def refine(args: argparse.Namespace, modes: NormalModes, predicted: Particles, r
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
-    return refine_predictions(predicted, hypotheses, reference, settings, AlignSettings(ctf_mode=args.ctf),
-                              work_folder, args.refine_chunk_size, device, rank, progress, inverted)
+    search = AlignSettings(ctf_mode=args.ctf)
+    run = dict(chunk_size=args.refine_chunk_size, device=device, rank=rank, progress=progress, invert=inverted)
+    if len(modes) > 1:
+        return refine_with_references(predicted, hypotheses, modes, args.reference_model, args.deformation,
+                                      settings, search, work_folder, **run)
+    reference = reference_from_modes(modes[0], args.reference_model, deformation=args.deformation)
+    return refine_predictions(predicted, hypotheses, reference, settings, search, work_folder, **run)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -159,7 +172,8 @@ def main(args: argparse.Namespace) -> int:
         columns = ('ctf',) if args.refine and args.ctf != 'none' else ()
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)
         predictor = Predictor(model, device, amp=not args.no_amp, rotations=rotations, keep_hypotheses=args.refine)
-        inputs = [args.particles, args.model] + ([args.modes, args.reference] if args.refine else [])
+        inputs = [args.particles, args.model] + ([args.modes, args.reference, *args.other_modes,
+                                                   *args.other_reference] if args.refine else [])
         with Outputs(args.output, 'infer', inputs, result_settings(args), single_file=True, resumable=True,
                      rank=rank) as outputs:
             contrast = contrast_decision(particles, args.invert_data, args.ctf)
@@ -178,7 +192,8 @@ def main(args: argparse.Namespace) -> int:
             if args.refine:
                 summary.update(mean_score=float(result.score.mean()),
                                moved_far=int(result.extra['refine_moved_far'].sum()),
-                               fallback=int(result.extra['refine_fallback'].sum()))
+                               fallback=int(result.extra['refine_fallback'].sum()),
+                               **reference_counts(result, len(modes)))
             print(json.dumps(summary))
     finally:
         cleanup()

@@ -2,8 +2,9 @@
 
 For motions far beyond one structure's modes (adenylate kinase's lid closing, 7 A RMSD), give the structures at
 both ends (for example the open and the closed crystal structure, each with its own modes; ``deephemnma align
---other-modes``). Every image is aligned against every reference and keeps the result with the highest score; the
-``reference`` column says which (0: the first, k: the k-th other). Measured by ``deephemnma bench transition``.
+--other-modes``, and ``deephemnma infer --refine --other-modes`` for predict then refine). Every image is aligned
+against every reference and keeps the result with the highest score; the ``reference`` column says which (0: the
+first, k: the k-th other). Measured by ``deephemnma bench transition``.
 
 Conventions:
 
@@ -29,7 +30,7 @@ import torch
 from deephemnma.data.particles import Particles
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.hemnma.stack import align_particles
+from deephemnma.hemnma.stack import RefineSettings, align_particles, refine_predictions
 from deephemnma.molecule.structure import common_atoms, kabsch
 from deephemnma.nma.deform import deform, model_rotations
 from deephemnma.nma.modes import NormalModes
@@ -41,6 +42,8 @@ CONVERSION_BATCH = 1024
 GAUSS_NEWTON_ITERATIONS, FINITE_STEP = 5, 1e-2
 #: What an alignment gives each image.
 RESULT_FIELDS = ('angles', 'shifts', 'amplitudes', 'score')
+#: What predict then refine reports per image that depends on the reference kept.
+REFINE_REPORT_COLUMNS = ('refine_change_deg', 'refine_moved_far', 'refine_fallback')
 
 
 def superpose_modes(modes: NormalModes, on: NormalModes) -> NormalModes:
@@ -104,17 +107,51 @@ def align_with_references(particles: Particles, modes: Sequence[NormalModes], co
     result; the others are superposed on it) and keep, per image, the best score (:func:`align_particles`'s
     other arguments in ``align``; each reference's chunks in ``work_folder/reference_k``, resumable). The result
     has amplitudes in the first reference's modes and the extra column ``reference`` (index into ``modes``)."""
+    first, others, references = _references(modes, coarse, deformation)
+    results = [align_particles(particles, reference, settings, Path(work_folder) / f'reference_{k}', **align)
+               for k, reference in enumerate(references)]
+    return _keep_best(results, first, others, deformation)
+
+
+def refine_with_references(predicted: Particles, hypotheses: np.ndarray, modes: Sequence[NormalModes], coarse: str,
+                           deformation: str, settings: RefineSettings, search: AlignSettings,
+                           work_folder: str | os.PathLike, **refine) -> Particles:
+    """Predict then refine against the reference of each of ``modes`` (as :func:`align_with_references`): the
+    guided search around the network's ``hypotheses`` (the global search for the calibration sample and the
+    outliers) against each reference (:func:`refine_predictions`, its other arguments in ``refine``; chunks in
+    ``work_folder/reference_k``), then per image the best score, amplitudes in the first reference's modes and
+    the column ``reference``; the report columns (``refine_change_deg``, ``refine_moved_far``,
+    ``refine_fallback``) of the reference kept."""
+    first, others, references = _references(modes, coarse, deformation)
+    results = [refine_predictions(predicted, hypotheses, reference, settings, search,
+                                  Path(work_folder) / f'reference_{k}', **refine)
+               for k, reference in enumerate(references)]
+    return _keep_best(results, first, others, deformation, REFINE_REPORT_COLUMNS)
+
+
+def _references(modes: Sequence[NormalModes], coarse: str, deformation: str) -> tuple:
+    """``(first, others, references)``: the first modes, the others superposed on them, and the alignment
+    reference of each (``coarse`` model, ``deformation``), all centred on the first structure's centre."""
     first = modes[0]
     others = [superpose_modes(m, first) for m in modes[1:]]
     centre = first.structure.centre()
-    results = [align_particles(particles, reference_from_modes(m, coarse, centre=centre, deformation=deformation),
-                               settings, Path(work_folder) / f'reference_{k}', **align)
-               for k, m in enumerate([first] + others)]
+    return first, others, [reference_from_modes(m, coarse, centre=centre, deformation=deformation)
+                           for m in [first] + others]
+
+
+def _keep_best(results: Sequence[Particles], first: NormalModes, others: Sequence[NormalModes], deformation: str,
+               columns_of_the_kept: Sequence[str] = ()) -> Particles:
+    """The first result with, per image, the alignment of the reference scoring best
+    (:func:`best_of_references`), the column ``reference``, and ``columns_of_the_kept`` (extra columns) of the
+    reference kept."""
     best = best_of_references([{name: getattr(r, name) for name in RESULT_FIELDS} for r in results], first,
                               others, deformation)
-    output = results[0].subset(np.arange(len(particles)))
+    output = results[0].subset(np.arange(len(results[0])))
     for name in RESULT_FIELDS:
         setattr(output, name, best[name])
+    chosen = best['reference'].astype(int)
+    for name in columns_of_the_kept:
+        output.extra[name] = np.stack([r.extra[name] for r in results])[chosen, np.arange(len(chosen))]
     output.extra['reference'] = best['reference']
     return output
 

@@ -5,7 +5,6 @@ from typing import List
 
 from pyworkflow.protocol import params
 
-from deephemnma.convert.modes import write_modes_xmd_from_set
 from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.protocols.base import DeepHemnmaProtocol
@@ -35,15 +34,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         form.addSection(label='Engine')
         self._defineReferenceModelParam(form, condition='backend == 0')
         self._defineDeformationParam(form, condition='backend == 0')
-        form.addParam('otherModes', params.PointerParam, pointerClass='SetOfNormalModes', allowsNull=True,
-                      condition='backend == 0', label='Modes of another conformation (optional)',
-                      help='Normal modes of the same molecule in another conformation (for example the closed '
-                           'structure when the reference above is the open one), with the same mode numbers. '
-                           'Every particle is aligned against both references and keeps the better score '
-                           '(_deephemnma_reference: 0 the first, 1 this one); amplitudes are given in the first '
-                           "reference's modes. For motions beyond the reach of one structure's modes: on "
-                           "adenylate kinase's open-to-closed path, with the screw model, poses within 15 deg "
-                           'rise from 96 to 99 % and the order of the space (PC1 Spearman) from 0.84 to 0.95.')
+        self._defineOtherModesParam(form, 'backend == 0', 'The alignment aligns')
         self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
@@ -70,8 +61,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
 
     def convertInputStep(self) -> None:
         self._writeModes()
-        if self.otherModes.get() is not None and self.backend.get() == BACKEND_ENGINE:
-            write_modes_xmd_from_set(self.otherModes.get(), self._otherModesPath(), enabled=self._selectedModes())
+        if self.backend.get() == BACKEND_ENGINE:
+            self._writeOtherModes()
         particles = particles_from_set(self.inputParticles.get(),
                                        require_alignment=bool(self.localOnly.get())).resolved()
         write_particles(self._getExtraPath('images.xmd' if self.backend.get() == BACKEND_XMIPP
@@ -91,13 +82,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
         if self.localOnly.get():
             arguments += ' --local-refine'
-        if self.otherModes.get() is not None:
-            arguments += (f' --other-modes {self._otherModesPath()} '
-                          f'--other-reference {self._referencePath(self.otherModes.get())}')
-        self.runCommand('align', arguments)
-
-    def _otherModesPath(self) -> str:
-        return self._getExtraPath('other_modes.xmd')
+        self.runCommand('align', arguments + self._otherModesArguments())
 
     def _alignXmipp(self) -> None:
         from deephemnma.hemnma.xmipp import XmippAlignmentJob, is_pseudoatom_pdb
@@ -140,15 +125,6 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         if self.backend.get() == BACKEND_ENGINE:
             errors += self._validateGpus() + self._validateOtherModes()
         return errors
-
-    def _validateOtherModes(self) -> List[str]:
-        """The other conformation's modes must have the selected mode numbers."""
-        other = self.otherModes.get()
-        if other is None:
-            return []
-        missing = sorted(set(self._selectedModes()) - {int(m.getObjId()) for m in other})
-        return [f'The modes of the other conformation lack mode(s) {missing}: compute as many modes for it.'] \
-            if missing else []
 
     def _summary(self) -> List[str]:
         if not hasattr(self, 'outputParticles'):

@@ -15,7 +15,7 @@ from deephemnma.protocols.base import DeepHemnmaProtocol
 
 #: The refinement's columns kept on the output particles (attributes ``_deephemnma_NAME``).
 REFINE_COLUMNS = ('predicted_angles', 'predicted_shifts', 'predicted_amplitudes', 'refine_change_deg',
-                  'refine_moved_far', 'refine_fallback')
+                  'refine_moved_far', 'refine_fallback', 'reference')
 _DEFAULTS = RefineSettings()
 
 
@@ -56,6 +56,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            'was trained on.')
         self._defineModesParams(form, condition='refine')
         self._defineReferenceModelParam(form, condition='refine')
+        self._defineOtherModesParam(form, 'refine', 'Trained on the labels of an alignment against two references, '
+                                    'the refinement refines')
         self._defineDeformationParam(form, condition='refine')
         form.addParam('searchRadius', params.FloatParam, default=_DEFAULTS.radius, condition='refine',
                       label='Search radius (deg)', expertLevel=params.LEVEL_ADVANCED,
@@ -104,6 +106,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         write_particles(self._input_path(), particles_from_set(self.inputParticles.get()).resolved())
         if self.refine.get():
             self._writeModes()
+            self._writeOtherModes()
 
     def inferStep(self) -> None:
         arguments = (f'-m {self._model_path()} -i {self._input_path()} -o {self.predictions_path()} '
@@ -114,7 +117,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
             arguments += (f' --refine {self._modesArguments()} --reference-model {self._referenceModel()} '
                           f'{self._deformationArgument()} --search-radius {self.searchRadius.get()} '
                           f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()} '
-                          f'--calibration {self.calibration.get()}')
+                          f'--calibration {self.calibration.get()}{self._otherModesArguments()}')
         self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:
@@ -155,7 +158,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         """Form errors of the refinement: modes as many as the network's amplitudes, a search radius."""
         if self.inputModes.get() is None:
             return ['The refinement needs the normal modes the network was trained on.']
-        errors = self._validateModes(particle_set)
+        errors = self._validateModes(particle_set) + self._validateOtherModes()
         if not errors and training is not None and os.path.exists(training.model_path()):
             amplitudes = read_model_info(training.model_path())['network']['outputs'].get('amplitudes')
             if amplitudes is not None and amplitudes != len(self._selectedModes()):
@@ -181,6 +184,9 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
             lines.append(f'Refined with the HEMNMA engine (modes {self._selectedModes()}); {self.movedFar.get()} '
                          f'moved further than {self.farAngle.get():g} deg from the prediction; '
                          f'{self.fellBack.get()} were aligned again by the global search (outlier scores).')
+            if self.otherModes.get() is not None:
+                lines.append('Each particle kept the better of two references (the modes above and those of '
+                             "another conformation); amplitudes in the first reference's modes.")
         return lines
 
     def _methods(self):

@@ -9,7 +9,13 @@ from scipy.spatial.transform import Rotation
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.hemnma.aligner import AlignSettings
-from deephemnma.hemnma.references import align_with_references, first_frame_amplitudes, superpose_modes
+from deephemnma.hemnma.references import (
+    align_with_references,
+    first_frame_amplitudes,
+    refine_with_references,
+    superpose_modes,
+)
+from deephemnma.hemnma.stack import RefineSettings
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
 from deephemnma.molecule.structure import coarse_grain, common_atoms, kabsch, read_structure
 from deephemnma.nma.deform import deformed_coordinates
@@ -83,36 +89,70 @@ def test_closed_crystal_in_open_modes_moves_the_open_structure_towards_it(ca_mod
     assert before > 6.0 and after < 0.7 * before, (before, after, amplitudes)
 
 
-def test_each_image_takes_the_reference_that_made_it(tmp_path, ca_modes, closed_modes):
-    """Clean images of the open and of the closed C-alpha model, aligned against both references: each takes its
-    own (``reference`` 0 or 1) with its pose, and the closed ones get the amplitudes of the closed state in the open
-    modes."""
-    torch.manual_seed(0)
+COUNT, BOX, PIXEL = 4, 32, 3.0
+
+
+@pytest.fixture(scope='module')
+def two_states(tmp_path_factory, ca_modes, closed_modes):
+    """Clean images: COUNT of the open C-alpha model (modes 7-9), then COUNT of the closed one (superposed on
+    it); ``(particles, true angles, open modes, closed modes superposed)``."""
     modes = ca_modes.select([7, 8, 9])
     closed = superpose_modes(closed_modes, modes)
-    count, box, pixel = 4, 32, 3.0
-    rng = np.random.default_rng(1)
-    angles = matrix_to_euler(random_rotations(2 * count, rng))
-    images = [simulate_particles(SimulationSetup.create(m.structure, m), np.zeros((count, 3)), angles[rows],
-                                 np.zeros((count, 2)), box, pixel).images
-              for m, rows in ((modes, slice(0, count)), (closed, slice(count, None)))]
-    stack = tmp_path / 'images.mrcs'
-    write_stack(stack, np.concatenate(images), pixel)
-    particles = Particles(image=stack_locations(str(stack), 2 * count), pixel_size=pixel)
-    result = align_with_references(particles, [modes, closed_modes], 'residues', 'linear',
-                                   AlignSettings(angular_step=20.0), tmp_path / 'work')
-    np.testing.assert_array_equal(result.extra['reference'], [0.0] * count + [1.0] * count)
+    angles = matrix_to_euler(random_rotations(2 * COUNT, np.random.default_rng(1)))
+    images = [simulate_particles(SimulationSetup.create(m.structure, m), np.zeros((COUNT, 3)), angles[rows],
+                                 np.zeros((COUNT, 2)), BOX, PIXEL).images
+              for m, rows in ((modes, slice(0, COUNT)), (closed, slice(COUNT, None)))]
+    stack = tmp_path_factory.mktemp('two_states') / 'images.mrcs'
+    write_stack(stack, np.concatenate(images), PIXEL)
+    return Particles(image=stack_locations(str(stack), 2 * COUNT), pixel_size=PIXEL), angles, modes, closed
+
+
+def assert_each_took_its_reference(result, angles: np.ndarray, modes, closed) -> None:
+    """Open images: reference 0; closed ones: reference 1 with the closed state's amplitudes in the open modes;
+    poses within 5 deg (median)."""
+    np.testing.assert_array_equal(result.extra['reference'], [0.0] * COUNT + [1.0] * COUNT)
     error = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(angles))
     assert np.median(error) < 5.0, error
     closed_in_open = first_frame_amplitudes(modes, closed, np.zeros((1, 3)), 'linear')[0]
-    np.testing.assert_allclose(result.amplitudes[count:], np.broadcast_to(closed_in_open, (count, 3)),
+    np.testing.assert_allclose(result.amplitudes[COUNT:], np.broadcast_to(closed_in_open, (COUNT, 3)),
                                atol=0.25 * np.abs(closed_in_open).max())
+
+
+def test_each_image_takes_the_reference_that_made_it(tmp_path, two_states, closed_modes):
+    """Clean images of the open and of the closed C-alpha model, aligned against both references (global
+    search): each takes its own with its pose."""
+    torch.manual_seed(0)
+    particles, angles, modes, closed = two_states
+    result = align_with_references(particles, [modes, closed_modes], 'residues', 'linear',
+                                   AlignSettings(angular_step=20.0), tmp_path / 'work')
+    assert_each_took_its_reference(result, angles, modes, closed)
+
+
+def test_predictions_refined_against_both_references(tmp_path, two_states, closed_modes):
+    """Predict then refine with two references: predictions 15 deg off the true orientations (a network's), the
+    guided search against each reference; each image keeps its own reference with its pose, and the report columns
+    are those of the reference kept (the angle moved from the prediction: about 15 deg)."""
+    torch.manual_seed(0)
+    particles, angles, modes, closed = two_states
+    axes = np.random.default_rng(2).normal(size=(len(angles), 3))
+    turns = Rotation.from_rotvec(np.radians(15.0) * axes / np.linalg.norm(axes, axis=1, keepdims=True))
+    predicted = particles.subset(np.arange(len(particles)))
+    predicted.angles = matrix_to_euler(turns.as_matrix() @ euler_to_matrix(angles))
+    predicted.shifts, predicted.amplitudes = np.zeros((len(angles), 2)), np.zeros((len(angles), 3))
+    settings = RefineSettings(radius=30.0, resolutions=(10.0, 7.0), calibration=2)
+    result = refine_with_references(predicted, predicted.angles[:, None], [modes, closed_modes], 'residues',
+                                    'linear', settings, AlignSettings(angular_step=20.0), tmp_path / 'work')
+    assert_each_took_its_reference(result, angles, modes, closed)
+    np.testing.assert_allclose(result.extra['refine_change_deg'], geodesic_angle_deg(
+        euler_to_matrix(predicted.angles), euler_to_matrix(result.angles)), atol=1e-3)
+    np.testing.assert_array_equal(result.extra['predicted_angles'], predicted.angles)
+    assert set(np.unique(result.extra['refine_fallback'])) <= {0.0, 1.0}
 
 
 def test_command_line_needs_one_structure_per_other_modes_file():
     from argparse import Namespace
 
-    from deephemnma.cli.align import _other_references
-    assert _other_references(Namespace(other_modes=['a.npz', 'b.npz'], other_reference=[])) == [None, None]
+    from deephemnma.cli._common import load_other_modes
+    assert load_other_modes(Namespace(other_modes=[], other_reference=[], select=None)) == []
     with pytest.raises(InputError, match='1 --other-reference for 2 --other-modes'):
-        _other_references(Namespace(other_modes=['a.xmd', 'b.xmd'], other_reference=['a.pdb']))
+        load_other_modes(Namespace(other_modes=['a.xmd', 'b.xmd'], other_reference=['a.pdb'], select=None))

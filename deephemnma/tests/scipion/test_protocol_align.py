@@ -1,5 +1,6 @@
 """The HEMNMA alignment protocol in a Scipion project: a small stack aligned (against one reference, and against
 the open and the closed structure of adenylate kinase), and refusals of bad inputs."""
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -59,11 +60,18 @@ class TestProtocolAlign(SimulatedProjectCase):
         self.assertEqual(aligned.extra['reference'].tolist(), [0.0] * 6)
         self.assertIn('Aligned 6 particles', ' '.join(prot.summary()))
         self.assertIn('better of two references', ' '.join(prot.summary()))
-        more = self._align(modeList='7-9')
-        more.otherModes.set(nma.outputModes)
-        more._selectedModes = lambda: [7, 8, 9, 10]        # a mode the other conformation's set lacks
-        self.assertEqual(more._validateOtherModes(), ['The modes of the other conformation lack mode(s) [10]: '
-                                                      'compute as many modes for it.'])
+        # The prediction protocol's refinement takes the same field (the form only: no network trained here).
+        from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
+        refine = self.newProtocol(DeepHemnmaProtInfer, refine=True, modeList='7-9')
+        refine.inputModes.set(self.simulation.outputModes)
+        refine.otherModes.set(nma.outputModes)
+        self.assertEqual(refine._validateOtherModes(), [])
+        self.assertEqual(refine._otherModesArguments(), f' --other-modes {refine._getExtraPath("other_modes.xmd")} '
+                                                        '--other-reference '
+                                                        f'{os.path.abspath(nma.outputModes.getPdb().getFileName())}')
+        refine._selectedModes = lambda: [7, 8, 9, 10]        # a mode the other conformation's set lacks
+        self.assertEqual(refine._validateOtherModes(), ['The modes of the other conformation lack mode(s) [10]: '
+                                                        'compute as many modes for it.'])
 
     def test_validate_refuses_bad_inputs(self):
         errors = self._align(modeList='1-3').validate()
