@@ -17,17 +17,14 @@ No pretrained weights are used (``weights=None``): nothing is downloaded.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
-from torchvision import models
 
 #: Feature extractors (torchvision ResNets), the paper's first; the order of the Scipion form's choices.
-ARCHITECTURES: Dict[str, Callable[..., nn.Module]] = {
-    'resnet34': models.resnet34, 'resnet18': models.resnet18,
-    'resnet50': models.resnet50, 'resnet101': models.resnet101,
-}
+#: torchvision is imported when a network is built: the Scipion forms and most commands start without it.
+ARCHITECTURES: Tuple[str, ...] = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
 LAYOUTS = ('combined', 'separate')
 #: Smallest image size (px) the network may be given (the ResNet stem and pooling need at least this).
 MIN_NETWORK_BOX = 16
@@ -77,7 +74,8 @@ def build_trunk(arch: str, norm: str = 'batch') -> nn.Module:
     kwargs = {'weights': None, 'num_classes': FEATURES}
     if norm == 'group':
         kwargs['norm_layer'] = _group_norm
-    trunk = ARCHITECTURES[arch](**kwargs)
+    from torchvision import models
+    trunk = getattr(models, arch)(**kwargs)
     stem = trunk.conv1
     trunk.conv1 = nn.Conv2d(1, stem.out_channels, kernel_size=stem.kernel_size, stride=stem.stride,
                             padding=stem.padding, bias=False)
