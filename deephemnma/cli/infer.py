@@ -130,6 +130,8 @@ def refine_modes(args: argparse.Namespace, model: TrainedModel) -> List[NormalMo
     """The modes of --refine (empty without it; the first: --modes, then each --other-modes), refused with one
     clear error when absent or not as many as the network's amplitudes."""
     if not args.refine:
+        if args.other_modes:
+            raise InputError('--other-modes are references of the refinement: add --refine (and --modes)')
         return []
     if not args.modes:
         raise InputError('--refine needs the modes the network was trained on (--modes modes.npz)')

@@ -208,6 +208,8 @@ for _name, _argv, _mention in [
     ('infer_refine_other_modes_and_structures_unpaired',
      ['infer', '-m', '{model}', '-i', '{star}', '-o', '{out}.star', '--refine', '--modes', '{modes}', '--other-modes',
       '{modes}', '{modes}', '--other-reference', '{modes}'], '1 --other-reference for 2 --other-modes'),
+    ('infer_other_modes_without_refine', ['infer', '-m', '{model}', '-i', '{star}', '-o', '{out}.star', '--other-modes',
+                                          '{modes}'], 'add --refine'),
     ('reconstruct_batch_negative', ['reconstruct', '-i', '{star}', '-o', '{out}', '--batch-size', '-1'],
      '--batch-size'),
     ('simulate_count_zero', ['simulate', '-o', '{out}', '--count', '0'], '--count'),
