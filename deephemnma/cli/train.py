@@ -71,7 +71,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--weight-decay', type=finite_float)
     group.add_argument('--dropout', type=finite_float)
     group.add_argument('--patience', type=int, help='early stopping after N epochs without improvement (0: off)')
-    group.add_argument('--no-amp', action='store_true', help='no mixed precision on GPU')
+    group.add_argument('--no-amp', action='store_true',
+                       help='no bfloat16 mixed precision (the default on GPUs and on CPUs with bfloat16 units)')
     group.add_argument('--max-rotation', type=finite_float, dest='max_rotation_deg',
                        help='in-plane rotation augmentation (deg; labels rotated consistently; 0: off)')
     group.add_argument('--max-translation', type=finite_float, dest='max_translation_px',

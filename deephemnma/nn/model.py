@@ -26,8 +26,10 @@ from torch import nn
 #: torchvision is imported when a network is built: the Scipion forms and most commands start without it.
 ARCHITECTURES: Tuple[str, ...] = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
 LAYOUTS = ('combined', 'separate')
-#: Smallest image size (px) the network may be given (the ResNet stem and pooling need at least this).
-MIN_NETWORK_BOX = 16
+#: Smallest image size (px) the network may be given: the ResNets halve the image five times, so below 32 px their
+#: last stage convolves single pixels with stride 2 (pure padding), where torch 2.14's bfloat16 CPU backward pass
+#: returns garbage gradients (up to 1e34, different each run) instead of zeros.
+MIN_NETWORK_BOX = 32
 NORMS = ('batch', 'group')
 FEATURES = 1000
 HIDDEN = (512, 128)

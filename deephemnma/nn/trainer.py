@@ -30,7 +30,7 @@ from deephemnma.nn.augment import Augmentation, transform_images, transform_quat
 from deephemnma.nn.config import SCHEDULES, TrainConfig, result_settings
 from deephemnma.nn.data import PreparedData, prepare_data
 from deephemnma.nn.history import CURVES_PNG, plot_history, write_history, write_summary
-from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
+from deephemnma.nn.model import MIN_NETWORK_BOX, DeepHemnmaNet, NetworkConfig
 from deephemnma.nn.modelfile import MODEL_FILE, MODEL_FORMAT, save_model
 from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.distributed import Rank, barrier, local_device
@@ -66,6 +66,8 @@ class Trainer:
         self.network_box = config.network_box or self.box
         if self.network_box > self.box:
             raise InputError(f'the network input size ({self.network_box} px) exceeds the images\' ({self.box} px)')
+        if self.network_box < MIN_NETWORK_BOX:
+            raise InputError(f'the images are {self.box} px wide: the network needs at least {MIN_NETWORK_BOX} px')
         outputs = tg.output_sizes(config.types, 0 if data.labels.amplitudes is None
                                   else data.labels.amplitudes.shape[1])
         torch.manual_seed(config.seed)

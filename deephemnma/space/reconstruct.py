@@ -223,12 +223,14 @@ def _gridding_kernel(size: int, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Reconstruction:
-    """A reconstructed map, its half maps and their FSC (gold standard), with the pixel size (Angstrom)."""
+    """A reconstructed map, its half maps and their FSC (gold standard), with the pixel size (Angstrom);
+    ``half_sets``: how images were split ('given': the half sets passed in, 'even/odd': by index)."""
 
     volume: np.ndarray
     half_maps: Tuple[np.ndarray, np.ndarray]
     pixel_size: float
     count: int
+    half_sets: str = 'even/odd'
 
     def half_map_fsc(self) -> FSCCurve:
         return fsc(self.half_maps[0], self.half_maps[1], self.pixel_size)
@@ -271,7 +273,8 @@ def reconstruct(batches: Iterable[Tuple[np.ndarray, np.ndarray]], angles: np.nda
                          'maps needs images in both')
     half_maps = (first.volume(wiener), second.volume(wiener))
     first.add(second)
-    return Reconstruction(first.volume(wiener), half_maps, float(pixel_size), first.count)
+    return Reconstruction(first.volume(wiener), half_maps, float(pixel_size), first.count,
+                          'even/odd' if halves is None else 'given')
 
 
 def _check_poses(angles: Optional[np.ndarray], shifts: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:

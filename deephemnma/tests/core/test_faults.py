@@ -148,7 +148,7 @@ def ws(tmp_path_factory) -> Workspace:
     workspace = Workspace(root)
     simulate_to_disk(SIMULATION, workspace.sim)
     assert run('train', '-i', workspace.star, '-o', root / 'model', '--arch', 'resnet18', '--epochs', '1',
-               '--batch-size', '8', '--network-box', '16', '--validation', '2', '--test', '2', '--quiet',
+               '--batch-size', '8', '--network-box', '32', '--validation', '2', '--test', '2', '--quiet',
                '--device', 'cpu').status == 0
     assert run('space', '-i', workspace.star, '-o', root / 'space', '--no-plot').status == 0
     return workspace
@@ -651,7 +651,7 @@ def align_resume_with_another_input_starts_afresh(ws: Workspace, tmp: Path):
 
 @case('silent-wrong-result')
 def train_resume_with_another_input_starts_afresh(ws: Workspace, tmp: Path):
-    common = ['--arch', 'resnet18', '--epochs', '3', '--batch-size', '8', '--network-box', '16', '--validation', '2',
+    common = ['--arch', 'resnet18', '--epochs', '3', '--batch-size', '8', '--network-box', '32', '--validation', '2',
               '--test', '2', '--quiet', '--device', 'cpu', '--threads', '1']
     star = ws.copy_star(tmp)
     process = start('train', '-i', star, '-o', tmp / 'model', *common)
@@ -724,7 +724,7 @@ def infer_ctrl_c(ws: Workspace, tmp: Path):
 def train_sigterm(ws: Workspace, tmp: Path):
     star = ws.copy_star(tmp)
     process = start('train', '-i', star, '-o', tmp / 'model', '--arch', 'resnet18', '--epochs', '50',
-                    '--batch-size', '8', '--network-box', '16', '--validation', '2', '--test', '2', '--quiet',
+                    '--batch-size', '8', '--network-box', '32', '--validation', '2', '--test', '2', '--quiet',
                     '--threads', '1')
     wait_for(lambda: any((tmp / 'model').glob('.deephemnma-train.partial/checkpoint_last.pt')))
     process.send_signal(signal.SIGTERM)

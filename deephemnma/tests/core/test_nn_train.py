@@ -30,10 +30,10 @@ torch.set_num_threads(1)
 COUNT, BOX = 40, 32
 
 
-def make_particles(folder: Path) -> Particles:
+def make_particles(folder: Path, box: int = BOX) -> Particles:
     rng = np.random.default_rng(0)
-    write_stack(folder / 'images.mrcs', rng.normal(size=(COUNT, BOX, BOX)).astype(np.float32), 2.0)
-    return Particles(image=stack_locations(str(folder / 'images.mrcs'), COUNT), pixel_size=2.0,
+    write_stack(folder / f'images_{box}.mrcs', rng.normal(size=(COUNT, box, box)).astype(np.float32), 2.0)
+    return Particles(image=stack_locations(str(folder / f'images_{box}.mrcs'), COUNT), pixel_size=2.0,
                      angles=rng.uniform(0, 180, (COUNT, 3)), shifts=rng.normal(0, 2, (COUNT, 2)),
                      amplitudes=rng.normal(0, 100, (COUNT, 2)))
 
@@ -169,23 +169,27 @@ class TestTraining(unittest.TestCase):
         self.assertEqual([trainer._stop_early(e) for e in (8, 9)], [False, True])
 
     def test_network_input_size_is_stored_and_applied_in_prediction(self):
-        train.run_training(self.particles, tiny_config(epochs=1, network_box=16), self.folder / 'small', 'cpu',
+        large = make_particles(self.folder, box=48)
+        train.run_training(large, tiny_config(epochs=1, network_box=32), self.folder / 'small', 'cpu',
                            progress=False)
         model = load_model(self.folder / 'small' / train.MODEL_FILE)
-        self.assertEqual((model.box, model.network_box), (BOX, 16))
-        images = ImageSource(self.particles.image).read(np.arange(5))
+        self.assertEqual((model.box, model.network_box), (48, 32))
+        images = ImageSource(large.image).read(np.arange(5))
         normalised = (torch.from_numpy(images)[:, None] - model.scaling.image_mean) / model.scaling.image_std
         with torch.no_grad():
-            expected = model.network(fourier_crop(normalised, 16))['shifts'].numpy()
+            expected = model.network(fourier_crop(normalised, 32))['shifts'].numpy()
         predictor = Predictor(model, torch.device('cpu'), amp=False)
         np.testing.assert_allclose(predictor.raw(torch.from_numpy(images))['shifts'],
                                    expected, rtol=1e-5, atol=1e-6)
 
     def test_network_input_size_outside_the_images_is_refused(self):
         with self.assertRaises(ValueError):
-            tiny_config(network_box=8)
+            tiny_config(network_box=16)
         with self.assertRaises(ValueError):
             train.run_training(self.particles, tiny_config(network_box=2 * BOX), self.folder / 'large', 'cpu',
+                               progress=False)
+        with self.assertRaisesRegex(ValueError, 'the images are 16 px wide'):  # too small for the ResNet's stages
+            train.run_training(make_particles(self.folder, box=16), tiny_config(), self.folder / 'tiny', 'cpu',
                                progress=False)
 
 

@@ -25,7 +25,7 @@ from deephemnma.data import stacks
 from deephemnma.data.cryosparc import read_cs
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import write_map, write_stack
-from deephemnma.data.particles import stack_locations
+from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.data.star import read_star_tables
 from deephemnma.imaging.contrast import contrast_evidence, is_inverted
 from deephemnma.imaging.ctf import CTFParams
@@ -302,6 +302,26 @@ def test_half_maps_follow_the_random_subsets():
     by_parity = reconstruct([(np.arange(count), images)], angles, shifts, box, 2.0)
     assert np.abs(by_subset.half_maps[1]).max() == 0.0 < np.abs(by_subset.half_maps[0]).max()
     assert np.abs(by_parity.half_maps[1]).max() > 0.0
+
+
+def test_a_group_inside_one_random_subset_is_split_even_odd(tmp_path):
+    """RELION's subsets rule the half maps, but a group whose images all lie in one subset (a small group can)
+    is reconstructed from even and odd images instead, said on stderr and in its FSC file, not refused."""
+    box, count = 16, 12
+    rng = np.random.default_rng(8)
+    write_stack(tmp_path / 'p.mrcs', rng.normal(0.0, 1.0, (count, box, box)).astype(np.float32), 2.0)
+    half = np.array([1, 2] * 4 + [1] * 4)
+    particles = Particles(image=np.array(stack_locations('p.mrcs', count)), pixel_size=2.0,
+                          angles=rng.uniform(-180, 180, (count, 3)), shifts=np.zeros((count, 2)), half=half)
+    write_particles(tmp_path / 'p.star', particles)
+    np.savetxt(tmp_path / 'labels.txt', [0] * 8 + [1] * 4, fmt='%d')
+    assert read_particles(tmp_path / 'p.star').half.tolist() == half.tolist()
+    result = run('reconstruct', '-i', tmp_path / 'p.star', '--groups', tmp_path / 'labels.txt', '-o',
+                 tmp_path / 'maps')
+    assert result.status == 0, result.err
+    assert 'group_002: its 4 images all lie in half set 1' in result.err
+    summaries = {g: json.loads((tmp_path / 'maps' / f'{g}_fsc.json').read_text()) for g in ('group_001', 'group_002')}
+    assert [(s['images'], s['half_sets']) for s in summaries.values()] == [(8, 'given'), (4, 'even/odd')]
 
 
 # ----------------------------------------------------------------------------------------------
