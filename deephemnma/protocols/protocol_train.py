@@ -183,6 +183,8 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
         if network_box and (network_box < MIN_NETWORK_BOX or (box and network_box > box)):
             errors.append(f'The network input size must lie between {MIN_NETWORK_BOX} px and the image size '
                           f'({box} px), or be 0.')
+        elif not network_box and box and box < MIN_NETWORK_BOX:
+            errors.append(f'The images are {box} px wide: the network needs at least {MIN_NETWORK_BOX} px.')
         return errors + self._validateGpus()
 
     def _summary(self):

@@ -86,3 +86,7 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         wrong_size.inputTraining.set(self.training)
         wrong_size.inputParticles.set(other.outputParticles)
         self.assertTrue(any('40 px but the network was trained on 32 px' in e for e in wrong_size.validate()))
+        tiny = launch_simulation(type(self), **{**SIMULATION, 'count': 2, 'box': 24, 'pixelSize': 4.0})
+        too_small_images = self.newProtocol(DeepHemnmaProtTrain, **TRAINING)
+        too_small_images.inputParticles.set(tiny.outputParticles)
+        self.assertIn('The images are 24 px wide: the network needs at least 32 px.', too_small_images.validate())
