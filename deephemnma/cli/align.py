@@ -8,7 +8,9 @@ started again with the same inputs and settings, resumes with identical results;
 its share of the chunks and rank 0 writes the output in input order. For motions beyond one structure's modes
 (a domain closing by tens of degrees), ``--other-modes`` adds references (the other end of the motion, with its
 own modes): each image keeps the best of the alignments, amplitudes in the first one's modes
-(:mod:`deephemnma.hemnma.references`).
+(:mod:`deephemnma.hemnma.references`). ``--walk`` adds a reference made from the data: after a first alignment,
+the first structure deformed to the mean fit of the third of the images farthest from it, with its modes
+recomputed there (written as ``OUTPUT_walked_modes.npz``, for ``deephemnma infer --refine --other-modes``).
 
 Examples::
 
@@ -17,12 +19,14 @@ Examples::
     deephemnma align -i aligned.star --modes modes.npz --local-refine -o refined.star
     deephemnma align -i particles.star --modes open/modes.npz --other-modes closed/modes.npz --select 7 8 9 \
         --deformation screw -o aligned.star
+    deephemnma align -i particles.star --modes open/modes.npz --walk --deformation screw -o aligned.star
     torchrun --nproc_per_node=4 -m deephemnma.cli.main align -i big.star --modes modes.npz -o big_aligned.star
 """
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -41,7 +45,7 @@ from deephemnma.cli._common import (
 from deephemnma.data.formats import check_format, load_particles, write_particles
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
-from deephemnma.hemnma.references import align_with_references
+from deephemnma.hemnma.references import align_walking, align_with_references
 from deephemnma.hemnma.stack import align_particles
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.nma.files import load_modes
@@ -56,6 +60,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--reference', help='reference structure of a modes.xmd (default: the PDB next to it)')
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
     add_other_modes_args(parser, 'aligns')
+    parser.add_argument('--walk', action='store_true',
+                        help='align again with one more reference: the first structure deformed to the mean fit of '
+                             'the third of the images farthest from it, its modes recomputed there (motions beyond '
+                             'the reach of its modes; one more alignment)')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -91,6 +99,12 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
                          top_k=args.top_k, ctf_mode=args.ctf, **AlignSettings.stages(args.resolutions, args.top_k))
 
 
+def walked_modes_path(output: str) -> Path:
+    """Where ``--walk`` writes the walked reference's modes: ``OUTPUT_walked_modes.npz`` beside the output."""
+    output = Path(output)
+    return output.with_name(f'{output.stem}_walked_modes.npz')
+
+
 def main(args: argparse.Namespace) -> int:
     check_format(args.output)
     device, rank = start_process(args.threads, args.device)
@@ -107,7 +121,12 @@ def main(args: argparse.Namespace) -> int:
                 (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
             align = dict(base_dir='.', local=args.local, chunk_size=args.chunk_size, device=device, rank=rank,
                          progress=progress, invert=contrast['inverted'])
-            if not others:
+            if args.walk:
+                result, walked = align_walking(particles, [modes, *others], args.model, args.deformation,
+                                               settings_from_args(args), outputs.work('chunks'), **align)
+                if rank.is_main:
+                    walked.save(walked_modes_path(args.output))
+            elif not others:
                 reference = reference_from_modes(modes, args.model, deformation=args.deformation)
                 result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'),
                                          **align)
@@ -121,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
-                              'contrast': contrast, **reference_counts(result, 1 + len(others))}))
+                              'contrast': contrast, **reference_counts(result, 1 + len(others) + args.walk)}))
     finally:
         cleanup()
     return 0

@@ -16,6 +16,10 @@ Conventions:
   chosen deformation model) gives ``q = argmin sum_c |x_c - D(q)_c|^2`` over the common atoms ``c``, with ``D(q)``
   the first structure deformed by ``q`` with the same model (least squares); images of the first reference keep
   their own amplitudes.
+
+Without a second structure, :func:`align_walking` makes one from the data (``deephemnma align --walk``): one
+re-linearisation step, the first structure deformed to the mean fit of the third of the images farthest from it,
+with its modes recomputed there, added as the last reference.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import RefineSettings, align_particles, refine_predictions
 from deephemnma.molecule.structure import common_atoms, kabsch
-from deephemnma.nma.deform import deform, model_rotations
+from deephemnma.nma.deform import deform, deformed_coordinates, model_rotations
+from deephemnma.nma.elastic import compute_modes
 from deephemnma.nma.modes import NormalModes
 from deephemnma.runtime.errors import InputError
 
@@ -42,6 +47,8 @@ CONVERSION_BATCH = 1024
 GAUSS_NEWTON_ITERATIONS, FINITE_STEP = 5, 1e-2
 #: What an alignment gives each image.
 RESULT_FIELDS = ('angles', 'shifts', 'amplitudes', 'score')
+#: The share of the images, farthest from the first structure, whose mean fit the walked reference takes.
+WALK_FRACTION = 1 / 3
 #: What predict then refine reports per image that depends on the reference kept.
 REFINE_REPORT_COLUMNS = ('refine_change_deg', 'refine_moved_far', 'refine_fallback')
 
@@ -111,6 +118,33 @@ def align_with_references(particles: Particles, modes: Sequence[NormalModes], co
     results = [align_particles(particles, reference, settings, Path(work_folder) / f'reference_{k}', **align)
                for k, reference in enumerate(references)]
     return _keep_best(results, first, others, deformation)
+
+
+def walked_modes(modes: NormalModes, amplitudes: np.ndarray, deformation: str,
+                 fraction: float = WALK_FRACTION) -> NormalModes:
+    """One re-linearisation step: ``modes``' structure deformed (``deformation``) by the mean of the ``amplitudes``
+    ``(n, M)`` of the ``fraction`` of images farthest from it (largest amplitude norm), with its ``M`` lowest
+    modes recomputed there (Xmipp numbers 7 ... 6+M; the same network radius, RTB blocks and spring constant)."""
+    if not np.isfinite(modes.cutoff):
+        raise InputError('a walked reference recomputes the modes, but the network radius of these modes is unknown '
+                         '(an Xmipp modes file): compute them with deephemnma nma')
+    table = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
+    norm = np.linalg.norm(table, axis=1)
+    far = table[norm >= np.quantile(norm, 1.0 - fraction)].mean(axis=0)
+    moved = deformed_coordinates(modes, far[None], deformation)[0]
+    return compute_modes(modes.structure.with_coords(moved), n_modes=len(modes), cutoff=modes.cutoff,
+                         rtb_block_size=modes.block_size, gamma=modes.gamma)
+
+
+def align_walking(particles: Particles, modes: Sequence[NormalModes], coarse: str, deformation: str,
+                  settings: AlignSettings, work_folder: str | os.PathLike, **align) -> tuple:
+    """:func:`align_with_references`, then again with the reference walked towards the images
+    (:func:`walked_modes` of the first pass's amplitudes) as the last reference (the first pass's chunks are
+    reused). Returns ``(particles, walked modes)``."""
+    first_pass = align_with_references(particles, modes, coarse, deformation, settings, work_folder, **align)
+    walked = walked_modes(modes[0], first_pass.amplitudes, deformation)
+    return align_with_references(particles, [*modes, walked], coarse, deformation, settings, work_folder,
+                                 **align), walked
 
 
 def refine_with_references(predicted: Particles, hypotheses: np.ndarray, modes: Sequence[NormalModes], coarse: str,

