@@ -34,12 +34,13 @@ from deephemnma.bench.space import pc1_spearman
 from deephemnma.data.stacks import array_batches
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.hemnma.references import best_of_references, superpose_modes
+from deephemnma.hemnma.references import best_of_references, superpose_modes, walked_modes
 from deephemnma.imaging.fsc import fsc
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.molecule.density import atoms_to_map
 from deephemnma.nma.deform import DEFORMATIONS
 from deephemnma.nma.elastic import compute_modes
+from deephemnma.nma.modes import NormalModes
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ctf
@@ -53,6 +54,8 @@ DEMO_SNR, DEMO_OVERSAMPLING = 0.1, 4
 GROUPS = 3
 #: The method of the top-level figures: the best measured (both end structures as references, screw model).
 BEST_METHOD = 'screw_two_references'
+#: The deformation model of the walked methods (``align --walk``; the better model on this path).
+WALKED_MODEL = 'screw'
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
                                                             args.chunk_size)
     far = {'open': t > 2 / 3, 'closed': t < 1 / 3}
     grouped = None  # the noisy space of the best method with the open structure first
+    centre = path.structure.centre()
     for model in DEFORMATIONS:
         for first, second in (('open', 'closed'), ('closed', 'open')):
             other = superpose_modes(modes[second], modes[first])
@@ -102,18 +106,42 @@ def run(args: argparse.Namespace) -> dict:
                 single = results[model, first, noise]
                 both = best_of_references([single, results[model, second, noise]], modes[first], [other], model)
                 label = f'{"closed_" if first == "closed" else ""}{"noisy_" if noise == "noisy" else ""}'
-                for method, result in ((model, single), (f'{model}_two_references', both)):
+                methods = [(model, single), (f'{model}_two_references', both)]
+                if model == WALKED_MODEL:
+                    dataset = Dataset(images[noise], None, angles, shifts)
+                    methods += [(f'{model}{name}', walked_result(single, start, modes[first], extra, model,
+                                                                 dataset, centre, box, pixel_size, args))
+                                for name, start, extra in (('_walked', single, []),
+                                                           ('_two_references_walked', both,
+                                                            [(results[model, second, noise], other)]))]
+                for method, result in methods:
                     keys = case_figures(result, angles, t, far[first])
                     figures['models'].setdefault(method, {}).update({label + k: v for k, v in keys.items()})
                     if method == BEST_METHOD:
                         figures.update({label + k: v for k, v in keys.items()})
                         grouped = result if label == 'noisy_' else grouped
+                    if method.endswith('walked'):
+                        figures['models'][method][label + 'walked_reference_fraction'] = \
+                            float(np.mean(result['reference'] == result['reference'].max()))
                 if first == 'open' and 'reference' in both:
                     figures['models'][f'{model}_two_references'][label + 'closed_reference_fraction'] = \
                         float(both['reference'].mean())
     figures.update(group_maps(path, t, images['noisy'], grouped, box, pixel_size))
     figures['seconds'] = time.perf_counter() - started
     return figures
+
+
+def walked_result(single: Dict[str, np.ndarray], start: Dict[str, np.ndarray], first: NormalModes, others: list,
+                  model: str, dataset: Dataset, centre: np.ndarray, box: int, pixel_size: float,
+                  args: argparse.Namespace) -> Dict[str, np.ndarray]:
+    """``deephemnma align --walk`` on the bench's images: the reference walked from the first pass ``start``
+    (amplitudes in ``first``'s modes) is aligned too, and each image keeps the best of ``single`` (the ``first``
+    reference's alignment), the ``others`` ``(alignment, superposed modes)`` and the walked one."""
+    walked = superpose_modes(walked_modes(first, start['amplitudes'], model), first)
+    reference = reference_from_modes(walked, 'residues2', centre=centre, deformation=model)
+    aligner = Aligner(reference, box, pixel_size, AlignSettings(**AlignSettings.stages(args.resolutions)))
+    alignments = [single, *[alignment for alignment, _ in others], align_dataset(aligner, dataset, args.chunk_size)]
+    return best_of_references(alignments, first, [*[m for _, m in others], walked], model)
 
 
 def simulate_images(path: TransitionPath, t: np.ndarray, angles: np.ndarray, shifts: np.ndarray, box: int,

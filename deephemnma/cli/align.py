@@ -64,6 +64,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help='align again with one more reference: the first structure deformed to the mean fit of '
                              'the third of the images farthest from it, its modes recomputed there (motions beyond '
                              'the reach of its modes; one more alignment)')
+    parser.add_argument('--walk-cutoff', type=positive_float,
+                        help="network radius (A) of the walked reference's modes (default: that of --modes; needed "
+                             'for Xmipp modes files, which do not record it)')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -123,7 +126,8 @@ def main(args: argparse.Namespace) -> int:
                          progress=progress, invert=contrast['inverted'])
             if args.walk:
                 result, walked = align_walking(particles, [modes, *others], args.model, args.deformation,
-                                               settings_from_args(args), outputs.work('chunks'), **align)
+                                               settings_from_args(args), outputs.work('chunks'),
+                                               cutoff=args.walk_cutoff, **align)
                 if rank.is_main:
                     walked.save(walked_modes_path(args.output))
             elif not others:

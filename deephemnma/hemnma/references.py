@@ -120,29 +120,40 @@ def align_with_references(particles: Particles, modes: Sequence[NormalModes], co
     return _keep_best(results, first, others, deformation)
 
 
+def walk_cutoff(modes: NormalModes, cutoff: Optional[float]) -> float:
+    """The network radius (Angstrom) of a walked reference's modes: ``cutoff``, else the modes' own; InputError
+    when neither is known (modes read from an Xmipp file)."""
+    cutoff = modes.cutoff if cutoff is None else cutoff
+    if not np.isfinite(cutoff):
+        raise InputError('a walked reference recomputes the modes, but the network radius of these modes is unknown '
+                         '(an Xmipp modes file): give it (--walk-cutoff)')
+    return float(cutoff)
+
+
 def walked_modes(modes: NormalModes, amplitudes: np.ndarray, deformation: str,
-                 fraction: float = WALK_FRACTION) -> NormalModes:
+                 fraction: float = WALK_FRACTION, cutoff: Optional[float] = None) -> NormalModes:
     """One re-linearisation step: ``modes``' structure deformed (``deformation``) by the mean of the ``amplitudes``
     ``(n, M)`` of the ``fraction`` of images farthest from it (largest amplitude norm), with its ``M`` lowest
-    modes recomputed there (Xmipp numbers 7 ... 6+M; the same network radius, RTB blocks and spring constant)."""
-    if not np.isfinite(modes.cutoff):
-        raise InputError('a walked reference recomputes the modes, but the network radius of these modes is unknown '
-                         '(an Xmipp modes file): compute them with deephemnma nma')
+    modes recomputed there (Xmipp numbers 7 ... 6+M; network radius ``cutoff`` (Angstrom), by default the modes'
+    own; their RTB blocks and spring constant)."""
+    cutoff = walk_cutoff(modes, cutoff)
     table = np.atleast_2d(np.asarray(amplitudes, dtype=np.float64))
     norm = np.linalg.norm(table, axis=1)
     far = table[norm >= np.quantile(norm, 1.0 - fraction)].mean(axis=0)
     moved = deformed_coordinates(modes, far[None], deformation)[0]
-    return compute_modes(modes.structure.with_coords(moved), n_modes=len(modes), cutoff=modes.cutoff,
+    return compute_modes(modes.structure.with_coords(moved), n_modes=len(modes), cutoff=cutoff,
                          rtb_block_size=modes.block_size, gamma=modes.gamma)
 
 
 def align_walking(particles: Particles, modes: Sequence[NormalModes], coarse: str, deformation: str,
-                  settings: AlignSettings, work_folder: str | os.PathLike, **align) -> tuple:
+                  settings: AlignSettings, work_folder: str | os.PathLike, cutoff: Optional[float] = None,
+                  **align) -> tuple:
     """:func:`align_with_references`, then again with the reference walked towards the images
-    (:func:`walked_modes` of the first pass's amplitudes) as the last reference (the first pass's chunks are
-    reused). Returns ``(particles, walked modes)``."""
+    (:func:`walked_modes` of the first pass's amplitudes, network radius ``cutoff``) as the last reference (the
+    first pass's chunks are reused). Returns ``(particles, walked modes)``."""
+    cutoff = walk_cutoff(modes[0], cutoff)  # refused before the first pass, not after it
     first_pass = align_with_references(particles, modes, coarse, deformation, settings, work_folder, **align)
-    walked = walked_modes(modes[0], first_pass.amplitudes, deformation)
+    walked = walked_modes(modes[0], first_pass.amplitudes, deformation, cutoff=cutoff)
     return align_with_references(particles, [*modes, walked], coarse, deformation, settings, work_folder,
                                  **align), walked
 

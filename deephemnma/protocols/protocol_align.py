@@ -35,6 +35,18 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         self._defineReferenceModelParam(form, condition='backend == 0')
         self._defineDeformationParam(form, condition='backend == 0')
         self._defineOtherModesParam(form, 'backend == 0', 'The alignment aligns')
+        form.addParam('walk', params.BooleanParam, default=False, condition='backend == 0',
+                      label='Add a reference walked towards the particles',
+                      help='After a first alignment, the reference structure deformed to the mean fit of the third '
+                           'of the particles farthest from it, with its modes recomputed there, becomes one more '
+                           'reference (one more alignment; _deephemnma_reference: its number is the last). For '
+                           "motions beyond the reach of the reference's modes when no other structure is known: on "
+                           "adenylate kinase's open-to-closed path (screw model, six modes) it raises the order of "
+                           'the space (PC1 Spearman) from 0.93 to 0.975. Its modes are written to '
+                           'extra/aligned_walked_modes.npz.')
+        form.addParam('walkCutoff', params.FloatParam, default=10.0, condition='backend == 0 and walk',
+                      label="Walked reference's cutoff (A)", expertLevel=params.LEVEL_ADVANCED,
+                      help="Network radius of the walked reference's modes (use the reference modes' own).")
         self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
@@ -82,6 +94,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
         if self.localOnly.get():
             arguments += ' --local-refine'
+        if self.walk.get():
+            arguments += f' --walk --walk-cutoff {self.walkCutoff.get()}'
         self.runCommand('align', arguments + self._otherModesArguments())
 
     def _alignXmipp(self) -> None:
@@ -135,6 +149,9 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         if self.otherModes.get() is not None and self.backend.get() == BACKEND_ENGINE:
             lines.append('Each particle kept the better of two references (the modes above and those of another '
                          "conformation); amplitudes in the first reference's modes.")
+        if self.walk.get() and self.backend.get() == BACKEND_ENGINE:
+            lines.append('A reference walked towards the particles was added (the last reference; its modes: '
+                         f'{self._getExtraPath("aligned_walked_modes.npz")}); each particle kept the best.')
         return lines
 
     def _methods(self) -> List[str]:

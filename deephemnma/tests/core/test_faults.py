@@ -189,7 +189,7 @@ ALIGN = ['--local-refine', '--ctf', 'phase_flipped', '--resolutions', '10', '--q
 # ----------------------------------------------------------------------------------------------
 def _bad_option(command: List[str], mentions: str):
     def check(ws: Workspace, tmp: Path):
-        argv = [a.format(star=ws.star, modes=ws.modes, model=ws.model, space=ws.space, out=tmp / 'out')
+        argv = [a.format(star=ws.star, modes=ws.modes, model=ws.model, space=ws.space, sim=ws.sim, out=tmp / 'out')
                 for a in command]
         refused(run(*argv), 2, mentions)
         assert not (tmp / 'out').exists()
@@ -199,6 +199,9 @@ def _bad_option(command: List[str], mentions: str):
 for _name, _argv, _mention in [
     ('align_chunk_size_zero', ['align', '-i', '{star}', '--modes', '{modes}', '-o', '{out}.star', '--chunk-size', '0'],
      '--chunk-size'),
+    ('align_walk_from_xmipp_modes_without_their_radius',
+     ['align', '-i', '{star}', '--modes', '{sim}/modes_xmipp/modes.xmd', '--reference', '{sim}/reference.pdb',
+      '-o', '{out}.star', '--walk'], '--walk-cutoff'),
     ('infer_batch_size_zero', ['infer', '-m', '{model}', '-i', '{star}', '-o', '{out}.star', '--batch-size', '0'],
      '--batch-size'),
     ('infer_refine_without_modes', ['infer', '-m', '{model}', '-i', '{star}', '-o', '{out}.star', '--refine'],

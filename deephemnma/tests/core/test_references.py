@@ -177,8 +177,11 @@ def test_walked_modes_at_zero_amplitudes_are_the_modes_themselves(ca_modes, defo
     np.testing.assert_allclose(walked.structure.coords, modes.structure.coords, atol=1e-9)
     overlap = np.abs(np.einsum('mnk,lnk->ml', walked.vectors, modes.vectors))
     np.testing.assert_allclose(overlap, np.eye(3), atol=1e-6)
+    from_xmipp = type(modes)(**{**modes.__dict__, 'cutoff': float('nan')})
     with pytest.raises(InputError, match='network radius of these modes is unknown'):
-        walked_modes(type(modes)(**{**modes.__dict__, 'cutoff': float('nan')}), np.zeros((6, 3)), deformation)
+        walked_modes(from_xmipp, np.zeros((6, 3)), deformation)
+    given = walked_modes(from_xmipp, np.zeros((6, 3)), deformation, cutoff=modes.cutoff)
+    np.testing.assert_allclose(given.eigenvalues, walked.eigenvalues, rtol=1e-8)
 
 
 def test_predictions_refined_against_both_references(tmp_path, two_states, closed_modes):
