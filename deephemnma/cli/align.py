@@ -8,9 +8,10 @@ started again with the same inputs and settings, resumes with identical results;
 its share of the chunks and rank 0 writes the output in input order. For motions beyond one structure's modes
 (a domain closing by tens of degrees), ``--other-modes`` adds references (the other end of the motion, with its
 own modes): each image keeps the best of the alignments, amplitudes in the first one's modes
-(:mod:`deephemnma.hemnma.references`). ``--walk`` adds a reference made from the data: after a first alignment,
-the first structure deformed to the mean fit of the third of the images farthest from it, with its modes
-recomputed there (written as ``OUTPUT_walked_modes.npz``, for ``deephemnma infer --refine --other-modes``).
+(:mod:`deephemnma.hemnma.references`). ``--walk`` adds references made from the data: after a first alignment,
+each reference that a tenth of the images or more took, deformed to the mean fit of the third of those images
+farthest from it, with its modes recomputed there (written as ``OUTPUT_walked_K_modes.npz``, K the reference walked
+from, for ``deephemnma infer --refine --other-modes``).
 
 Examples::
 
@@ -61,12 +62,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--select', type=int, nargs='+', help='mode numbers to use (default: all in the file, 7+)')
     add_other_modes_args(parser, 'aligns')
     parser.add_argument('--walk', action='store_true',
-                        help='align again with one more reference: the first structure deformed to the mean fit of '
-                             'the third of the images farthest from it, its modes recomputed there (motions beyond '
-                             'the reach of its modes; one more alignment)')
+                        help='align again with references walked from the given ones: each reference that a tenth '
+                             'of the images or more took, deformed to the mean fit of the third of those images '
+                             'farthest from it, its modes recomputed there (motions beyond the reach of the modes; '
+                             'one more alignment per walked reference)')
     parser.add_argument('--walk-cutoff', type=positive_float,
-                        help="network radius (A) of the walked reference's modes (default: that of --modes; needed "
-                             'for Xmipp modes files, which do not record it)')
+                        help="network radius (A) of the walked references' modes (default: that of the modes walked "
+                             'from; needed for Xmipp modes files, which do not record it)')
     parser.add_argument('--model', choices=COARSE_MODELS, default='residues2',
                         help='reference as two beads per residue (main chain, side chain; default), one bead '
                              'per residue, or all atoms with Peng form factors')
@@ -102,10 +104,11 @@ def settings_from_args(args: argparse.Namespace) -> AlignSettings:
                          top_k=args.top_k, ctf_mode=args.ctf, **AlignSettings.stages(args.resolutions, args.top_k))
 
 
-def walked_modes_path(output: str) -> Path:
-    """Where ``--walk`` writes the walked reference's modes: ``OUTPUT_walked_modes.npz`` beside the output."""
+def walked_modes_path(output: str, walked_from: int) -> Path:
+    """Where ``--walk`` writes the modes of the reference walked from reference ``walked_from`` (0: --modes, k: the
+    k-th --other-modes): ``OUTPUT_walked_K_modes.npz`` beside the output."""
     output = Path(output)
-    return output.with_name(f'{output.stem}_walked_modes.npz')
+    return output.with_name(f'{output.stem}_walked_{walked_from}_modes.npz')
 
 
 def main(args: argparse.Namespace) -> int:
@@ -124,12 +127,14 @@ def main(args: argparse.Namespace) -> int:
                 (lambda chunks: tqdm(chunks, desc='align (chunks)', unit='chunk'))
             align = dict(base_dir='.', local=args.local, chunk_size=args.chunk_size, device=device, rank=rank,
                          progress=progress, invert=contrast['inverted'])
+            walked = []
             if args.walk:
                 result, walked = align_walking(particles, [modes, *others], args.model, args.deformation,
                                                settings_from_args(args), outputs.work('chunks'),
                                                cutoff=args.walk_cutoff, **align)
                 if rank.is_main:
-                    walked.save(walked_modes_path(args.output))
+                    for walked_from, modes_walked in walked:
+                        modes_walked.save(walked_modes_path(args.output, walked_from))
             elif not others:
                 reference = reference_from_modes(modes, args.model, deformation=args.deformation)
                 result = align_particles(particles, reference, settings_from_args(args), outputs.work('chunks'),
@@ -144,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
         if rank.is_main:
             print(json.dumps({'output': str(args.output), 'images': len(result),
                               'modes': [int(n) for n in modes.numbers], 'mean_score': float(result.score.mean()),
-                              'contrast': contrast, **reference_counts(result, 1 + len(others) + args.walk)}))
+                              'contrast': contrast, **reference_counts(result, 1 + len(others) + len(walked))}))
     finally:
         cleanup()
     return 0

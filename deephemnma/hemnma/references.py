@@ -17,16 +17,17 @@ Conventions:
   the first structure deformed by ``q`` with the same model (least squares); images of the first reference keep
   their own amplitudes.
 
-Without a second structure, :func:`align_walking` makes one from the data (``deephemnma align --walk``): one
-re-linearisation step, the first structure deformed to the mean fit of the third of the images farthest from it,
-with its modes recomputed there, added as the last reference.
+:func:`align_walking` makes references from the data (``deephemnma align --walk``), with or without other
+structures: one re-linearisation step from each reference that a tenth of the images or more took, its structure
+deformed to the mean fit of the third of those images farthest from it, with its modes recomputed there, added
+after the given references.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -47,8 +48,10 @@ CONVERSION_BATCH = 1024
 GAUSS_NEWTON_ITERATIONS, FINITE_STEP = 5, 1e-2
 #: What an alignment gives each image.
 RESULT_FIELDS = ('angles', 'shifts', 'amplitudes', 'score')
-#: The share of the images, farthest from the first structure, whose mean fit the walked reference takes.
+#: The share of a reference's images, farthest from it, whose mean fit the reference walked from it takes.
 WALK_FRACTION = 1 / 3
+#: The least share of all images a reference must take (best score) to be walked from.
+MIN_WALK_SHARE = 0.1
 #: What predict then refine reports per image that depends on the reference kept.
 REFINE_REPORT_COLUMNS = ('refine_change_deg', 'refine_moved_far', 'refine_fallback')
 
@@ -145,17 +148,36 @@ def walked_modes(modes: NormalModes, amplitudes: np.ndarray, deformation: str,
                          rtb_block_size=modes.block_size, gamma=modes.gamma)
 
 
+def walked_references(modes: Sequence[NormalModes], alignments: Sequence[Dict[str, np.ndarray]], deformation: str,
+                      cutoff: Optional[float] = None) -> List[Tuple[int, NormalModes]]:
+    """``(k, walked)`` for every reference ``k`` of ``modes`` (superposed on the first) that at least
+    :data:`MIN_WALK_SHARE` of the images took (best ``score`` of ``alignments``, one per reference): its
+    :func:`walked_modes` towards the farthest third of those images (their amplitudes in its own modes)."""
+    chosen = np.stack([a['score'] for a in alignments]).argmax(axis=0)
+    return [(k, walked_modes(m, a['amplitudes'][chosen == k], deformation, cutoff=cutoff))
+            for k, (m, a) in enumerate(zip(modes, alignments)) if np.mean(chosen == k) >= MIN_WALK_SHARE]
+
+
 def align_walking(particles: Particles, modes: Sequence[NormalModes], coarse: str, deformation: str,
                   settings: AlignSettings, work_folder: str | os.PathLike, cutoff: Optional[float] = None,
                   **align) -> tuple:
-    """:func:`align_with_references`, then again with the reference walked towards the images
-    (:func:`walked_modes` of the first pass's amplitudes, network radius ``cutoff``) as the last reference (the
-    first pass's chunks are reused). Returns ``(particles, walked modes)``."""
-    cutoff = walk_cutoff(modes[0], cutoff)  # refused before the first pass, not after it
-    first_pass = align_with_references(particles, modes, coarse, deformation, settings, work_folder, **align)
-    walked = walked_modes(modes[0], first_pass.amplitudes, deformation, cutoff=cutoff)
-    return align_with_references(particles, [*modes, walked], coarse, deformation, settings, work_folder,
-                                 **align), walked
+    """:func:`align_with_references`, then again with the references walked towards the images
+    (:func:`walked_references`, network radius ``cutoff``) as the last references; each reference's chunks in
+    ``work_folder/reference_k``. Returns ``(particles, [(k, walked modes) ...])``, amplitudes in the first
+    reference's modes, ``reference``: the index in ``modes`` followed by the walked ones."""
+    for m in modes:
+        walk_cutoff(m, cutoff)  # refused before the first pass, not after it
+    first, others, references = _references(modes, coarse, deformation)
+    folder = Path(work_folder)
+    results = [align_particles(particles, reference, settings, folder / f'reference_{k}', **align)
+               for k, reference in enumerate(references)]
+    walked = walked_references([first, *others], [{'amplitudes': r.amplitudes, 'score': r.score} for r in results],
+                               deformation, cutoff)
+    centre = first.structure.centre()
+    results += [align_particles(particles, reference_from_modes(w, coarse, centre=centre, deformation=deformation),
+                                settings, folder / f'reference_{len(modes) + j}', **align)
+                for j, (_, w) in enumerate(walked)]
+    return _keep_best(results, first, [*others, *[w for _, w in walked]], deformation), walked
 
 
 def refine_with_references(predicted: Particles, hypotheses: np.ndarray, modes: Sequence[NormalModes], coarse: str,

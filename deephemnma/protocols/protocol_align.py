@@ -36,17 +36,18 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         self._defineDeformationParam(form, condition='backend == 0')
         self._defineOtherModesParam(form, 'backend == 0', 'The alignment aligns')
         form.addParam('walk', params.BooleanParam, default=False, condition='backend == 0',
-                      label='Add a reference walked towards the particles',
-                      help='After a first alignment, the reference structure deformed to the mean fit of the third '
-                           'of the particles farthest from it, with its modes recomputed there, becomes one more '
-                           'reference (one more alignment; _deephemnma_reference: its number is the last). For '
-                           "motions beyond the reach of the reference's modes when no other structure is known: on "
-                           "adenylate kinase's open-to-closed path (screw model, six modes) it raises the order of "
-                           'the space (PC1 Spearman) from 0.93 to 0.975. Its modes are written to '
-                           'extra/aligned_walked_modes.npz.')
+                      label='Add references walked towards the particles',
+                      help='After a first alignment, each reference that a tenth of the particles or more took, '
+                           'deformed to the mean fit of the third of those particles farthest from it, with its '
+                           'modes recomputed there, becomes one more reference (one more alignment each; '
+                           '_deephemnma_reference: their numbers follow the given references). For motions beyond '
+                           "the reach of the reference's modes: on adenylate kinase's open-to-closed path (screw "
+                           'model, six modes) it raises the order of the space (PC1 Spearman) from 0.93 to 0.975 '
+                           'with the open structure alone. Their modes: extra/aligned_walked_K_modes.npz (K: the '
+                           'reference walked from, 0 the first).')
         form.addParam('walkCutoff', params.FloatParam, default=10.0, condition='backend == 0 and walk',
-                      label="Walked reference's cutoff (A)", expertLevel=params.LEVEL_ADVANCED,
-                      help="Network radius of the walked reference's modes (use the reference modes' own).")
+                      label="Walked references' cutoff (A)", expertLevel=params.LEVEL_ADVANCED,
+                      help="Network radius of the walked references' modes (use the reference modes' own).")
         self._defineImageParams(form)
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
@@ -150,8 +151,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
             lines.append('Each particle kept the better of two references (the modes above and those of another '
                          "conformation); amplitudes in the first reference's modes.")
         if self.walk.get() and self.backend.get() == BACKEND_ENGINE:
-            lines.append('A reference walked towards the particles was added (the last reference; its modes: '
-                         f'{self._getExtraPath("aligned_walked_modes.npz")}); each particle kept the best.')
+            lines.append('References walked towards the particles were added (after the given ones; their modes: '
+                         f'{self._getExtraPath("aligned_walked_*_modes.npz")}); each particle kept the best.')
         return lines
 
     def _methods(self) -> List[str]:

@@ -143,6 +143,8 @@ def test_a_reference_walked_from_the_open_structure_finds_the_closed_images(tmp_
     particles, angles, modes, closed = two_states
     result, walked = align_walking(particles, [modes], 'residues', 'linear', AlignSettings(angular_step=20.0),
                                    tmp_path / 'work')
+    assert [k for k, _ in walked] == [0]
+    walked = walked[0][1]
     in_open, in_closed = common_atoms(modes.structure, closed.structure)
 
     def rmsd_to_closed(coords: np.ndarray) -> float:
@@ -166,7 +168,7 @@ def test_align_walk_on_the_command_line_writes_the_walked_modes(tmp_path, two_st
                  '--invert-data', 'no', '--quiet', '--threads', 1)
     assert result.status == 0, result.err
     assert json.loads(result.out.splitlines()[-1])['images_per_reference'] == [COUNT, COUNT]
-    walked = load_modes(tmp_path / 'aligned_walked_modes.npz')
+    walked = load_modes(tmp_path / 'aligned_walked_0_modes.npz')
     assert walked.numbers.tolist() == [7, 8, 9] and len(walked.structure.coords) == len(modes.structure.coords)
 
 

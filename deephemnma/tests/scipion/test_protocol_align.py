@@ -75,22 +75,22 @@ class TestProtocolAlign(SimulatedProjectCase):
                                                         'compute as many modes for it.'])
 
     def test_walked_reference_from_the_form(self):
-        """'Add a reference walked towards the particles': the command gets --walk with the cutoff (the form's
-        modes come as an Xmipp file), the walked modes are written, and every particle keeps its pose and one of
-        the two references."""
+        """'Add references walked towards the particles': the command gets --walk with the cutoff (the form's
+        modes come as an Xmipp file), the modes walked from the one reference are written, and every particle keeps
+        its pose and one of the two references."""
         prot = self._align(modeList='7-9', localOnly=True, angularStep=15.0, chunkSize=3, numberOfThreads=1,
                            walk=True, walkCutoff=10.0)
         self.launchProtocol(prot)
         with open(prot.getLogPaths()[0]) as log:
             self.assertIn('--walk --walk-cutoff 10.0', log.read())
-        walked = NormalModes.load(prot._getExtraPath('aligned_walked_modes.npz'))
+        walked = NormalModes.load(prot._getExtraPath('aligned_walked_0_modes.npz'))
         self.assertEqual(walked.numbers.tolist(), [7, 8, 9])
         aligned = particles_from_set(prot.outputParticles, require_alignment=True, require_amplitudes=True)
         truth = particles_from_set(self.simulation.outputParticles)
         errors = geodesic_angle_deg(euler_to_matrix(aligned.angles), euler_to_matrix(truth.extra['true_angles']))
         self.assertLess(np.median(errors), 5.0, errors)
         self.assertTrue(set(aligned.extra['reference'].tolist()) <= {0.0, 1.0})
-        self.assertIn('A reference walked towards the particles was added', ' '.join(prot.summary()))
+        self.assertIn('References walked towards the particles were added', ' '.join(prot.summary()))
 
     def test_validate_refuses_bad_inputs(self):
         errors = self._align(modeList='1-3').validate()
