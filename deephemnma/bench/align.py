@@ -35,6 +35,7 @@ import torch
 
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
+from deephemnma.hemnma.references import best_of_references, walked_references
 from deephemnma.imaging.ctf import CTFParams
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, mean_axis_angle_deg
 from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS, deform
@@ -54,6 +55,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--gpu-count', type=int, default=4096, help='images aligned for the GPU timing')
     parser.add_argument('--deformation', choices=DEFORMATIONS, default=DEFAULT_DEFORMATION,
                         help="the aligner's deformation model")
+    parser.add_argument('--walk', action='store_true',
+                        help='also align the SNR 0.1 set with the references walked from the first pass added '
+                             '(deephemnma align --walk; keys walk_*)')
     parser.add_argument('--seed', type=int, default=0)
 
 
@@ -132,6 +136,9 @@ def run(args: argparse.Namespace) -> dict:
                    angle_mean_axis_deg=float(err['axis'].mean()), shift_mae_px=float(err['shift'].mean()),
                    frac_angle_within_15=float(np.mean(err['angle'] <= 15.0)))
 
+    if args.walk:
+        figures.update(walk_figures(result, setup.modes, noisy, settings, args, cpu))
+
     clean = make_dataset(setup, clean_count, 128, 0.65, None, args.seed + 1)
     err = errors(align_dataset(aligner, clean, args.chunk_size), clean)
     figures.update(clean_amp_mae=float(err['amp'].mean()), clean_angle_median_deg=float(np.median(err['angle'])),
@@ -152,6 +159,23 @@ def run(args: argparse.Namespace) -> dict:
     figures['images_per_second_gpu'] = gpu_throughput(reference, settings, noisy, args.gpu_count) \
         if torch.cuda.is_available() else None
     return figures
+
+
+def walk_figures(first_pass: Dict[str, np.ndarray], modes, data: Dataset, settings: AlignSettings,
+                 args: argparse.Namespace, first_pass_cpu: float) -> Dict[str, float]:
+    """``align --walk`` on ``data``: the references walked from the first pass aligned too, each image keeping the
+    best; its errors and its CPU time per image (first pass included)."""
+    cpu_start = time.process_time()
+    walked = [w for _, w in walked_references([modes], [first_pass], args.deformation)]
+    alignments = [align_dataset(Aligner(reference_from_modes(w, 'residues2', centre=modes.structure.centre(),
+                                                             deformation=args.deformation), 128, 0.65, settings),
+                                data, args.chunk_size) for w in walked]
+    best = best_of_references([first_pass, *alignments], modes, walked, args.deformation)
+    err = errors(best, data)
+    return {'walk_amp_mae': float(err['amp'].mean()), 'walk_angle_median_deg': float(np.median(err['angle'])),
+            'walk_shift_mae_px': float(err['shift'].mean()),
+            'walk_reference_fraction': float(np.mean(best['reference'] > 0)),
+            'walk_cpu_seconds_per_image': (first_pass_cpu + time.process_time() - cpu_start) / len(data.images)}
 
 
 def gpu_throughput(reference, settings: AlignSettings, data, count: int) -> float:

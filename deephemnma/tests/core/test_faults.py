@@ -782,7 +782,8 @@ def two_alignments_on_one_output(ws: Workspace, tmp: Path):
 
 @case('lost-or-damaged')
 def two_simulations_in_one_folder(ws: Workspace, tmp: Path):
-    argv = ['simulate', '-o', tmp / 'sim', '--count', '3000', *SMALL, '--chunk-size', '4', '--threads', '1']
+    # long enough (about a minute) that the second run starts while the first one writes, even on a busy machine
+    argv = ['simulate', '-o', tmp / 'sim', '--count', '60000', *SMALL, '--chunk-size', '4', '--threads', '1']
     first = start(*argv)
     wait_for(lambda: staged_chunks(tmp / 'sim') >= 1)
     second = run_process(*argv)
