@@ -28,7 +28,7 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -161,16 +161,26 @@ def run(args: argparse.Namespace) -> dict:
     return figures
 
 
+def align_walked(alignments: List[Dict[str, np.ndarray]], first, others: list, deformation: str, data: Dataset,
+                 centre: np.ndarray, box: int, pixel_size: float, settings: AlignSettings,
+                 chunk_size: int) -> Dict[str, np.ndarray]:
+    """``deephemnma align --walk`` on a bench's images: the references walked from the first pass (``alignments``,
+    one per reference: ``first``, then ``others`` superposed on it;
+    :func:`~deephemnma.hemnma.references.walked_references`) are aligned too, and each image keeps the best."""
+    walked = [modes for _, modes in walked_references([first, *others], alignments, deformation)]
+    walked_alignments = [align_dataset(Aligner(reference_from_modes(modes, 'residues2', centre=centre,
+                                                                    deformation=deformation),
+                                               box, pixel_size, settings), data, chunk_size) for modes in walked]
+    return best_of_references([*alignments, *walked_alignments], first, [*others, *walked], deformation)
+
+
 def walk_figures(first_pass: Dict[str, np.ndarray], modes, data: Dataset, settings: AlignSettings,
                  args: argparse.Namespace, first_pass_cpu: float) -> Dict[str, float]:
-    """``align --walk`` on ``data``: the references walked from the first pass aligned too, each image keeping the
-    best; its errors and its CPU time per image (first pass included)."""
+    """:func:`align_walked` on ``data`` (128 px of 0.65 A): its errors and its CPU time per image (first pass
+    included)."""
     cpu_start = time.process_time()
-    walked = [w for _, w in walked_references([modes], [first_pass], args.deformation)]
-    alignments = [align_dataset(Aligner(reference_from_modes(w, 'residues2', centre=modes.structure.centre(),
-                                                             deformation=args.deformation), 128, 0.65, settings),
-                                data, args.chunk_size) for w in walked]
-    best = best_of_references([first_pass, *alignments], modes, walked, args.deformation)
+    best = align_walked([first_pass], modes, [], args.deformation, data, modes.structure.centre(), 128, 0.65,
+                        settings, args.chunk_size)
     err = errors(best, data)
     return {'walk_amp_mae': float(err['amp'].mean()), 'walk_angle_median_deg': float(np.median(err['angle'])),
             'walk_shift_mae_px': float(err['shift'].mean()),

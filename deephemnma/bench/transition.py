@@ -31,18 +31,17 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from deephemnma.bench.align import Dataset, align_dataset
+from deephemnma.bench.align import Dataset, align_dataset, align_walked
 from deephemnma.bench.space import pc1_spearman
 from deephemnma.data.stacks import array_batches
 from deephemnma.hemnma.aligner import Aligner, AlignSettings
 from deephemnma.hemnma.reference import reference_from_modes
-from deephemnma.hemnma.references import best_of_references, superpose_modes, walked_references
+from deephemnma.hemnma.references import best_of_references, superpose_modes
 from deephemnma.imaging.fsc import fsc
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.molecule.density import atoms_to_map
 from deephemnma.nma.deform import DEFORMATIONS
 from deephemnma.nma.elastic import compute_modes
-from deephemnma.nma.modes import NormalModes
 from deephemnma.simulate.parameters import sample_angles, sample_shifts, stream
 from deephemnma.simulate.physics import simulate_particles
 from deephemnma.simulate.setup import paper_ctf
@@ -92,17 +91,16 @@ def run(args: argparse.Namespace) -> dict:
     structures = {'open': path.structure, 'closed': path.end}
     modes = {name: compute_modes(structure, n_modes=args.modes, cutoff=10.0) for name, structure in structures.items()}
     results = {}
+    settings, centre = AlignSettings(**AlignSettings.stages(args.resolutions)), path.structure.centre()
     for model in DEFORMATIONS:
         for name in structures:
-            reference = reference_from_modes(modes[name], 'residues2', centre=path.structure.centre(),
-                                             deformation=model)
-            aligner = Aligner(reference, box, pixel_size, AlignSettings(**AlignSettings.stages(args.resolutions)))
+            reference = reference_from_modes(modes[name], 'residues2', centre=centre, deformation=model)
+            aligner = Aligner(reference, box, pixel_size, settings)
             for noise, stack in images.items():
                 results[model, name, noise] = align_dataset(aligner, Dataset(stack, None, angles, shifts),
                                                             args.chunk_size)
     far = {'open': t > 2 / 3, 'closed': t < 1 / 3}
     grouped = None  # the noisy space of the best method with the open structure first
-    centre = path.structure.centre()
     for model in DEFORMATIONS:
         for first, second in (('open', 'closed'), ('closed', 'open')):
             other = superpose_modes(modes[second], modes[first])
@@ -113,8 +111,8 @@ def run(args: argparse.Namespace) -> dict:
                 methods = [(model, single), (f'{model}_two_references', both)]
                 if model == WALKED_MODEL:
                     dataset = Dataset(images[noise], None, angles, shifts)
-                    methods += [(f'{model}{name}', walked_result(alignments, modes[first], given, model, dataset,
-                                                                 centre, box, pixel_size, args))
+                    methods += [(f'{model}{name}', align_walked(alignments, modes[first], given, model, dataset,
+                                                                centre, box, pixel_size, settings, args.chunk_size))
                                 for name, alignments, given in (
                                     ('_walked', [single], []),
                                     ('_two_references_walked', [single, results[model, second, noise]], [other]))]
@@ -134,20 +132,6 @@ def run(args: argparse.Namespace) -> dict:
     figures.update(group_maps(path, t, images['noisy'], grouped, box, pixel_size))
     figures['seconds'] = time.perf_counter() - started
     return figures
-
-
-def walked_result(alignments: List[Dict[str, np.ndarray]], first: NormalModes, others: List[NormalModes],
-                  model: str, dataset: Dataset, centre: np.ndarray, box: int, pixel_size: float,
-                  args: argparse.Namespace) -> Dict[str, np.ndarray]:
-    """``deephemnma align --walk`` on the bench's images: the references walked from the first pass
-    (``alignments``, one per reference: ``first``, then ``others`` superposed on it;
-    :func:`~deephemnma.hemnma.references.walked_references`) are aligned too, and each image keeps the best."""
-    walked = [modes for _, modes in walked_references([first, *others], alignments, model)]
-    settings = AlignSettings(**AlignSettings.stages(args.resolutions))
-    walked_alignments = [align_dataset(Aligner(reference_from_modes(modes, 'residues2', centre=centre,
-                                                                    deformation=model), box, pixel_size, settings),
-                                       dataset, args.chunk_size) for modes in walked]
-    return best_of_references([*alignments, *walked_alignments], first, [*others, *walked], model)
 
 
 def simulate_images(path: TransitionPath, t: np.ndarray, angles: np.ndarray, shifts: np.ndarray, box: int,

@@ -118,9 +118,15 @@ def align_with_references(particles: Particles, modes: Sequence[NormalModes], co
     other arguments in ``align``; each reference's chunks in ``work_folder/reference_k``, resumable). The result
     has amplitudes in the first reference's modes and the extra column ``reference`` (index into ``modes``)."""
     first, others, references = _references(modes, coarse, deformation)
-    results = [align_particles(particles, reference, settings, Path(work_folder) / f'reference_{k}', **align)
-               for k, reference in enumerate(references)]
-    return _keep_best(results, first, others, deformation)
+    return _keep_best(_align_each(particles, references, settings, work_folder, **align), first, others, deformation)
+
+
+def _align_each(particles: Particles, references: Sequence, settings: AlignSettings,
+                work_folder: str | os.PathLike, first_index: int = 0, **align) -> list:
+    """:func:`align_particles` against each of ``references``, the k-th one's chunks in
+    ``work_folder/reference_{first_index + k}`` (resumable)."""
+    return [align_particles(particles, reference, settings, Path(work_folder) / f'reference_{first_index + k}',
+                            **align) for k, reference in enumerate(references)]
 
 
 def walk_cutoff(modes: NormalModes, cutoff: Optional[float]) -> float:
@@ -168,15 +174,12 @@ def align_walking(particles: Particles, modes: Sequence[NormalModes], coarse: st
     for m in modes:
         walk_cutoff(m, cutoff)  # refused before the first pass, not after it
     first, others, references = _references(modes, coarse, deformation)
-    folder = Path(work_folder)
-    results = [align_particles(particles, reference, settings, folder / f'reference_{k}', **align)
-               for k, reference in enumerate(references)]
+    results = _align_each(particles, references, settings, work_folder, **align)
     walked = walked_references([first, *others], [{'amplitudes': r.amplitudes, 'score': r.score} for r in results],
                                deformation, cutoff)
     centre = first.structure.centre()
-    results += [align_particles(particles, reference_from_modes(w, coarse, centre=centre, deformation=deformation),
-                                settings, folder / f'reference_{len(modes) + j}', **align)
-                for j, (_, w) in enumerate(walked)]
+    results += _align_each(particles, [reference_from_modes(w, coarse, centre=centre, deformation=deformation)
+                                       for _, w in walked], settings, work_folder, len(modes), **align)
     return _keep_best(results, first, [*others, *[w for _, w in walked]], deformation), walked
 
 
