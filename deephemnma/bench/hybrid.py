@@ -1,24 +1,26 @@
 """Predict then refine against HEMNMA's global search, on the demo's images, in one run.
 
-The demo's data (``deephemnma simulate``'s path: all-atom 4AKE chain A on the paper's helix over modes 7-9,
-uniform orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flipped, SNR 0.1 on images of 256 px
-of 0.325 A Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue
-reference) labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels;
-the second half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
-(``deephemnma infer --refine``'s defaults, the global search for the outliers of the refined scores included), each
-scored against the ground truth. CPU times (process time, all threads) per particle include building the engine's
-library in both (2) + (3) and (1).
+The demo's data (``deephemnma simulate``'s path: all-atom 4AKE chain A on the paper's helix over modes 7-9, uniform
+orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flipped, SNR 0.1 on images of 256 px of 0.325 A
+Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue reference)
+labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels; the second
+half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
+(``deephemnma infer --refine``'s defaults: the network's orientation and its 8 orientation hypotheses, the global
+search for the outliers of the refined scores included), each scored against the ground truth. CPU times (process
+time, all threads) per particle include building the engine's library in both (2) + (3) and (1).
 
 Figures: ``hemnma_*``, ``network_*``, ``refined_*`` (``amp_mae``, ``angle_median_deg``, ``shift_mae_px``,
-``frac_within_15``), ``refined_*_over_hemnma``, ``refine_cpu_time_over_global``, ``network_coverage`` (fraction
-of particles with a hypothesis within the search radius of the truth), ``moved_far``, ``fallback`` (particles
-aligned again by the global search: outlier refined scores), times of each stage.
+``frac_within_15``; the network's are for its orientation, not its hypotheses), ``refined_*_over_hemnma``,
+``refine_cpu_time_over_global``, ``network_coverage`` (fraction of particles with a hypothesis within the search
+radius of the truth), ``moved_far``, ``fallback`` (particles aligned again by the global search: outlier refined
+scores), times of each stage.
 
 Examples::
 
     deephemnma bench hybrid
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work   # smaller; kept to resume
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work --radius 30 --top-k 1
+    deephemnma bench hybrid --count 1600 --epochs 60 --hypotheses 0 --workdir no_hypotheses   # 8 copies instead
 """
 from __future__ import annotations
 
@@ -42,7 +44,14 @@ from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.nma.files import load_modes
 from deephemnma.nn.config import preset_config
 from deephemnma.nn.evaluate import parameter_errors
-from deephemnma.nn.infer import Predictor, hypothesis_angles, labels_to_particles, predict_source
+from deephemnma.nn.infer import (
+    Predictor,
+    hypothesis_angles,
+    labels_to_particles,
+    own_hypotheses,
+    predict_source,
+    refine_rotations,
+)
 from deephemnma.nn.modelfile import load_model
 from deephemnma.nn.targets import decode, labels_from_particles, true_labels_from_particles
 from deephemnma.nn.trainer import run_training
@@ -60,7 +69,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', default='resnet18', help='feature extractor (the demo: resnet18)')
     parser.add_argument('--network-box', type=int, default=32, help='network input size (px; the demo: 32)')
     defaults = RefineSettings()
-    parser.add_argument('--rotations', type=int, default=defaults.rotations, help='in-plane copies (hypotheses)')
+    parser.add_argument('--hypotheses', type=int, help='orientation hypotheses the network learns (the fast '
+                                                          "preset's 8; 0: none)")
+    parser.add_argument('--rotations', type=int, help='in-plane copies, each a hypothesis (default 1 when the '
+                                                      'network learnt its own hypotheses, else 8)')
     parser.add_argument('--radius', type=float, default=defaults.radius, help='search radius (deg)')
     parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
                         help='refinement stages (A)')
@@ -121,15 +133,16 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
 
     clock = time.time()
     config = preset_config('fast', arch=args.arch, epochs=args.epochs, batch_size=128, network_box=args.network_box,
-                           dropout=0.1, patience=0, test=0.1, seed=args.seed)
+                           dropout=0.1, patience=0, test=0.1, seed=args.seed, hypotheses=args.hypotheses)
     run_training(labelled, config, folder / 'model', device, progress=False)
     times['train_s'] = time.time() - clock
 
-    refine = RefineSettings(rotations=args.rotations, radius=args.radius, resolutions=tuple(args.resolutions),
-                            top_k=args.top_k, fallback_sigma=args.fallback_sigma)
+    refine = RefineSettings(radius=args.radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
+                            fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
     model = load_model(folder / 'model' / 'model.pt', device)
-    predictor = Predictor(model, device, rotations=refine.rotations, keep_hypotheses=True)
+    rotations = args.rotations or refine_rotations(model)
+    predictor = Predictor(model, device, rotations=rotations, keep_hypotheses=True)
     raw = predict_source(predictor, ImageSource(heldout.image), 256, progress=False)
     predicted = labels_to_particles(heldout, decode(raw, model.scaling))
     predict_cpu = time.process_time() - cpu
@@ -142,7 +155,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
 
     hemnma, network, after = _errors(global_result), _errors(predicted), _errors(refined)
     figures = {'particles': len(particles), 'labelled': half, 'heldout': len(heldout), 'epochs': args.epochs,
-               'arch': args.arch, 'network_box': args.network_box, 'refine_settings': refine.__dict__,
+               'arch': args.arch, 'network_box': args.network_box, 'hypotheses': own_hypotheses(model),
+               'rotations': rotations, 'refine_settings': refine.__dict__,
                **{f'hemnma_{k}': v for k, v in hemnma.items()},
                **{f'network_{k}': v for k, v in network.items()},
                **{f'refined_{k}': v for k, v in after.items()}}

@@ -75,6 +75,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                        help='no bfloat16 mixed precision (the default on GPUs and on CPUs with bfloat16 units)')
     group.add_argument('--max-rotation', type=finite_float, dest='max_rotation_deg',
                        help='in-plane rotation augmentation (deg; labels rotated consistently; 0: off)')
+    group.add_argument('--hypotheses', type=non_negative_int,
+                       help='orientation hypotheses learnt beside the orientation (winner-takes-all), the starting '
+                            'points of infer --refine (fast preset: 8; paper preset: 0)')
     group.add_argument('--max-translation', type=finite_float, dest='max_translation_px',
                        help='translation augmentation (px; shift labels moved consistently; 0: off)')
     parser.add_argument('--network-box', type=non_negative_int, default=0,
@@ -101,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
         step_epochs=args.step_epochs, weight_decay=args.weight_decay, dropout=args.dropout,
         patience=args.patience, amp=False if args.no_amp else None, max_rotation_deg=args.max_rotation_deg,
-        max_translation_px=args.max_translation_px, outlier_threshold=args.outlier_threshold,
+        max_translation_px=args.max_translation_px, hypotheses=args.hypotheses,
+        outlier_threshold=args.outlier_threshold,
         network_box=args.network_box,
         validation=args.validation, test=args.test, seed=args.seed, readers=args.readers,
         ram_limit_gb=args.ram_limit_gb)

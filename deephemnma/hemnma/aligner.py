@@ -226,13 +226,17 @@ class Candidates:
     scores: torch.Tensor = None
 
 
+#: Score of the templates a guided search leaves out (below any normalised cross-correlation).
+_EXCLUDED_SCORE = -2.0
+
+
 class _Pool:
     """The ``size`` best-scoring library templates seen so far for each image of a batch (score, template,
     shift index)."""
 
     def __init__(self, batch: int, device: torch.device, dtype: torch.dtype, size: int = 64):
         self.size = size
-        self.scores = torch.full((batch, 0), -2.0, device=device, dtype=dtype)
+        self.scores = torch.full((batch, 0), _EXCLUDED_SCORE, device=device, dtype=dtype)
         self.index = torch.zeros((batch, 0), dtype=torch.long, device=device)
         self.shift = torch.zeros((batch, 0), dtype=torch.long, device=device)
 
@@ -361,48 +365,55 @@ class Aligner:
 
     def global_search(self, prepared: PreparedImages) -> Candidates:
         """Best ``top_k`` distinct candidates per image from the library (no prior pose)."""
-        s = self.settings
-        lib = self.library()
         shifts = self.shift_grid()
-        shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)
-        batch = shifted.shape[0]
-        columns = shifted.reshape(batch * len(shifts), -1).T
-        pool = _Pool(batch, self.device, self.dtype)
-        with torch.no_grad():
-            for start in range(0, len(lib.templates), s.template_chunk):
-                num = lib.templates[start:start + s.template_chunk] @ columns         # (T, B*S)
-                num = num.reshape(-1, batch, len(shifts))
-                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power.T + 1e-30)   # (T, B)
-                score, shift_index = (num / norm[..., None]).max(dim=2)               # (T, B)
-                index = torch.arange(start, start + score.shape[0], device=self.device).expand(batch, -1)
-                pool.add(score.T / image_norm[:, None], index, shift_index.T)
-        return self._candidates(pool, shifts)
+        return self._candidates(self._score_library(prepared, shifts), shifts)
 
     def guided_search(self, prepared: PreparedImages, hypotheses: torch.Tensor, centres: torch.Tensor
                       ) -> Candidates:
         """Best ``top_k`` distinct candidates per image among the library templates (every start conformation)
         whose orientation lies within ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at
         shifts within ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2)."""
-        lib = self.library()
         offsets = self.shift_grid(self.settings.hypothesis_shift_range, 1.0)
         shifts = centres.to(self.device, self.dtype)[:, None, :] + offsets[None]              # (B, S, 2)
-        shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)
-        batch = shifted.shape[0]
+        allowed = self._near_hypotheses(hypotheses.to(self.device, self.dtype))
+        return self._candidates(self._score_library(prepared, shifts, allowed), shifts)
+
+    def _near_hypotheses(self, hypotheses: torch.Tensor) -> torch.Tensor:
+        """``(B, R)`` True for the library orientations among the ``hypothesis_radius`` ball's worth nearest to
+        one of each image's hypotheses (B, H, 3, 3)."""
+        lib = self.library()
         grid = lib.rotations[:lib.orientations]
         nearest = max(1, min(lib.orientations, math.ceil(lib.orientations * so3_ball_fraction(
             math.radians(self.settings.hypothesis_radius)))))
-        starts = torch.arange(len(lib.templates) // lib.orientations, device=self.device) * lib.orientations
+        allowed = torch.zeros(hypotheses.shape[0], lib.orientations, dtype=torch.bool, device=self.device)
+        for hypothesis in hypotheses.unbind(1):                                                # (B, 3, 3)
+            closeness = torch.einsum('bij,tij->bt', hypothesis, grid)                           # trace(H^T R)
+            allowed.scatter_(1, closeness.topk(nearest, dim=1).indices, True)
+        return allowed
+
+    def _score_library(self, prepared: PreparedImages, shifts: torch.Tensor,
+                       allowed: Optional[torch.Tensor] = None) -> '_Pool':
+        """The best templates of each image at its best shift of ``shifts`` ((S, 2) for every image or (B, S, 2),
+        px), among the orientations ``allowed`` (B, R) (all when None): every template against every image and
+        shift in one matrix product per chunk of templates, faster than gathering each image's templates."""
+        s = self.settings
+        lib = self.library()
+        shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)      # (B, S, 2F)
+        batch, count = shifted.shape[:2]
+        columns = shifted.reshape(batch * count, -1).T
         pool = _Pool(batch, self.device, self.dtype)
         with torch.no_grad():
-            for hypothesis in hypotheses.to(self.device, self.dtype).unbind(1):               # (B, 3, 3)
-                closeness = torch.einsum('bij,tij->bt', hypothesis, grid)                       # trace(H^T R)
-                near = closeness.topk(nearest, dim=1).indices                                   # (B, n)
-                index = (near[:, None, :] + starts[None, :, None]).reshape(batch, -1)           # (B, C n)
-                num = torch.einsum('bpf,bsf->bps', lib.templates[index], shifted)
-                norm = torch.sqrt(torch.einsum('bpf,bf->bp', lib.power[index], ctf_power) + 1e-30)
-                score, shift_index = (num / norm[..., None]).max(dim=2)
-                pool.add(score / image_norm[:, None], index, shift_index)
-        return self._candidates(pool, shifts)
+            for start in range(0, len(lib.templates), s.template_chunk):
+                num = lib.templates[start:start + s.template_chunk] @ columns         # (T, B*S)
+                num = num.reshape(-1, batch, count)
+                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power.T + 1e-30)   # (T, B)
+                score, shift_index = (num / norm[..., None]).max(dim=2)               # (T, B)
+                index = torch.arange(start, start + score.shape[0], device=self.device)
+                score = score.T / image_norm[:, None]                                  # (B, T)
+                if allowed is not None:
+                    score = score.masked_fill(~allowed[:, index % lib.orientations], _EXCLUDED_SCORE)
+                pool.add(score, index.expand(batch, -1), shift_index.T)
+        return pool
 
     def _candidates(self, pool: '_Pool', shifts: torch.Tensor) -> Candidates:
         """The ``top_k`` best candidates of ``pool`` (shifts (S, 2) for every image or (B, S, 2) per image, px),

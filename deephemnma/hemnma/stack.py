@@ -76,17 +76,15 @@ class RefineSettings:
     """Predict then refine: how the engine searches around the network's hypotheses (the defaults of
     ``deephemnma infer --refine``; figures in the README, ``deephemnma bench hybrid``).
 
-    ``rotations``: in-plane rotated copies of each image given to the network (each copy's orientation is a
-    hypothesis, their average another); ``radius`` (deg) and ``shift_radius`` (px): the guided search around each
-    hypothesis and the predicted shift; ``resolutions`` (Angstrom) and ``top_k``: the refinement stages and the
-    candidates refined; ``far_angle`` (deg): flag a particle whose refined orientation is further from the
-    prediction; ``calibration`` particles (evenly spread) are also aligned by the global search, and a particle
-    whose refined score lies more than ``fallback_sigma`` robust standard deviations below their median score
-    (none of its hypotheses led to its pose), or no higher than the refined score of a calibration particle
-    whose pose the guided search missed, is aligned again by the global search; the better of the two results
-    is kept; ``fallback_sigma`` 0: no global search at all."""
+    The hypotheses come from the network (:func:`deephemnma.nn.infer.hypothesis_angles`). ``radius`` (deg) and
+    ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift; ``resolutions``
+    (Angstrom) and ``top_k``: the refinement stages and the candidates refined; ``far_angle`` (deg): flag a particle
+    whose refined orientation is further from the prediction; ``calibration`` particles (evenly spread) are also
+    aligned by the global search, and a particle whose refined score lies more than ``fallback_sigma`` robust
+    standard deviations below their median score (none of its hypotheses led to its pose), or no higher than the
+    refined score of a calibration particle whose pose the guided search missed, is aligned again by the global
+    search; the better of the two results is kept; ``fallback_sigma`` 0: no global search at all."""
 
-    rotations: int = 8
     radius: float = 45.0
     shift_radius: float = 1.0
     resolutions: Tuple[float, ...] = (7.0, 3.5)

@@ -1,8 +1,8 @@
 """Settings of a training run: :class:`TrainConfig`, the presets and the learning-rate schedules.
 
 * Presets: ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation in the
-  second half of the epochs) and ``paper`` (batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400
-  epochs, no early stop).
+  second half of the epochs, 8 orientation hypotheses) and ``paper`` (batch 2, learning rate 1e-5 divided by 10
+  every 80 epochs, 400 epochs, no early stop, the orientation alone as in the paper).
 * The settings that change the trained weights must stay the same for a resume (:func:`result_settings`); how
   images are read (threads, RAM limit) may change.
 """
@@ -38,6 +38,7 @@ class TrainConfig:
     patience: int = 10
     max_rotation_deg: float = 180.0
     max_translation_px: float = 0.0
+    hypotheses: int = 8  # orientation hypotheses beside the orientation (winner-takes-all; 0: none)
     outlier_threshold: float = 3.2
     network_box: int = 0  # image size (px) the network sees: images are Fourier-cropped to it; 0: no cropping
     validation: float = 0.1
@@ -55,6 +56,8 @@ class TrainConfig:
             raise InputError(f'unknown schedule {self.schedule!r}; choose one of {sorted(SCHEDULES)}')
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise InputError('epochs, batch size and learning rate must be positive')
+        if self.hypotheses < 0:
+            raise InputError(f'the number of orientation hypotheses cannot be negative ({self.hypotheses})')
         if self.network_box and self.network_box < MIN_NETWORK_BOX:
             raise InputError(f'the network input size must be at least {MIN_NETWORK_BOX} px, not {self.network_box}')
 
@@ -78,7 +81,7 @@ PRESETS: Dict[str, Dict[str, object]] = {
     'fast': dict(batch_size=128, lr=1e-3, schedule='onecycle', epochs=60, amp=True, patience=10,
                  max_rotation_deg=180.0, max_translation_px=0.0),
     'paper': dict(batch_size=2, lr=1e-5, schedule='step', step_epochs=80, step_gamma=0.1, epochs=400,
-                  amp=False, patience=0, max_rotation_deg=0.0, max_translation_px=0.0),
+                  amp=False, patience=0, max_rotation_deg=0.0, max_translation_px=0.0, hypotheses=0),
 }
 
 

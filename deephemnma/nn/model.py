@@ -22,6 +22,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+from deephemnma.nn.targets import HYPOTHESIS_OUTPUT
+
 #: Feature extractors (torchvision ResNets), the paper's first; the order of the Scipion form's choices.
 #: torchvision is imported when a network is built: the Scipion forms and most commands start without it.
 ARCHITECTURES: Tuple[str, ...] = ('resnet34', 'resnet18', 'resnet50', 'resnet101')
@@ -62,9 +64,13 @@ class NetworkConfig:
         return asdict(self)
 
     def branches(self) -> Dict[str, List[str]]:
-        """Parameter types predicted by each independent network (one network in the combined layout)."""
-        types = list(self.outputs)
-        return {'combined': types} if self.layout == 'combined' else {t: [t] for t in types}
+        """Outputs predicted by each independent network (one network in the combined layout; in the separate
+        layout one per parameter type, the orientation hypotheses with the orientation)."""
+        outputs = list(self.outputs)
+        if self.layout == 'combined':
+            return {'combined': outputs}
+        return {t: [t] + ([HYPOTHESIS_OUTPUT] if t == 'orientation' and HYPOTHESIS_OUTPUT in outputs else [])
+                for t in outputs if t != HYPOTHESIS_OUTPUT}
 
 
 def _group_norm(channels: int) -> nn.Module:

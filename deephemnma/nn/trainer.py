@@ -69,7 +69,7 @@ class Trainer:
         if self.network_box < MIN_NETWORK_BOX:
             raise InputError(f'the images are {self.box} px wide: the network needs at least {MIN_NETWORK_BOX} px')
         outputs = tg.output_sizes(config.types, 0 if data.labels.amplitudes is None
-                                  else data.labels.amplitudes.shape[1])
+                                  else data.labels.amplitudes.shape[1], config.hypotheses)
         torch.manual_seed(config.seed)
         self.network = DeepHemnmaNet(NetworkConfig(outputs=outputs, arch=config.arch, layout=config.layout,
                                                    dropout=config.dropout, norm=config.norm)).to(self.device)
@@ -90,6 +90,7 @@ class Trainer:
                                           weight_decay=config.weight_decay, fused=True)
         self.scheduler = SCHEDULES[config.schedule](self.optimizer, config, self.steps_per_epoch)
         self.branches = self.network.config.branches()
+        self.loss_names = list(self.network.config.outputs)  # the parameter types, then the hypotheses
         self.history: List[dict] = []
         self.best_loss = {b: math.inf for b in self.branches}
         self.best_epoch = {b: -1 for b in self.branches}
@@ -151,7 +152,7 @@ class Trainer:
         batches = self._epoch_batches(epoch)
         phi_all, t_all = self._epoch_augmentation(epoch)
         mine = slice(self.rank.rank, None, self.rank.world_size)
-        totals = torch.zeros(len(self.config.types), dtype=torch.float64, device=self.device)
+        totals = torch.zeros(len(self.loss_names), dtype=torch.float64, device=self.device)
         iterator = self._iterate(batches)
         if self.progress:
             from tqdm import tqdm
@@ -178,7 +179,7 @@ class Trainer:
     def _validate(self) -> Dict[str, float]:
         self.model.eval()
         indices = self.data.split['validation'][self.rank.rank::self.rank.world_size]
-        totals = torch.zeros(len(self.config.types), dtype=torch.float64, device=self.device)
+        totals = torch.zeros(len(self.loss_names), dtype=torch.float64, device=self.device)
         batch = max(self.per_rank_batch, 64)
         for images, chunk in self._iterate([indices[start:start + batch] for start in range(0, len(indices), batch)]):
             inputs, targets = self._inputs(images, chunk, None, None)
@@ -188,8 +189,8 @@ class Trainer:
         return self._reduce_mean(totals, len(indices))
 
     def _stacked(self, per_type: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The losses of the parameter types, in the configuration's order, as one float64 vector."""
-        return torch.stack([per_type[t].detach() for t in self.config.types]).double()
+        """The losses of the outputs, in :attr:`loss_names`' order, as one float64 vector."""
+        return torch.stack([per_type[t].detach() for t in self.loss_names]).double()
 
     def _reduce_mean(self, totals: torch.Tensor, count: int) -> Dict[str, float]:
         """Sums of the losses of this rank -> means over all ranks (on the device: NCCL reduces CUDA tensors)."""
@@ -198,7 +199,7 @@ class Trainer:
             dist.all_reduce(values)
         values = values.cpu()
         denominator = max(values[-1].item(), 1.0)
-        return {t: values[i].item() / denominator for i, t in enumerate(self.config.types)}
+        return {t: values[i].item() / denominator for i, t in enumerate(self.loss_names)}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _checkpoint(self) -> dict:

@@ -10,6 +10,7 @@ from pyworkflow.protocol import params
 from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.hemnma.stack import RefineSettings
+from deephemnma.nn.infer import COPY_HYPOTHESES
 from deephemnma.nn.modelfile import read_model_info
 from deephemnma.protocols.base import DeepHemnmaProtocol
 
@@ -47,13 +48,14 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            '360/n degree steps, and average the predictions after undoing each rotation on the '
                            'angles and shifts. Steadier estimates on noisy images for n times the prediction '
                            'time; 1 switches it off. With the refinement each rotated copy also gives a '
-                           f'hypothesis (then at least 2; {_DEFAULTS.rotations} is a good choice).')
+                           'hypothesis beside the network\'s own; for a network trained without hypotheses of its '
+                           f'own use at least 2 ({COPY_HYPOTHESES} is a good choice).')
         form.addSection(label='Refinement')
         form.addParam('refine', params.BooleanParam, default=False, label='Refine the predictions',
                       help="Refine every prediction with the HEMNMA engine: it searches the orientations within "
-                           "the search radius of the network's hypotheses (the prediction and those of the rotated "
-                           'copies) and refines amplitudes, angles and shifts jointly. Needs the modes the network '
-                           'was trained on.')
+                           "the search radius of the network's hypotheses (the prediction, the network's own "
+                           'hypotheses and those of any rotated copies) and refines amplitudes, angles and shifts '
+                           'jointly. Needs the modes the network was trained on.')
         self._defineModesParams(form, condition='refine')
         self._defineReferenceModelParam(form, condition='refine')
         self._defineOtherModesParam(form, 'refine', 'Trained on the labels of an alignment against two references, '
@@ -169,9 +171,10 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.fallbackSigma.get() < 0 or self.calibration.get() < 0:
             errors.append('The global-search threshold (robust sigmas) and the calibration sample must be 0 (no '
                           'global search) or positive.')
-        if self.rotations.get() < 2:
-            errors.append('The refinement takes its hypotheses from rotated copies: use at least 2 in-plane '
-                          'rotations per image.')
+        if self.rotations.get() < 2 and training is not None and not training.learnt_hypotheses():
+            errors.append('The network learnt no orientation hypotheses of its own (trained with 0): the '
+                          'refinement takes its hypotheses from rotated copies, use at least 2 in-plane rotations '
+                          f'per image ({COPY_HYPOTHESES} is a good choice).')
         return errors
 
     def _summary(self):

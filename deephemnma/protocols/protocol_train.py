@@ -10,10 +10,10 @@ from pyworkflow.protocol import params
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
 from deephemnma.convert.particles import labelled_particles
 from deephemnma.data.formats import write_particles
-from deephemnma.nn.config import PRESETS
+from deephemnma.nn.config import PRESETS, preset_config
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, MIN_NETWORK_BOX
-from deephemnma.nn.modelfile import MODEL_FILE
-from deephemnma.nn.targets import TYPES
+from deephemnma.nn.modelfile import MODEL_FILE, read_model_info
+from deephemnma.nn.targets import HYPOTHESIS_OUTPUT, QUATERNION_SIZE, TYPES
 from deephemnma.protocols.base import DeepHemnmaProtocol
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
@@ -76,6 +76,12 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
                       expertLevel=params.LEVEL_ADVANCED,
                       help='Random in-plane rotations of the images up to this angle, with psi and the shifts '
                            'transformed consistently; -1: the preset\'s (fast 180, paper 0).')
+        form.addParam('hypotheses', params.IntParam, default=-1, label='Orientation hypotheses',
+                      expertLevel=params.LEVEL_ADVANCED,
+                      help='Orientations learnt beside the predicted one, each image training only the one '
+                           'nearest its label (winner-takes-all), so that views that look alike get several '
+                           'answers: the starting points of the refinement in the prediction protocol. '
+                           '-1: the preset\'s (fast 8, paper 0).')
         form.addParam('networkBox', params.IntParam, default=0, label='Network input size (px)',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='The images are Fourier-cropped to this size before entering the network (about 4 '
@@ -132,7 +138,17 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
             arguments.append(f'--max-rotation {self.maxRotation.get()}')
         if self.patience.get() >= 0:
             arguments.append(f'--patience {self.patience.get()}')
+        if self.hypotheses.get() >= 0:
+            arguments.append(f'--hypotheses {self.hypotheses.get()}')
         return ' '.join(arguments)
+
+    def learnt_hypotheses(self) -> int:
+        """Orientation hypotheses the network learns (the model file's once written, else the form's)."""
+        if os.path.exists(self.model_path()):
+            return read_model_info(self.model_path())['network']['outputs'].get(HYPOTHESIS_OUTPUT, 0) \
+                // QUATERNION_SIZE
+        chosen = self.hypotheses.get()
+        return chosen if chosen >= 0 else preset_config(list(PRESETS)[self.preset.get()]).hypotheses
 
     def trainStep(self) -> None:
         self.runCommand('train', self._arguments())

@@ -12,7 +12,14 @@ import torch
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.data.images import write_stack
 from deephemnma.data.particles import Particles, stack_locations
-from deephemnma.hemnma.aligner import Aligner, AlignSettings, orientation_grid, small_rotation, so3_ball_fraction
+from deephemnma.hemnma.aligner import (
+    Aligner,
+    AlignSettings,
+    orientation_grid,
+    prepare_images,
+    small_rotation,
+    so3_ball_fraction,
+)
 from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import (
     RefineSettings,
@@ -141,6 +148,20 @@ class TestRecovery(SingleThreaded):
         far_errors = geodesic_angle_deg(euler_to_matrix(far['angles']), euler_to_matrix(self.angles))
         self.assertGreater(np.median(far_errors), 45.0, far_errors)
         self.assertLess(far['score'].mean(), result['score'].mean())
+
+    def test_guided_search_over_the_whole_sphere_is_the_global_search(self):
+        """A hypothesis ball of 180 deg around shift 0 with the global search's shift grid (1 px steps) scores
+        every template at every shift: the same candidates as the global search."""
+        settings = AlignSettings(angular_step=20.0, shift_range=2.0, shift_step=1.0, top_k=3, hypothesis_radius=180.0,
+                                 hypothesis_shift_range=2.0)
+        aligner = Aligner(self.reference, BOX, PIXEL, settings)
+        prepared = prepare_images(torch.as_tensor(self.images, dtype=torch.float32), ctf_params(len(self.images)),
+                                  PIXEL, settings.ctf_mode)
+        searched = aligner.global_search(prepared)
+        anywhere = torch.as_tensor(euler_to_matrix(self._rotated(120.0, 1)), dtype=torch.float32)[:, None]
+        guided = aligner.guided_search(prepared, anywhere, torch.zeros(len(self.images), 2))
+        for name in ('rotations', 'shifts', 'amplitudes', 'scores'):
+            torch.testing.assert_close(getattr(guided, name), getattr(searched, name))
 
     def test_predict_then_refine_falls_back_to_the_global_search(self):
         """Hypotheses 25 deg off for four particles, 120 deg off for two: the guided refinement finds the first

@@ -44,6 +44,14 @@ class TestNetwork(unittest.TestCase):
             touched = any(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.parameters())
             self.assertEqual(touched, name == 'amplitudes', name)
 
+    def test_hypotheses_train_with_the_orientation(self):
+        outputs = tg.output_sizes(tg.TYPES, 3, hypotheses=8)
+        self.assertEqual(outputs[tg.HYPOTHESIS_OUTPUT], 32)
+        self.assertNotIn(tg.HYPOTHESIS_OUTPUT, tg.output_sizes(('amplitudes', 'shifts'), 3, hypotheses=8))
+        self.assertEqual(NetworkConfig(outputs=outputs, layout='separate').branches(),
+                         {'amplitudes': ['amplitudes'], 'orientation': ['orientation', tg.HYPOTHESIS_OUTPUT],
+                          'shifts': ['shifts']})
+
     def test_bad_config_refused(self):
         with self.assertRaises(ValueError):
             NetworkConfig(outputs=OUTPUTS, arch='vgg16')
@@ -88,6 +96,40 @@ class TestTargets(unittest.TestCase):
         for sign in (1, -1):
             self.assertAlmostEqual(tg.losses({'orientation': sign * other}, {'orientation': q})['orientation'].item(),
                                    float(expected.mean()), places=6)
+
+    def test_hypothesis_loss_is_relaxed_winner_takes_all(self):
+        """Exact value: (1 - spread) x the best hypothesis's rotation-matrix error + spread x their mean."""
+        target = torch.tensor(rotations.euler_to_quaternion(self.angles[:5]))
+        guesses = [torch.tensor(rotations.euler_to_quaternion(self.angles[5 * k:5 * k + 5])) for k in (1, 2)]
+        errors = np.stack([np.abs(rotations.euler_to_matrix(self.angles[5 * k:5 * k + 5])
+                                  - rotations.euler_to_matrix(self.angles[:5])).mean(axis=(1, 2)) for k in (1, 2)], 1)
+        raw = torch.cat([-2 * guesses[0], 0.5 * guesses[1]], dim=1)  # (5, 8): any length, any sign
+        loss = tg.losses({tg.HYPOTHESIS_OUTPUT: raw}, {'orientation': target})[tg.HYPOTHESIS_OUTPUT].item()
+        expected = (1 - tg.HYPOTHESIS_SPREAD) * errors.min(1).mean() + tg.HYPOTHESIS_SPREAD * errors.mean()
+        self.assertAlmostEqual(loss, expected, places=5)
+
+    def test_hypotheses_find_both_answers_of_an_ambiguous_view(self):
+        """One input, labelled half the time with rotation A and half with B (a view that looks the same from
+        two orientations): the orientation output gives one answer at best (an L1 loss's optimum is a median),
+        each answer is one of 4 hypotheses (started at random, as a network's outputs)."""
+        answers = torch.tensor(rotations.euler_to_quaternion(np.array([[0., 0., 0.], [90., 60., 0.]])))
+        labels = answers[torch.arange(64) % 2].float()
+        generator = torch.Generator().manual_seed(0)
+        single = torch.nn.Parameter(torch.randn(1, 4, generator=generator))
+        hypotheses = torch.nn.Parameter(torch.randn(1, 16, generator=generator))
+        optimiser = torch.optim.Adam([single, hypotheses], lr=0.02)
+        for _ in range(600):
+            loss = tg.losses({'orientation': single.expand(64, -1),
+                              tg.HYPOTHESIS_OUTPUT: hypotheses.expand(64, -1)}, {'orientation': labels})
+            optimiser.zero_grad()
+            sum(loss.values()).backward()
+            optimiser.step()
+        learnt = tg.hypothesis_quaternions(hypotheses.detach())[0].double().numpy()
+        found = rotations.quaternion_angle_deg(learnt[:, None], answers.numpy()[None])  # (4 hypotheses, 2 answers)
+        self.assertLess(max(found.min(axis=0)), 2.0, found)
+        apart = rotations.quaternion_angle_deg(tg.normalise_quaternions(single.detach()).double().numpy(),
+                                               answers.numpy())
+        self.assertGreater(apart.max(), 90.0, apart)  # the other answer (104 deg away) is missed
 
     def test_l1_losses(self):
         out, target = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 2.0]])

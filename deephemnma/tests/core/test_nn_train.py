@@ -21,7 +21,7 @@ from deephemnma.nn import trainer as train
 from deephemnma.nn.augment import transform_images, transform_quaternions, transform_shifts
 from deephemnma.nn.config import preset_config
 from deephemnma.nn.history import HISTORY_CSV, read_history
-from deephemnma.nn.infer import Predictor, predict_source
+from deephemnma.nn.infer import HYPOTHESES, Predictor, hypothesis_angles, predict_source
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 from deephemnma.nn.modelfile import TrainedModel, load_model
 from deephemnma.runtime.distributed import cleanup, init_from_env
@@ -97,6 +97,7 @@ class TestTraining(unittest.TestCase):
         resumed, summary = train.run_training(self.particles, config, self.folder / 'killed', 'cpu', progress=False)
         self.assertTrue(summary['resumed'])
         self.assertEqual(len(resumed.history), 2)
+        self.assertIn('validation_hypotheses', resumed.history[-1])  # the fast preset's 8 hypotheses learn too
         for a, b in zip(whole.history, resumed.history):
             self.assertEqual(a, b)
         for key, value in whole.network.state_dict().items():
@@ -194,11 +195,11 @@ class TestTraining(unittest.TestCase):
 
 
 
-def untrained_model() -> TrainedModel:
+def untrained_model(hypotheses: int = 0) -> TrainedModel:
     """A randomly initialised ResNet-18 model for BOX px images (image mean 0, so rotations commute with the
-    normalisation)."""
+    normalisation), with ``hypotheses`` orientation hypotheses."""
     torch.manual_seed(0)
-    network = DeepHemnmaNet(NetworkConfig(outputs={'amplitudes': 2, 'orientation': 4, 'shifts': 2},
+    network = DeepHemnmaNet(NetworkConfig(outputs=tg.output_sizes(tg.TYPES, 2, hypotheses),
                                           arch='resnet18', dropout=0.0)).eval()
     scaling = tg.Scaling(0.0, 2.0, np.array([5.0, -3.0]), np.array([40.0, 20.0]), np.array([0.5, -0.2]),
                          np.array([2.0, 1.5]))
@@ -241,6 +242,26 @@ class TestRotationAveraging(unittest.TestCase):
         expected_shifts = transform_shifts(torch.as_tensor(plain.shifts), quarter.double(),
                                            torch.zeros(len(images), 2, dtype=torch.float64)).numpy()
         np.testing.assert_allclose(after_turn.shifts, expected_shifts, atol=1e-5)
+
+    def test_hypotheses_are_the_copies_then_the_networks_own(self):
+        """Predict-then-refine's starting points: the merged orientation, each in-plane copy's (its rotation
+        undone), then the network's own hypotheses for the image as given."""
+        model = untrained_model(hypotheses=3)
+        images = torch.from_numpy(np.random.default_rng(4).normal(size=(5, BOX, BOX)).astype(np.float32))
+        raw = Predictor(model, torch.device('cpu'), amp=False, rotations=4, keep_hypotheses=True).raw(images)
+        self.assertEqual(raw[HYPOTHESES].shape, (5, 4 + 3, 4))
+        with torch.no_grad():
+            own = tg.hypothesis_quaternions(model.network(images[:, None] / 2.0)[tg.HYPOTHESIS_OUTPUT]).numpy()
+        self.assertLess(rotations.quaternion_angle_deg(raw[HYPOTHESES][:, 4:], own).max(), 1e-3)
+        merged = tg.decode(raw, model.scaling)
+        angles = hypothesis_angles(raw, merged)
+        self.assertEqual(angles.shape, (5, 1 + 4 + 3, 3))
+        np.testing.assert_allclose(angles[:, 0], merged.angles)
+        single = Predictor(model, torch.device('cpu'), amp=False, keep_hypotheses=True).raw(images)
+        self.assertEqual(single[HYPOTHESES].shape, (5, 3, 4))  # no copies: the merged one is the prediction
+        np.testing.assert_allclose(single[HYPOTHESES], raw[HYPOTHESES][:, 4:], atol=1e-5)
+        self.assertNotIn(HYPOTHESES, Predictor(model, torch.device('cpu'), amp=False).raw(images))
+
 
 if __name__ == '__main__':
     unittest.main()

@@ -72,6 +72,14 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
             self.assertGreater(os.path.getsize(viewer.save_scatter(protocol._getExtraPath('scatter.png'))), 1000)
         np.testing.assert_allclose(estimated.amplitudes, expected.amplitudes, atol=1e-4)
 
+    def test_hypotheses_the_network_learns(self):
+        """The model file's (8, the fast preset's), else the form's choice or its preset's (paper: none): without
+        them the prediction protocol's refinement needs in-plane copies."""
+        self.assertEqual(8, self.training.learnt_hypotheses())
+        for changes, expected in (({}, 8), ({'hypotheses': 3}, 3), ({'preset': 1}, 0), ({'hypotheses': 0}, 0)):
+            self.assertEqual(expected, self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, **changes})
+                             .learnt_hypotheses(), changes)
+
     def test_validation_refuses_bad_inputs(self):
         too_small = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'validationSize': 10, 'testSize': 5})
         too_small.inputParticles.set(self.simulation.outputParticles)

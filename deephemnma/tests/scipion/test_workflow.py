@@ -30,7 +30,7 @@ from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
 #: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
 TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1, 'angstep': 20.0,
-        'calibration': 16, 'rotations': 2}
+        'calibration': 16, 'rotations': 1}
 
 
 class TestSyntheticWorkflow(BaseTest):
