@@ -32,6 +32,14 @@ doi = {10.1002/pro.3772},
 author = {Harastani, Mohamad and Sorzano, Carlos Oscar S. and Jonic, Slavica}
 }
 
+@inproceedings{Rupprecht2017,
+title = {Learning in an uncertain world: representing ambiguity through multiple hypotheses},
+booktitle = {Proceedings of the IEEE International Conference on Computer Vision (ICCV)},
+pages = {3591--3600},
+year = {2017},
+author = {Rupprecht, Christian and Laina, Iro and DiPietro, Robert and Baust, Maximilian and Tombari, Federico and Navab, Nassir and Hager, Gregory D.}
+}
+
 @inproceedings{He2016,
 title = {Deep residual learning for image recognition},
 booktitle = {Proceedings of the IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},

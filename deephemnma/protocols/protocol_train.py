@@ -21,6 +21,13 @@ LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
 TYPE_PARAMS = tuple(zip(('learnAmplitudes', 'learnOrientation', 'learnShifts'), TYPES))
 
 
+def _hypotheses(config: dict) -> str:
+    """The methods' words for the orientation hypotheses of a training configuration."""
+    count = config.get('hypotheses', 0)
+    return (f', with {count} orientation hypotheses beside the orientation (relaxed winner-takes-all loss '
+            '[Rupprecht2017])' if count else '')
+
+
 def _stopping(config: dict) -> str:
     """Early stopping of a training configuration, in words (empty when off)."""
     patience = config.get('patience', 0)
@@ -227,12 +234,12 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
             details = (f' {config["arch"]} ({config["layout"]} layout) took the images{crop}; '
                        f'{summary["epochs_run"]} epochs, batch {config["batch_size"]}, learning rate '
                        f'{config["lr"]:g} ({config["schedule"]} schedule), weight decay {config["weight_decay"]:g}, '
-                       f'in-plane rotation augmentation up to {config["max_rotation_deg"]:g} deg{_stopping(config)}; '
-                       f'{sizes.get("train", 0)} training, {sizes.get("validation", 0)} validation and '
-                       f'{sizes.get("test", 0)} test images.')
+                       f'in-plane rotation augmentation up to {config["max_rotation_deg"]:g} deg{_stopping(config)}'
+                       f'{_hypotheses(config)}; {sizes.get("train", 0)} training, {sizes.get("validation", 0)} '
+                       f'validation and {sizes.get("test", 0)} test images.')
         return [f'A ResNet-based network [He2016] was trained as in DeepHEMNMA [Hamitouche2022] to predict '
                 f'{", ".join(self._types())} of particle images from labelled particles (HEMNMA [Jin2014, '
                 f'Harastani2020] or ground truth), with an L1 loss and the Adam optimiser.' + details]
 
     def _citations(self):
-        return ['Hamitouche2022', 'He2016', 'Jin2014', 'Harastani2020']
+        return ['Hamitouche2022', 'He2016', 'Jin2014', 'Harastani2020', 'Rupprecht2017']

@@ -38,6 +38,8 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         self.assertIn('Hamitouche2022', self.training._citations())
         self.assertEqual(summary['config']['patience'], 5)  # the form's patience reaches the training
         self.assertIn('early stopping after 5 epochs', ' '.join(self.training.methods()))
+        self.assertIn('with 8 orientation hypotheses beside the orientation', ' '.join(self.training.methods()))
+        self.assertIn('Rupprecht2017', self.training._citations())
 
     def test_prediction_outputs_pose_and_amplitudes(self):
         inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5, rotations=2)
