@@ -5,9 +5,10 @@ orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flipped, SNR
 Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue reference)
 labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels; the second
 half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
-(``deephemnma infer --refine``'s defaults: the network's orientation and its 8 orientation hypotheses, the global
-search for the outliers of the refined scores included), each scored against the ground truth. CPU times (process
-time, all threads) per particle include building the engine's library in both (2) + (3) and (1).
+(``deephemnma infer --refine``'s defaults: the network's 8 orientation hypotheses, the orientations of 8 in-plane
+rotated copies and their average, the global search for the outliers of the refined scores included), each scored
+against the ground truth. CPU times (process time, all threads) per particle include building the engine's library
+in both (2) + (3) and (1).
 
 Figures: ``hemnma_*``, ``network_*``, ``refined_*`` (``amp_mae``, ``angle_median_deg``, ``shift_mae_px``,
 ``frac_within_15``; the network's are for its orientation, not its hypotheses), ``refined_*_over_hemnma``,
@@ -20,7 +21,7 @@ Examples::
     deephemnma bench hybrid
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work   # smaller; kept to resume
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work --radius 30 --top-k 1
-    deephemnma bench hybrid --count 1600 --epochs 60 --hypotheses 0 --workdir no_hypotheses   # 8 copies instead
+    deephemnma bench hybrid --count 1600 --epochs 60 --hypotheses 0 --workdir no_hypotheses   # the copies alone
 """
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ from deephemnma.nma.files import load_modes
 from deephemnma.nn.config import preset_config
 from deephemnma.nn.evaluate import parameter_errors
 from deephemnma.nn.infer import (
+    REFINE_ROTATIONS,
     Predictor,
     hypothesis_angles,
     labels_to_particles,
     own_hypotheses,
     predict_source,
-    refine_rotations,
 )
 from deephemnma.nn.modelfile import load_model
 from deephemnma.nn.targets import decode, labels_from_particles, true_labels_from_particles
@@ -71,8 +72,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     defaults = RefineSettings()
     parser.add_argument('--hypotheses', type=int, help='orientation hypotheses the network learns (the fast '
                                                           "preset's 8; 0: none)")
-    parser.add_argument('--rotations', type=int, help='in-plane copies, each a hypothesis (default 1 when the '
-                                                      'network learnt its own hypotheses, else 8)')
+    parser.add_argument('--rotations', type=int, default=REFINE_ROTATIONS,
+                        help='in-plane copies, each a hypothesis (their average another)')
     parser.add_argument('--radius', type=float, default=defaults.radius, help='search radius (deg)')
     parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
                         help='refinement stages (A)')
@@ -141,8 +142,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
                             fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
     model = load_model(folder / 'model' / 'model.pt', device)
-    rotations = args.rotations or refine_rotations(model)
-    predictor = Predictor(model, device, rotations=rotations, keep_hypotheses=True)
+    predictor = Predictor(model, device, rotations=args.rotations, keep_hypotheses=True)
     raw = predict_source(predictor, ImageSource(heldout.image), 256, progress=False)
     predicted = labels_to_particles(heldout, decode(raw, model.scaling))
     predict_cpu = time.process_time() - cpu
@@ -156,7 +156,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     hemnma, network, after = _errors(global_result), _errors(predicted), _errors(refined)
     figures = {'particles': len(particles), 'labelled': half, 'heldout': len(heldout), 'epochs': args.epochs,
                'arch': args.arch, 'network_box': args.network_box, 'hypotheses': own_hypotheses(model),
-               'rotations': rotations, 'refine_settings': refine.__dict__,
+               'rotations': args.rotations, 'refine_settings': refine.__dict__,
                **{f'hemnma_{k}': v for k, v in hemnma.items()},
                **{f'network_{k}': v for k, v in network.items()},
                **{f'refined_{k}': v for k, v in after.items()}}

@@ -5,9 +5,9 @@ are kept beside the output (in its staging folder) so that a killed run, started
 settings, resumes; with torchrun each process predicts its share of
 the chunks and rank 0 writes the output in input order (.star, .xmd or .csv, from the extension).
 
-``--refine`` (predict then refine): the network's orientation and its own orientation hypotheses (``deephemnma train
---hypotheses``; for a network without them, the orientations of ``--rotations`` in-plane rotated copies of each
-image, 8 by default, and their average) are hypotheses; the HEMNMA engine (the modes given with ``--modes``) searches
+``--refine`` (predict then refine): the network's own orientation hypotheses (``deephemnma train --hypotheses``),
+the orientations of ``--rotations`` in-plane rotated copies of each image (8 by default) and their average are
+hypotheses; the HEMNMA engine (the modes given with ``--modes``) searches
 the library orientations within ``--search-radius`` degrees of them around the predicted shift, and refines the best
 candidates jointly (amplitudes, angles, shifts) at ``--resolutions``; HEMNMA's global search aligns
 ``--calibration`` particles (evenly spread) to learn what a found pose scores on these images, and every particle
@@ -63,7 +63,7 @@ from deephemnma.hemnma.stack import RefineSettings, refine_predictions
 from deephemnma.nma.files import load_modes
 from deephemnma.nma.modes import NormalModes
 from deephemnma.nn import targets as tg
-from deephemnma.nn.infer import Predictor, hypothesis_angles, labels_to_particles, predict_source, refine_rotations
+from deephemnma.nn.infer import REFINE_ROTATIONS, Predictor, hypothesis_angles, labels_to_particles, predict_source
 from deephemnma.nn.modelfile import TrainedModel, load_model
 from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.distributed import Rank, cleanup, start_process
@@ -84,9 +84,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--batch-size', type=positive_int, default=256)
     parser.add_argument('--rotations', type=positive_int,
                         help='average the predictions over this many in-plane rotations of each image '
-                             '(test-time augmentation; that many times the network\'s cost; default 1: off; with '
-                             '--refine each copy is also a hypothesis, default 8 for a network without hypotheses '
-                             'of its own, 1 otherwise)')
+                             '(test-time augmentation; that many times the network\'s cost; default 1: off, '
+                             f'{REFINE_ROTATIONS} with --refine, where each copy is also a hypothesis)')
     parser.add_argument('--chunk-size', type=positive_int, default=16384, help='images per resumable chunk')
     parser.add_argument('--readers', type=non_negative_int, default=2,
                         help='threads reading images ahead of the network')
@@ -171,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
     device, rank = start_process(args.threads, args.device)
     try:
         model = load_model(args.model)
-        rotations = args.rotations or (refine_rotations(model) if args.refine else 1)
+        rotations = args.rotations or (REFINE_ROTATIONS if args.refine else 1)
         modes = refine_modes(args, model)
         columns = ('ctf',) if args.refine and args.ctf != 'none' else ()
         particles = load_particles(args.particles, columns, pixel_size=args.pixel_size, base_dir=args.base_dir)

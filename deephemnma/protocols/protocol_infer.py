@@ -10,7 +10,7 @@ from pyworkflow.protocol import params
 from deephemnma.convert.particles import copy_with_estimates, particles_from_set
 from deephemnma.data.formats import read_particles, write_particles
 from deephemnma.hemnma.stack import RefineSettings
-from deephemnma.nn.infer import COPY_HYPOTHESES
+from deephemnma.nn.infer import REFINE_ROTATIONS
 from deephemnma.nn.modelfile import read_model_info
 from deephemnma.protocols.base import DeepHemnmaProtocol
 
@@ -48,8 +48,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                            '360/n degree steps, and average the predictions after undoing each rotation on the '
                            'angles and shifts. Steadier estimates on noisy images for n times the prediction '
                            'time; 1 switches it off. With the refinement each rotated copy also gives a '
-                           'hypothesis beside the network\'s own; for a network trained without hypotheses of its '
-                           f'own use at least 2 ({COPY_HYPOTHESES} is a good choice).')
+                           f'hypothesis beside the network\'s own ({REFINE_ROTATIONS} is a good choice; a network '
+                           'trained without hypotheses of its own needs at least 2).')
         form.addSection(label='Refinement')
         form.addParam('refine', params.BooleanParam, default=False, label='Refine the predictions',
                       help="Refine every prediction with the HEMNMA engine: it searches the orientations within "
@@ -174,7 +174,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.rotations.get() < 2 and training is not None and not training.learnt_hypotheses():
             errors.append('The network learnt no orientation hypotheses of its own (trained with 0): the '
                           'refinement takes its hypotheses from rotated copies, use at least 2 in-plane rotations '
-                          f'per image ({COPY_HYPOTHESES} is a good choice).')
+                          f'per image ({REFINE_ROTATIONS} is a good choice).')
         return errors
 
     def _summary(self):
