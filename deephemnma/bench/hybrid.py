@@ -77,6 +77,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--radius', type=float, default=defaults.radius, help='search radius (deg)')
     parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
                         help='refinement stages (A)')
+    parser.add_argument('--steps', type=int, nargs='+', default=list(defaults.steps),
+                        help='optimisation steps of each refinement stage')
     parser.add_argument('--top-k', type=int, default=defaults.top_k, help='candidates refined per image')
     parser.add_argument('--fallback-sigma', type=float, default=defaults.fallback_sigma,
                         help='global search below the median refined score minus this many robust sigmas (0: never)')
@@ -139,8 +141,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     run_training(labelled, config, folder / 'model', device, progress=False)
     times['train_s'] = time.time() - clock
 
-    refine = RefineSettings(radius=args.radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
-                            fallback_sigma=args.fallback_sigma)
+    refine = RefineSettings(radius=args.radius, resolutions=tuple(args.resolutions), steps=tuple(args.steps),
+                            top_k=args.top_k, fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
     model = load_model(folder / 'model' / 'model.pt', device)
     predictor = Predictor(model, device, rotations=args.rotations, keep_hypotheses=True)

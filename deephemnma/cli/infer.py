@@ -108,6 +108,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help='search shifts within this many pixels (steps of 1 px) of the predicted shift')
     refine.add_argument('--resolutions', type=positive_float, nargs='+', default=list(DEFAULTS.resolutions),
                         help='refinement stages (Angstrom, coarse to fine)')
+    refine.add_argument('--steps', type=positive_int, nargs='+', default=list(DEFAULTS.steps),
+                        help='optimisation steps of each refinement stage (the last value for further stages)')
     refine.add_argument('--top-k', type=positive_int, default=DEFAULTS.top_k,
                         help='candidates refined per image')
     refine.add_argument('--far-angle', type=positive_float, default=DEFAULTS.far_angle,
@@ -149,8 +151,8 @@ def refine(args: argparse.Namespace, modes: List[NormalModes], predicted: Partic
     """Predict then refine: the guided HEMNMA alignment from the network's hypotheses, then the global search for
     the calibration sample and for the particles scoring below what it finds; against every reference of
     ``modes`` (each image keeps the best) when there are several."""
-    settings = RefineSettings(radius=args.search_radius,
-                              shift_radius=args.shift_radius, resolutions=tuple(args.resolutions), top_k=args.top_k,
+    settings = RefineSettings(radius=args.search_radius, shift_radius=args.shift_radius,
+                              resolutions=tuple(args.resolutions), steps=tuple(args.steps), top_k=args.top_k,
                               far_angle=args.far_angle, fallback_sigma=args.fallback_sigma,
                               calibration=args.calibration)
     progress = None if args.quiet or not rank.is_main else \

@@ -72,11 +72,13 @@ class AlignSettings:
     hypothesis_shift_range: float = 1.0
 
     @staticmethod
-    def stages(resolutions: Sequence[float], top_k: int = 8) -> Dict[str, tuple]:
+    def stages(resolutions: Sequence[float], top_k: int = 8, steps: Optional[Sequence[int]] = None
+               ) -> Dict[str, tuple]:
         """``refine_resolutions``, ``refine_steps`` and ``refine_keep`` for these refinement stages (Angstrom,
-        coarse to fine): each stage takes the default steps and kept candidates of its position (the last
-        default for further stages), keeping at most ``top_k``."""
-        steps, keep = AlignSettings.refine_steps, AlignSettings.refine_keep
+        coarse to fine): each stage takes the steps of its position in ``steps`` (default: the global search's)
+        and the default kept candidates of its position (the last value for further stages), keeping at most
+        ``top_k``."""
+        steps, keep = tuple(steps or AlignSettings.refine_steps), AlignSettings.refine_keep
         count = len(resolutions)
         return {'refine_resolutions': tuple(float(r) for r in resolutions),
                 'refine_steps': tuple(steps[min(i, len(steps) - 1)] for i in range(count)),

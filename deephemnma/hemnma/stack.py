@@ -78,16 +78,18 @@ class RefineSettings:
 
     The hypotheses come from the network (:func:`deephemnma.nn.infer.hypothesis_angles`). ``radius`` (deg) and
     ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift; ``resolutions``
-    (Angstrom) and ``top_k``: the refinement stages and the candidates refined; ``far_angle`` (deg): flag a particle
-    whose refined orientation is further from the prediction; ``calibration`` particles (evenly spread) are also
-    aligned by the global search, and a particle whose refined score lies more than ``fallback_sigma`` robust
-    standard deviations below their median score (none of its hypotheses led to its pose), or no higher than the
-    refined score of a calibration particle whose pose the guided search missed, is aligned again by the global
-    search; the better of the two results is kept; ``fallback_sigma`` 0: no global search at all."""
+    (Angstrom), ``steps`` and ``top_k``: the refinement stages, their optimisation steps and the candidates refined;
+    ``far_angle`` (deg): flag a particle whose refined orientation is further from the prediction; ``calibration``
+    particles (evenly spread) are also aligned by the global search, and a particle whose refined score lies more
+    than ``fallback_sigma`` robust standard deviations below their median score (none of its hypotheses led to its
+    pose), or no higher than the refined score of a calibration particle whose pose the guided search missed, is
+    aligned again by the global search; the better of the two results is kept; ``fallback_sigma`` 0: no global
+    search at all."""
 
     radius: float = 45.0
     shift_radius: float = 1.0
     resolutions: Tuple[float, ...] = (7.0, 3.5)
+    steps: Tuple[int, ...] = (30, 25)
     top_k: int = 2
     far_angle: float = 15.0
     fallback_sigma: float = 4.0
@@ -97,7 +99,8 @@ class RefineSettings:
         """The guided search and refinement: the library of the global search ``search`` (orientation grid,
         start conformations, CTF mode) searched near the hypotheses, with these stages and candidates."""
         return replace(search, top_k=self.top_k, hypothesis_radius=self.radius,
-                       hypothesis_shift_range=self.shift_radius, **AlignSettings.stages(self.resolutions, self.top_k))
+                       hypothesis_shift_range=self.shift_radius,
+                       **AlignSettings.stages(self.resolutions, self.top_k, self.steps))
 
 
 def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: AlignReference,

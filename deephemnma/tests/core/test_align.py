@@ -326,3 +326,6 @@ def test_settings_stages_keep_the_defaults_and_extend_them():
     assert two.refine_steps == (30, 25) and two.refine_keep == (2, 1)
     five = AlignSettings.stages([12, 10, 7, 5, 3.5])
     assert five['refine_steps'][-1] == 25 and five['refine_keep'] == (3, 1, 1, 1, 1)
+    chosen = AlignSettings.stages([7.0, 5.0, 3.5], top_k=2, steps=(15, 20))
+    assert chosen['refine_steps'] == (15, 20, 20) and chosen['refine_keep'] == (2, 1, 1)
+    assert RefineSettings(steps=(15, 20)).align_settings(AlignSettings()).refine_steps == (15, 20)
