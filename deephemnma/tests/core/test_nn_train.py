@@ -261,6 +261,8 @@ class TestRotationAveraging(unittest.TestCase):
         self.assertEqual(single[HYPOTHESES].shape, (5, 3, 4))  # no copies: the merged one is the prediction
         np.testing.assert_allclose(single[HYPOTHESES], raw[HYPOTHESES][:, 4:], atol=1e-5)
         self.assertNotIn(HYPOTHESES, Predictor(model, torch.device('cpu'), amp=False).raw(images))
+        without = Predictor(untrained_model(), torch.device('cpu'), amp=False, rotations=4, keep_hypotheses=True)
+        self.assertEqual(without.raw(images)[HYPOTHESES].shape, (5, 4, 4))  # a network without: the copies alone
 
 
 if __name__ == '__main__':
