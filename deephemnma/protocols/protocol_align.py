@@ -1,6 +1,7 @@
 """Scipion protocol: HEMNMA elastic and rigid-body alignment of particles (this engine or Xmipp's program)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List
 
 from pyworkflow.protocol import params
@@ -43,8 +44,9 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
                            '_deephemnma_reference: their numbers follow the given references). For motions beyond '
                            "the reach of the reference's modes: on adenylate kinase's open-to-closed path (screw "
                            'model, six modes) it raises the order of the space (PC1 Spearman) from 0.93 to 0.98 '
-                           'with the open structure alone. Their modes: extra/aligned_walked_K_modes.npz (K: the '
-                           'reference walked from, 0 the first).')
+                           'with the open structure alone. Their modes are outputs (walked modes K and their '
+                           'structure; K: the reference walked from, 0 the first) for the prediction protocol\'s '
+                           '"Modes of another conformation".')
         form.addParam('walkCutoff', params.FloatParam, default=10.0, condition='backend == 0 and walk',
                       label="Walked references' cutoff (A)", expertLevel=params.LEVEL_ADVANCED,
                       help="Network radius of the walked references' modes (use the reference modes' own).")
@@ -122,6 +124,35 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         self._defineOutputs(outputParticles=output)
         self._defineSourceRelation(self.inputParticles, output)
         self._defineSourceRelation(self.inputModes, output)
+        if self.backend.get() == BACKEND_ENGINE and self.walk.get():
+            self._defineWalkedModes()
+
+    def _defineWalkedModes(self) -> None:
+        """The modes of each reference walked towards the particles as outputs ``outputWalkedModesK`` (K: the
+        reference walked from, 0 the first), a SetOfNormalModes on the walked structure ``outputWalkedStructureK``
+        (files in ``extra/walked_K``), for the prediction protocol's "Modes of another conformation"."""
+        from pwem.objects import AtomStruct, SetOfNormalModes
+
+        from deephemnma.cli.align import walked_modes_path
+        from deephemnma.convert.modes import set_of_modes_from_xmd
+        from deephemnma.molecule.structure import write_structure
+        from deephemnma.nma.files import write_modes
+        from deephemnma.nma.modes import NormalModes
+        pseudoatoms = bool(self.inputModes.get().getPdb().getPseudoAtoms())
+        for walked_from in range(1 if self.otherModes.get() is None else 2):
+            path = walked_modes_path(self._outputPath(), walked_from)
+            if not path.exists():  # no particle chose to walk from this reference
+                continue
+            modes = NormalModes.load(path)
+            folder = Path(self._getExtraPath(f'walked_{walked_from}'))
+            folder.mkdir(parents=True, exist_ok=True)
+            write_structure(folder / 'reference.pdb', modes.structure)
+            structure = AtomStruct(filename=str(folder / 'reference.pdb'), pseudoatoms=pseudoatoms)
+            output = set_of_modes_from_xmd(str(write_modes(folder, modes)), SetOfNormalModes(
+                filename=self._getExtraPath(f'walked_{walked_from}_modes.sqlite')), structure)
+            self._defineOutputs(**{f'outputWalkedStructure{walked_from}': structure,
+                                   f'outputWalkedModes{walked_from}': output})
+            self._defineSourceRelation(self.inputModes, output)
 
     # ------------------------------------------------------------------------------------------
     def _validate(self) -> List[str]:
@@ -151,8 +182,9 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
             lines.append('Each particle kept the better of two references (the modes above and those of another '
                          "conformation); amplitudes in the first reference's modes.")
         if self.walk.get() and self.backend.get() == BACKEND_ENGINE:
+            walked = [name for name, _ in self.iterOutputAttributes() if name.startswith('outputWalkedModes')]
             lines.append('References walked towards the particles were added (after the given ones; their modes: '
-                         f'{self._getExtraPath("aligned_walked_*_modes.npz")}); each particle kept the best.')
+                         f'{", ".join(walked) or "none yet"}); each particle kept the best.')
         return lines
 
     def _methods(self) -> List[str]:

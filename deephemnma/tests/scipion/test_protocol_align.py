@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from deephemnma.constants import AMPLITUDES_ATTR
+from deephemnma.convert.modes import normal_modes_from_set
 from deephemnma.convert.particles import particles_from_set
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.nma.modes import NormalModes
@@ -90,7 +91,14 @@ class TestProtocolAlign(SimulatedProjectCase):
         errors = geodesic_angle_deg(euler_to_matrix(aligned.angles), euler_to_matrix(truth.extra['true_angles']))
         self.assertLess(np.median(errors), 5.0, errors)
         self.assertTrue(set(aligned.extra['reference'].tolist()) <= {0.0, 1.0})
-        self.assertIn('References walked towards the particles were added', ' '.join(prot.summary()))
+        self.assertIn('References walked towards the particles were added (after the given ones; their modes: '
+                      'outputWalkedModes0)', ' '.join(prot.summary()))
+        # the walked modes as a SetOfNormalModes on the walked structure, for the prediction protocol
+        registered = normal_modes_from_set(prot.outputWalkedModes0, [7, 8, 9])
+        np.testing.assert_allclose(registered.vectors, walked.vectors, atol=1e-5)
+        np.testing.assert_allclose(registered.structure.coords, walked.structure.coords, atol=1e-3)  # PDB: 0.001 A
+        self.assertFalse(np.allclose(registered.structure.coords,
+                                     normal_modes_from_set(self.simulation.outputModes).structure.coords, atol=0.1))
 
     def test_validate_refuses_bad_inputs(self):
         errors = self._align(modeList='1-3').validate()
