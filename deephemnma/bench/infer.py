@@ -44,10 +44,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_file(folder: Path, arch: str, box: int) -> Path:
-    network = DeepHemnmaNet(NetworkConfig(outputs=tg.output_sizes(tg.TYPES, 3), arch=arch))
+    config = TrainConfig(arch=arch)  # the network a training with these settings makes (hypotheses included)
+    network = DeepHemnmaNet(NetworkConfig(outputs=tg.output_sizes(config.types, 3, config.hypotheses), arch=arch))
     scaling = tg.Scaling(0.0, 1.0, np.zeros(3), np.full(3, 100.0), np.zeros(2), np.full(2, 3.0))
     path = folder / 'model.pt'
-    save_model(path, network, network.state_dict(), scaling, box, box, TrainConfig(arch=arch), {})
+    save_model(path, network, network.state_dict(), scaling, box, box, config, {})
     return path
 
 
@@ -96,7 +97,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     bare_before = _bare_speed(model, device, batch, args.box, min(count, batch * 6))
     start = time.time()
     particles = read_particles(folder / 'input.star')
-    raw = predict_source(predictor, ImageSource(particles.image), batch, args.readers, progress=False)
+    raw = predict_source(predictor, ImageSource(particles.image, folder), batch, args.readers, progress=False)
     write_particles(folder / 'predicted.star', labels_to_particles(particles, tg.decode(raw, model.scaling)))
     full = count / (time.time() - start)
     bare_after = _bare_speed(model, device, batch, args.box, min(count, batch * 6))

@@ -92,7 +92,8 @@ def _pixel_size(setup, amplitudes: np.ndarray, box: int) -> float:
 def _epochs_for_budget(config: TrainConfig, box: int, count: int, budget_s: float, device: torch.device) -> int:
     """Epochs that fit in ``budget_s`` seconds at the speed of a few timed training steps of ``config``
     (network input size, mixed precision), with 15 % for validation and checkpoints; at least 3."""
-    network = DeepHemnmaNet(NetworkConfig(outputs=output_sizes(config.types, 3), arch=config.arch)).to(device)
+    network = DeepHemnmaNet(NetworkConfig(outputs=output_sizes(config.types, 3, config.hypotheses),
+                                          arch=config.arch)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, fused=True)
     images = torch.randn(config.batch_size, 1, config.network_box or box, config.network_box or box, device=device)
     use_amp = config.amp and amp_supported(device)
