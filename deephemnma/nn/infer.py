@@ -41,7 +41,7 @@ REFINE_ROTATIONS = 8
 
 def own_hypotheses(model: TrainedModel) -> int:
     """Number of orientation hypotheses the network learnt beside its orientation (0: none)."""
-    return model.network.config.outputs.get(tg.HYPOTHESIS_OUTPUT, 0) // tg.QUATERNION_SIZE
+    return tg.hypothesis_count(model.network.config.outputs)
 
 
 class Predictor:

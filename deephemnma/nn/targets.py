@@ -127,6 +127,11 @@ def normalise_quaternions(raw: torch.Tensor) -> torch.Tensor:
     return raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
+def hypothesis_count(outputs: Dict[str, int]) -> int:
+    """Orientation hypotheses of a network with these raw output sizes (:func:`output_sizes`; 0: none)."""
+    return outputs.get(HYPOTHESIS_OUTPUT, 0) // QUATERNION_SIZE
+
+
 def hypothesis_quaternions(raw: torch.Tensor) -> torch.Tensor:
     """Raw hypothesis outputs ``(B, 4 K)`` -> unit quaternions ``(B, K, 4)``."""
     return normalise_quaternions(raw.reshape(len(raw), -1, QUATERNION_SIZE))

@@ -3,6 +3,7 @@ the predictions with the HEMNMA engine (predict then refine)."""
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from pyworkflow.object import Integer
 from pyworkflow.protocol import params
@@ -140,10 +141,13 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         particle_set = self.inputParticles.get()
         if particle_set is None or particle_set.getSize() == 0:
             errors.append('The set of particles is empty.')
+        info = None  # the model file's description, read once
         if training is None or not os.path.exists(training.model_path()):
             errors.append('The training protocol has no model yet: run it first.')
-        elif particle_set is not None and particle_set.getSize():
-            box = read_model_info(training.model_path())['box']
+        else:
+            info = read_model_info(training.model_path())
+        if info is not None and particle_set is not None and particle_set.getSize():
+            box = info['box']
             size = particle_set.getXDim()
             if size != box:
                 errors.append(f'The particles are {size} px but the network was trained on {box} px images: '
@@ -153,16 +157,17 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.rotations.get() < 1:
             errors.append('The number of in-plane rotations per image must be at least 1.')
         if self.refine.get():
-            errors += self._validateRefinement(training, particle_set)
+            errors += self._validateRefinement(training, particle_set, info)
         return errors + self._validateGpus()
 
-    def _validateRefinement(self, training, particle_set) -> list:
-        """Form errors of the refinement: modes as many as the network's amplitudes, a search radius."""
+    def _validateRefinement(self, training, particle_set, info: Optional[dict]) -> list:
+        """Form errors of the refinement: modes as many as the network's amplitudes (``info``: the model file's
+        description, None before training), a search radius, hypotheses to start from."""
         if self.inputModes.get() is None:
             return ['The refinement needs the normal modes the network was trained on.']
         errors = self._validateModes(particle_set) + self._validateOtherModes()
-        if not errors and training is not None and os.path.exists(training.model_path()):
-            amplitudes = read_model_info(training.model_path())['network']['outputs'].get('amplitudes')
+        if not errors and info is not None:
+            amplitudes = info['network']['outputs'].get('amplitudes')
             if amplitudes is not None and amplitudes != len(self._selectedModes()):
                 errors.append(f'The network predicts {amplitudes} amplitudes but {len(self._selectedModes())} '
                               'modes are selected for the refinement.')
@@ -171,7 +176,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         if self.fallbackSigma.get() < 0 or self.calibration.get() < 0:
             errors.append('The global-search threshold (robust sigmas) and the calibration sample must be 0 (no '
                           'global search) or positive.')
-        if self.rotations.get() < 2 and training is not None and not training.learnt_hypotheses():
+        if self.rotations.get() < 2 and training is not None and not training.learnt_hypotheses(info):
             errors.append('The network learnt no orientation hypotheses of its own (trained with 0): the '
                           'refinement takes its hypotheses from rotated copies, use at least 2 in-plane rotations '
                           f'per image ({REFINE_ROTATIONS} is a good choice).')

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from pwem.objects import EMFile
 from pyworkflow.protocol import params
@@ -13,7 +14,7 @@ from deephemnma.data.formats import write_particles
 from deephemnma.nn.config import PRESETS, preset_config
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, MIN_NETWORK_BOX
 from deephemnma.nn.modelfile import MODEL_FILE, read_model_info
-from deephemnma.nn.targets import HYPOTHESIS_OUTPUT, QUATERNION_SIZE, TYPES
+from deephemnma.nn.targets import TYPES, hypothesis_count
 from deephemnma.protocols.base import DeepHemnmaProtocol
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
@@ -149,11 +150,13 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
             arguments.append(f'--hypotheses {self.hypotheses.get()}')
         return ' '.join(arguments)
 
-    def learnt_hypotheses(self) -> int:
-        """Orientation hypotheses the network learns (the model file's once written, else the form's)."""
-        if os.path.exists(self.model_path()):
-            return read_model_info(self.model_path())['network']['outputs'].get(HYPOTHESIS_OUTPUT, 0) \
-                // QUATERNION_SIZE
+    def learnt_hypotheses(self, info: Optional[dict] = None) -> int:
+        """Orientation hypotheses the network learns: the model file's once written (``info``: what
+        :func:`read_model_info` read of it, when already read), else the form's."""
+        if info is None and os.path.exists(self.model_path()):
+            info = read_model_info(self.model_path())
+        if info is not None:
+            return hypothesis_count(info['network']['outputs'])
         chosen = self.hypotheses.get()
         return chosen if chosen >= 0 else preset_config(list(PRESETS)[self.preset.get()]).hypotheses
 
