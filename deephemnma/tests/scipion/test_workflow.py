@@ -230,7 +230,7 @@ class TestOwnParticlesTemplate(BaseTest):
         cls.star = os.path.join(folder, EXPORT_STAR)
         values = {'model': str(ak_reference_path()), 'particles': cls.star, 'modes': 3, 'training': cls.TRAINING,
                   'flipped': 'false', 'ctf': 0, 'contrast': 0, 'reconctf': 0, 'epochs': 2, 'mincount': 5,
-                  'angstep': 20.0, 'calibration': 8}
+                  'angstep': 20.0, 'calibration': 12}
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
@@ -267,8 +267,10 @@ class TestOwnParticlesTemplate(BaseTest):
     def test_predictions_refined_on_the_export_reach_the_truth(self):
         """Predict then refine on RELION's conventions (inverted contrast, full CTF, each particle's optics
         group): the 2-epoch network's poses are far off, the refinement (and the global search where the
-        8-particle calibration sample says it may have missed) puts the other particles where HEMNMA puts the
-        training ones. With the robust score threshold alone, 54 % were within 15 deg."""
+        12-particle calibration sample says it may have missed) puts the other particles where HEMNMA puts the
+        training ones. With the robust score threshold alone, 54 % were within 15 deg; with 8 calibration particles
+        (a third of the 24) the share varied between runs from 0.67 to above 0.8 (wrong poses of these mixed optics
+        groups score like right ones), so half of them are calibrated."""
         refined = particles_from_set(find_protocol(self.proj, 'DeepHemnmaProtInfer').outputParticles)
         self.assertEqual(self.COUNT - self.TRAINING, len(refined))
         truth = euler_to_matrix(self.truth.angles[self._truth_rows(refined)])
@@ -276,7 +278,7 @@ class TestOwnParticlesTemplate(BaseTest):
         errors = geodesic_angle_deg(euler_to_matrix(refined.angles), truth)
         self.assertGreater(np.mean(errors < 15.0), 0.8, errors)
         self.assertGreater(np.mean(errors < 15.0), np.mean(network < 15.0) + 0.3, network)
-        self.assertGreaterEqual(refined.extra['refine_fallback'].sum(), 8, 'the calibration sample of 8 at least')
+        self.assertGreaterEqual(refined.extra['refine_fallback'].sum(), 12, 'the calibration sample of 12 at least')
 
     def _truth_rows(self, particles) -> np.ndarray:
         """Rows of the export (and of its truth) of ``particles``, matched by stack file name and slice."""
