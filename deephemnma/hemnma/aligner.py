@@ -66,7 +66,7 @@ class AlignSettings:
     top_k: int = 8
     refine_resolutions: Tuple[float, ...] = (10.0, 7.0, 5.0, 3.5)
     refine_steps: Tuple[int, ...] = (10, 10, 10, 10)
-    refine_tolerance: float = 1e-3
+    refine_tolerance: float = 1e-4
     refine_keep: Tuple[int, ...] = (3, 1, 1, 1)
     damping: float = 1e-3
     ctf_mode: str = 'phase_flipped'
