@@ -78,7 +78,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
                         help='refinement stages (A)')
     parser.add_argument('--steps', type=int, nargs='+', default=list(defaults.steps),
-                        help='at most this many iterations in each refinement stage')
+                        help='optimisation steps of each refinement stage')
     parser.add_argument('--top-k', type=int, default=defaults.top_k, help='candidates refined per image')
     parser.add_argument('--fallback-sigma', type=float, default=defaults.fallback_sigma,
                         help='global search below the median refined score minus this many robust sigmas (0: never)')

@@ -109,8 +109,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     refine.add_argument('--resolutions', type=positive_float, nargs='+', default=list(DEFAULTS.resolutions),
                         help='refinement stages (Angstrom, coarse to fine)')
     refine.add_argument('--steps', type=positive_int, nargs='+', default=list(DEFAULTS.steps),
-                        help='at most this many Levenberg-Marquardt iterations in each refinement stage (the last '
-                             'value for further stages; a candidate stops earlier once converged)')
+                        help='optimisation steps of each refinement stage (the last value for further stages)')
     refine.add_argument('--top-k', type=positive_int, default=DEFAULTS.top_k,
                         help='candidates refined per image')
     refine.add_argument('--far-angle', type=positive_float, default=DEFAULTS.far_angle,

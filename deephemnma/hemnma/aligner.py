@@ -11,10 +11,9 @@ in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for
    template chunk (the per-image CTF enters through a second product for the template norms). The ``top_k`` best
    candidates, kept apart by at least 1.5 angular steps, go on.
 2. Joint continuous refinement of amplitudes, rotations (a small rotation ``Exp(w)`` applied to the candidate's
-   matrix) and shifts by Levenberg-Marquardt iterations on the NCC (a least-squares problem between unit-norm
-   transforms), batched over images and candidates, at increasing resolution; after each stage only the best
-   candidates of each image are kept. Parameters are scaled so that one unit moves the model by about one
-   Angstrom.
+   matrix) and shifts with Adam on the NCC, batched over images and candidates, at increasing resolution; after
+   each stage only the best candidates of each image are kept. Parameters are scaled so that one unit moves the
+   model by about one Angstrom.
 
 The local mode skips the global search and refines from given poses (and amplitudes). The guided mode (predict
 then refine) replaces step 1 by a search restricted to the library orientations within ``hypothesis_radius``
@@ -50,11 +49,10 @@ class AlignSettings:
     2^M corners of the first (up to :data:`MAX_CORNER_MODES`) modes, the other modes at 0 (the refinement moves
     all of them; on the adenylate kinase transition benchmark five modes started so find 98% of the poses
     within 15 degrees, where starting from +-1 step along each of four modes found 95%).
-    Refinement stage ``i`` runs up to ``refine_steps[i]`` Levenberg-Marquardt iterations (starting damping
-    ``damping``; a candidate stops when the next step promises less than ``refine_tolerance`` of its ``1 - NCC``)
-    at ``refine_resolutions[i]`` and keeps the ``refine_keep[i]`` best candidates of each image.
-    ``hypothesis_radius`` (degrees): the guided search scores the library orientations within this angle of each
-    hypothesis, at shifts within ``hypothesis_shift_range`` pixels (steps of 1 px) of the hypothesis's shift.
+    Refinement stage ``i`` runs ``refine_steps[i]`` Adam steps at ``refine_resolutions[i]`` and keeps the
+    ``refine_keep[i]`` best candidates of each image. ``hypothesis_radius`` (degrees): the guided search
+    scores the library orientations within this angle of each hypothesis, at shifts within
+    ``hypothesis_shift_range`` pixels (steps of 1 px) of the hypothesis's shift.
     """
 
     angular_step: float = 10.0
@@ -65,10 +63,9 @@ class AlignSettings:
     start_displacement: float = 2.5
     top_k: int = 8
     refine_resolutions: Tuple[float, ...] = (10.0, 7.0, 5.0, 3.5)
-    refine_steps: Tuple[int, ...] = (10, 10, 10, 10)
-    refine_tolerance: float = 1e-4
+    refine_steps: Tuple[int, ...] = (30, 25, 25, 25)
     refine_keep: Tuple[int, ...] = (3, 1, 1, 1)
-    damping: float = 1e-3
+    learning_rate: float = 0.5
     ctf_mode: str = 'phase_flipped'
     template_chunk: int = 8192
     hypothesis_radius: float = 30.0
@@ -223,8 +220,7 @@ def ncc(model: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Candidates:
-    """Poses per image and candidate: rotations (B, K, 3, 3), shifts (B, K, 2) px, amplitudes (B, K, M), scores
-    (B, K); or one pose per row (n, ...) inside a refinement stage."""
+    """Poses per image and candidate: rotations (B, K, 3, 3), shifts (B, K, 2) px, amplitudes (B, K, M)."""
 
     rotations: torch.Tensor
     shifts: torch.Tensor
@@ -234,8 +230,6 @@ class Candidates:
 
 #: Score of the templates a guided search leaves out (below any normalised cross-correlation).
 _EXCLUDED_SCORE = -2.0
-#: Forward-difference step of the refinement's Jacobian, in parameter units (about 0.02 Angstrom of motion).
-_DIFFERENCE_STEP = 0.02
 
 
 class _Pool:
@@ -462,115 +456,50 @@ class Aligner:
         """Joint refinement of amplitudes, rotations and shifts, coarse to fine; returns the best per image."""
         s = self.settings
         current = candidates
-        for resolution, iterations, keep in zip(s.refine_resolutions, s.refine_steps, s.refine_keep):
+        for stage, (resolution, steps, keep) in enumerate(zip(s.refine_resolutions, s.refine_steps,
+                                                              s.refine_keep)):
             band = FourierBand.make(self.box, self.radius(resolution), self.device)
             images, ctf = prepared.band(band)
-            current = self._refine_stage(images, ctf, band, current, iterations)
+            current = self._refine_stage(images, ctf, band, current, steps, s.learning_rate / (1 + stage))
             order = current.scores.argsort(dim=1, descending=True)[:, :keep]
             current = _gather_candidates(current, order)
         return current
 
     def _refine_stage(self, images: torch.Tensor, ctf: torch.Tensor, band: FourierBand, start: Candidates,
-                      iterations: int) -> Candidates:
-        """Up to ``iterations`` Levenberg-Marquardt iterations from every candidate of ``start`` on ``band``.
-
-        The NCC is ``1 - |m - x|^2 / 2`` for the unit-norm model ``m`` and image ``x``, so maximising it is a
-        least-squares problem in the parameters (scaled amplitudes, rotation vector, scaled shifts: one unit moves
-        the model by about one Angstrom, so the damping acts alike on all of them). Its Jacobian: forward
-        differences of the model for the amplitudes and the rotation (one batch of projections), exact for the
-        shifts (a shift multiplies the transform by a phase). A step that raises the NCC is taken and the damping
-        divided by 3; otherwise the NCC is tried once more at the maximum of the parabola through its slope and the
-        missed step (taken if better, the damping doubled), else the damping grows 4 times. A candidate stops when
-        the linearised model promises less than ``refine_tolerance`` of its ``1 - NCC``; only the others are
-        computed further.
-        """
+                      steps: int, learning_rate: float) -> Candidates:
         batch, count = start.shifts.shape[:2]
         flat = batch * count
-        base = Candidates(start.rotations.reshape(flat, 3, 3), start.shifts.reshape(flat, 2),
-                          start.amplitudes.reshape(flat, -1))
+        rot0 = start.rotations.reshape(flat, 3, 3).detach()
+        shift0 = start.shifts.reshape(flat, 2).detach()
+        amp0 = start.amplitudes.reshape(flat, -1).detach()
         images = images[:, None, :].expand(-1, count, -1).reshape(flat, -1)
-        images = images / torch.sqrt((images.abs() ** 2).sum(-1, keepdim=True) + 1e-30)
         ctf = ctf[:, None, :].expand(-1, count, -1).reshape(flat, -1)
+        p_amp = torch.zeros_like(amp0, requires_grad=True)
+        p_rot = torch.zeros(flat, 3, dtype=self.dtype, device=self.device, requires_grad=True)
+        p_shift = torch.zeros_like(shift0, requires_grad=True)
+        optimiser = torch.optim.Adam([p_amp, p_rot, p_shift], lr=learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda i: 1.0 - 0.9 * i / max(steps, 1))
+
+        def current():
+            amplitudes = amp0 + p_amp * self.amplitude_unit
+            rotations = small_rotation(p_rot * self.rotation_unit) @ rot0
+            shifts = shift0 + p_shift * self.shift_unit
+            return amplitudes, rotations, shifts
+
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            amplitudes, rotations, shifts = current()
+            model = self.project_band(amplitudes, rotations, shifts, band) * ctf
+            loss = -ncc(model, images).sum()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
         with torch.no_grad():
-            params = torch.zeros(flat, base.amplitudes.shape[1] + 5, dtype=self.dtype, device=self.device)
-            damping = torch.full((flat,), self.settings.damping, dtype=self.dtype, device=self.device)
-            model = self._unit_models(base, params, ctf, band)
-            cost = _misfit(model, images)
-            active = torch.arange(flat, device=self.device)
-            for _ in range(iterations):
-                if not len(active):
-                    break
-                rows, now = _rows(base, active), cost[active]
-                step, slope, promised = self._damped_step(rows, params[active], model[active], images[active],
-                                                          ctf[active], band, damping[active])
-                trial = params[active] + step
-                trial_model = self._unit_models(rows, trial, ctf[active], band)
-                trial_cost = _misfit(trial_model, images[active])
-                missed = torch.nonzero(trial_cost >= now).reshape(-1)
-                if len(missed):
-                    drop = now[missed] - trial_cost[missed]
-                    length = (slope[missed] / (2.0 * (slope[missed] - drop))).clamp(0.1, 0.5)
-                    trial[missed] = params[active[missed]] + length[:, None] * step[missed]
-                    trial_model[missed] = self._unit_models(_rows(rows, missed), trial[missed], ctf[active[missed]],
-                                                            band)
-                    trial_cost[missed] = _misfit(trial_model[missed], images[active[missed]])
-                better = trial_cost < now
-                taken = active[better]
-                params[taken], model[taken], cost[taken] = trial[better], trial_model[better], trial_cost[better]
-                full = torch.ones_like(better)
-                full[missed] = False
-                damping[active] *= torch.where(better & full, 1.0 / 3.0, torch.where(better, 2.0, 4.0))
-                active = active[promised >= self.settings.refine_tolerance * now]
-            found = self._moved(base, params)
-        return Candidates(found.rotations.reshape(batch, count, 3, 3), found.shifts.reshape(batch, count, 2),
-                          found.amplitudes.reshape(batch, count, -1), (1.0 - cost).reshape(batch, count))
-
-    def _damped_step(self, base: Candidates, params: torch.Tensor, model: torch.Tensor, images: torch.Tensor,
-                     ctf: torch.Tensor, band: FourierBand, damping: torch.Tensor
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The Levenberg-Marquardt step (n, P) from ``params`` (models ``model``, unit-norm images ``images``),
-        ``(J^T J + damping mean(diag J^T J) I) step = -J^T (m - x)``, the rate (n,) at which ``|m - x|^2 / 2``
-        starts to fall along it, and the fall (n,) that the linearised model promises for the whole step."""
-        jacobian = self._model_jacobian(base, params, model, ctf, band)                      # (n, F, P)
-        transposed = jacobian.conj().transpose(1, 2)
-        normal = (transposed @ jacobian).real.double()                                      # (n, P, P)
-        gradient = (transposed @ (model - images)[..., None]).real[..., 0].double()
-        scale = normal.diagonal(dim1=1, dim2=2).mean(-1) * damping.double() + 1e-12
-        step = torch.linalg.solve(normal + scale[:, None, None] * torch.eye(len(normal[0]), dtype=normal.dtype,
-                                                                            device=normal.device), -gradient)
-        slope = -(gradient * step).sum(-1)
-        promised = slope - 0.5 * (step[:, None, :] @ normal @ step[..., None])[:, 0, 0]
-        return step.to(self.dtype), slope.to(self.dtype), promised.to(self.dtype)
-
-    def _moved(self, base: Candidates, params: torch.Tensor) -> Candidates:
-        """The poses ``base`` (n candidates) moved by ``params`` (n, M + 5): scaled amplitudes, rotation vector,
-        scaled shifts (see :meth:`_refine_stage`); ``params`` may hold several sets per candidate, (k n, M + 5)."""
-        sets = params.shape[0] // base.shifts.shape[0]
-        modes = base.amplitudes.shape[1]
-        amplitudes = base.amplitudes.repeat(sets, 1) + params[:, :modes] * self.amplitude_unit
-        rotations = small_rotation(params[:, modes:modes + 3] * self.rotation_unit) @ base.rotations.repeat(sets, 1, 1)
-        shifts = base.shifts.repeat(sets, 1) + params[:, modes + 3:] * self.shift_unit
-        return Candidates(rotations, shifts, amplitudes)
-
-    def _unit_models(self, base: Candidates, params: torch.Tensor, ctf: torch.Tensor, band: FourierBand
-                     ) -> torch.Tensor:
-        """Unit-norm model transforms (k n, F) times the CTF of the poses ``base`` moved by ``params``."""
-        moved = self._moved(base, params)
-        sets = params.shape[0] // base.shifts.shape[0]
-        model = self.project_band(moved.amplitudes, moved.rotations, moved.shifts, band) * ctf.repeat(sets, 1)
-        return model / torch.sqrt((model.abs() ** 2).sum(-1, keepdim=True) + 1e-30)
-
-    def _model_jacobian(self, base: Candidates, params: torch.Tensor, model: torch.Tensor, ctf: torch.Tensor,
-                        band: FourierBand) -> torch.Tensor:
-        """Derivatives (n, F, M + 5) of the unit-norm models ``model`` (n, F) in the parameters ``params``."""
-        flat, size = params.shape
-        steps = torch.eye(size - 2, size, dtype=self.dtype, device=self.device) * _DIFFERENCE_STEP
-        moved = (params[None] + steps[:, None, :]).reshape(-1, size)
-        differences = (self._unit_models(base, moved, ctf, band).reshape(size - 2, flat, -1) - model) / _DIFFERENCE_STEP
-        # A shift s (px) draws the particle at -s: its transform is multiplied by exp(2 pi i k.s).
-        along_x = model * (2j * math.pi * self.shift_unit) * band.fx
-        along_y = model * (2j * math.pi * self.shift_unit) * band.fy
-        return torch.cat([differences.permute(1, 2, 0), along_x[..., None], along_y[..., None]], dim=2)
+            amplitudes, rotations, shifts = current()
+            model = self.project_band(amplitudes, rotations, shifts, band) * ctf
+            scores = ncc(model, images)
+        return Candidates(rotations.reshape(batch, count, 3, 3), shifts.reshape(batch, count, 2),
+                          amplitudes.reshape(batch, count, -1), scores.reshape(batch, count))
 
     # -- whole batches --------------------------------------------------------------------------------
     def align(self, images: torch.Tensor, ctf_params: Optional[CTFParams] = None,
@@ -606,16 +535,6 @@ class Aligner:
             np.asarray(amplitudes, dtype=np.float64).reshape(batch, -1)
         as_tensor = (lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)[:, None])
         return Candidates(as_tensor(euler_to_matrix(angles)), as_tensor(shifts), as_tensor(amplitudes))
-
-
-def _misfit(models: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """``1 - NCC`` (n,) of unit-norm transforms ``models`` and ``images`` (n, F): half their squared distance."""
-    return 1.0 - (models.conj() * images).real.sum(-1)
-
-
-def _rows(candidates: Candidates, rows: torch.Tensor) -> Candidates:
-    """The poses of ``rows`` of one-pose-per-row ``candidates``."""
-    return Candidates(candidates.rotations[rows], candidates.shifts[rows], candidates.amplitudes[rows])
 
 
 def _gather_candidates(candidates: Candidates, order: torch.Tensor) -> Candidates:

@@ -78,7 +78,7 @@ class RefineSettings:
 
     The hypotheses come from the network (:func:`deephemnma.nn.infer.hypothesis_angles`). ``radius`` (deg) and
     ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift; ``resolutions``
-    (Angstrom), ``steps`` and ``top_k``: the refinement stages, their most iterations and the candidates refined;
+    (Angstrom), ``steps`` and ``top_k``: the refinement stages, their optimisation steps and the candidates refined;
     ``far_angle`` (deg): flag a particle whose refined orientation is further from the prediction; ``calibration``
     particles (evenly spread) are also aligned by the global search, and a particle whose refined score lies more
     than ``fallback_sigma`` robust standard deviations below their median score (none of its hypotheses led to its
@@ -88,8 +88,8 @@ class RefineSettings:
 
     radius: float = 45.0
     shift_radius: float = 1.0
-    resolutions: Tuple[float, ...] = (10.0, 5.0, 3.5)
-    steps: Tuple[int, ...] = (10, 10, 10)
+    resolutions: Tuple[float, ...] = (7.0, 3.5)
+    steps: Tuple[int, ...] = (30, 25)
     top_k: int = 2
     far_angle: float = 15.0
     fallback_sigma: float = 4.0
