@@ -68,9 +68,13 @@ def run_process(*argv, **options) -> Run:
     return finish(start(*argv, **options))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 120.0,
+             process: Optional[subprocess.Popen] = None) -> None:
+    """Poll ``predicate`` every 50 ms; fail if ``process`` ends first or ``timeout`` seconds pass."""
     end = time.time() + timeout
     while not predicate():
+        if process is not None and process.poll() is not None:
+            raise AssertionError('the process ended before the awaited state (make its job longer)')
         if time.time() > end:
             raise TimeoutError('the awaited state never came')
         time.sleep(0.05)
@@ -587,8 +591,8 @@ def simulate_rerun_killed_keeps_the_finished_set(ws: Workspace, tmp: Path):
     assert run('simulate', '-o', out, '--count', '8', *SMALL,
                '--chunk-size', '4').status == 0
     before = snapshot(out)
-    process = start('simulate', '-o', out, '--count', '400', *SMALL, '--chunk-size', '4', '--seed', '5')
-    wait_for(lambda: staged_chunks(out) >= 1)
+    process = start('simulate', '-o', out, '--count', '8000', *SMALL, '--chunk-size', '4', '--seed', '5')
+    wait_for(lambda: staged_chunks(out) >= 1, process=process)
     process.kill()
     process.wait()
     assert snapshot(out) == before
@@ -596,9 +600,10 @@ def simulate_rerun_killed_keeps_the_finished_set(ws: Workspace, tmp: Path):
 
 @case('silent-wrong-result')
 def simulate_killed_resumes_identically(ws: Workspace, tmp: Path):
-    common = ['--count', '120', *SMALL, '--chunk-size', '8', '--threads', '1', '--device', 'cpu']
+    # 6,000 images (about 3 s): 120 took about one 50 ms poll, so a busy machine could miss the run in progress
+    common = ['--count', '6000', *SMALL, '--chunk-size', '8', '--threads', '1', '--device', 'cpu']
     process = start('simulate', '-o', tmp / 'killed', *common)
-    wait_for(lambda: staged_chunks(tmp / 'killed') >= 2)
+    wait_for(lambda: staged_chunks(tmp / 'killed') >= 2, process=process)
     process.kill()
     process.wait()
     assert run('simulate', '-o', tmp / 'killed', *common).status == 0
