@@ -127,7 +127,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     labelled = align_particles(labelled, reference, AlignSettings(), folder / 'align_labelled')
     times['hemnma_labels_s'] = time.time() - clock
 
-    Aligner(reference, ImageSource(heldout.image).box, heldout.pixel_size, AlignSettings()).library()  # in no time
+    Aligner(reference, ImageSource(heldout.image).box, heldout.pixel_size, AlignSettings()).library()  # untimed
     for measured in ('align_heldout', 'refine'):  # timed stages never resume
         shutil.rmtree(folder / measured, ignore_errors=True)
     clock, cpu = time.time(), time.process_time()

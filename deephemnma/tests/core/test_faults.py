@@ -68,12 +68,11 @@ def run_process(*argv, **options) -> Run:
     return finish(start(*argv, **options))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 120.0,
-             process: Optional[subprocess.Popen] = None) -> None:
-    """Poll ``predicate`` every 50 ms; fail if ``process`` ends first or ``timeout`` seconds pass."""
+def wait_for(process: subprocess.Popen, predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll ``predicate`` every 50 ms while ``process`` runs; fail if it ends first or ``timeout`` seconds pass."""
     end = time.time() + timeout
     while not predicate():
-        if process is not None and process.poll() is not None:
+        if process.poll() is not None:
             raise AssertionError('the process ended before the awaited state (make its job longer)')
         if time.time() > end:
             raise TimeoutError('the awaited state never came')
@@ -592,7 +591,7 @@ def simulate_rerun_killed_keeps_the_finished_set(ws: Workspace, tmp: Path):
                '--chunk-size', '4').status == 0
     before = snapshot(out)
     process = start('simulate', '-o', out, '--count', '8000', *SMALL, '--chunk-size', '4', '--seed', '5')
-    wait_for(lambda: staged_chunks(out) >= 1, process=process)
+    wait_for(process, lambda: staged_chunks(out) >= 1)
     process.kill()
     process.wait()
     assert snapshot(out) == before
@@ -603,7 +602,7 @@ def simulate_killed_resumes_identically(ws: Workspace, tmp: Path):
     # 6,000 images (about 3 s): 120 took about one 50 ms poll, so a busy machine could miss the run in progress
     common = ['--count', '6000', *SMALL, '--chunk-size', '8', '--threads', '1', '--device', 'cpu']
     process = start('simulate', '-o', tmp / 'killed', *common)
-    wait_for(lambda: staged_chunks(tmp / 'killed') >= 2, process=process)
+    wait_for(process, lambda: staged_chunks(tmp / 'killed') >= 2)
     process.kill()
     process.wait()
     assert run('simulate', '-o', tmp / 'killed', *common).status == 0
@@ -631,7 +630,7 @@ def align_killed_resumes_identically(ws: Workspace, tmp: Path):
     star = _align_many(ws, tmp)
     common = ['-i', star, '--modes', ws.modes, *ALIGN, '--chunk-size', '16', '--threads', '1']
     process = start('align', '-o', tmp / 'killed.star', *common)
-    wait_for(lambda: staged_chunks(tmp) >= 2)
+    wait_for(process, lambda: staged_chunks(tmp) >= 2)
     process.kill()
     process.wait()
     assert run('align', '-o', tmp / 'killed.star', *common).status == 0
@@ -646,7 +645,7 @@ def align_resume_with_another_input_starts_afresh(ws: Workspace, tmp: Path):
     star = _align_many(ws, tmp)
     common = ['--modes', ws.modes, *ALIGN, '--chunk-size', '16', '--threads', '1']
     process = start('align', '-i', star, '-o', tmp / 'out.star', *common)
-    wait_for(lambda: staged_chunks(tmp) >= 2)
+    wait_for(process, lambda: staged_chunks(tmp) >= 2)
     process.kill()
     process.wait()
     other = read_particles(star)
@@ -663,7 +662,7 @@ def train_resume_with_another_input_starts_afresh(ws: Workspace, tmp: Path):
               '--test', '2', '--quiet', '--device', 'cpu', '--threads', '1']
     star = ws.copy_star(tmp)
     process = start('train', '-i', star, '-o', tmp / 'model', *common)
-    wait_for(lambda: any((tmp / 'model').glob('.deephemnma-train.partial/checkpoint_last.pt')))
+    wait_for(process, lambda: any((tmp / 'model').glob('.deephemnma-train.partial/checkpoint_last.pt')))
     process.kill()
     process.wait()
     other = read_particles(star)
@@ -683,7 +682,7 @@ def infer_killed_resumes_identically(ws: Workspace, tmp: Path):
     common = ['-m', ws.model, '-i', star, '--chunk-size', '16', '--batch-size', '16', '--quiet', '--threads', '1',
               '--rotations', '8', '--readers', '0']
     process = start('infer', '-o', tmp / 'killed.star', *common)
-    wait_for(lambda: staged_chunks(tmp) >= 2)
+    wait_for(process, lambda: staged_chunks(tmp) >= 2)
     process.kill()
     process.wait()
     assert run('infer', '-o', tmp / 'killed.star', *common).status == 0
@@ -697,7 +696,7 @@ def infer_killed_resumes_identically(ws: Workspace, tmp: Path):
 # ----------------------------------------------------------------------------------------------
 def _interrupted(argv: List[str], folder: Path, signum: int, status: int):
     process = start(*argv)
-    wait_for(lambda: staged_chunks(folder) >= 1)
+    wait_for(process, lambda: staged_chunks(folder) >= 1)
     process.send_signal(signum)
     result = finish(process)
     refused(result, status, 'rerun the same command to resume')
@@ -734,7 +733,7 @@ def train_sigterm(ws: Workspace, tmp: Path):
     process = start('train', '-i', star, '-o', tmp / 'model', '--arch', 'resnet18', '--epochs', '50',
                     '--batch-size', '8', '--network-box', '32', '--validation', '2', '--test', '2', '--quiet',
                     '--threads', '1')
-    wait_for(lambda: any((tmp / 'model').glob('.deephemnma-train.partial/checkpoint_last.pt')))
+    wait_for(process, lambda: any((tmp / 'model').glob('.deephemnma-train.partial/checkpoint_last.pt')))
     process.send_signal(signal.SIGTERM)
     refused(finish(process), 143, 'rerun the same command to resume')
     assert not (tmp / 'model' / 'model.pt').exists()
@@ -747,7 +746,7 @@ def reconstruct_interrupted_keeps_earlier_maps(ws: Workspace, tmp: Path):
     star = _align_many(ws, tmp, repeat=400)
     process = start('reconstruct', '-i', star, '-o', tmp / 'maps', '--batch-size', '8', '--pad', '2',
                     '--threads', '1')
-    wait_for(lambda: (tmp / 'maps' / '.deephemnma-reconstruct.partial').exists())
+    wait_for(process, lambda: (tmp / 'maps' / '.deephemnma-reconstruct.partial').exists())
     process.send_signal(signal.SIGINT)
     refused(finish(process), 130, 'interrupted')
     assert snapshot(tmp / 'maps') == before
@@ -779,7 +778,7 @@ def two_alignments_on_one_output(ws: Workspace, tmp: Path):
     argv = ['align', '-i', star, '--modes', ws.modes, '-o', tmp / 'out.star', *ALIGN, '--chunk-size', '16',
             '--threads', '1']
     first = start(*argv)
-    wait_for(lambda: (tmp / '.deephemnma-align-out.star.lock').exists() and staged_chunks(tmp) >= 1)
+    wait_for(first, lambda: (tmp / '.deephemnma-align-out.star.lock').exists() and staged_chunks(tmp) >= 1)
     refused(run(*argv), 2, 'another run is writing')
     first.kill()
     first.wait()
@@ -790,7 +789,7 @@ def two_simulations_in_one_folder(ws: Workspace, tmp: Path):
     # long enough (about a minute) that the second run starts while the first one writes, even on a busy machine
     argv = ['simulate', '-o', tmp / 'sim', '--count', '60000', *SMALL, '--chunk-size', '4', '--threads', '1']
     first = start(*argv)
-    wait_for(lambda: staged_chunks(tmp / 'sim') >= 1)
+    wait_for(first, lambda: staged_chunks(tmp / 'sim') >= 1)
     second = run_process(*argv)
     refused(second, 2, 'another run is writing')
     first.kill()
