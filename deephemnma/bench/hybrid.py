@@ -79,7 +79,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help='refinement stages (A)')
     parser.add_argument('--steps', type=int, nargs='+', default=list(defaults.steps),
                         help='optimisation steps of each refinement stage')
-    parser.add_argument('--top-k', type=int, default=defaults.top_k, help='candidates refined per image')
+    parser.add_argument('--shift-radius', type=float, default=defaults.shift_radius,
+                        help='search shifts within this many pixels of the predicted shift')
+    parser.add_argument('--top-k', type=int, default=defaults.top_k,
+                        help='candidates per image refined at the first stage (its best goes on)')
     parser.add_argument('--fallback-sigma', type=float, default=defaults.fallback_sigma,
                         help='global search below the median refined score minus this many robust sigmas (0: never)')
     parser.add_argument('--threads', type=int, help='torch CPU threads (default: all usable cores)')
@@ -141,8 +144,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     run_training(labelled, config, folder / 'model', device, progress=False)
     times['train_s'] = time.time() - clock
 
-    refine = RefineSettings(radius=args.radius, resolutions=tuple(args.resolutions), steps=tuple(args.steps),
-                            top_k=args.top_k, fallback_sigma=args.fallback_sigma)
+    refine = RefineSettings(radius=args.radius, shift_radius=args.shift_radius, resolutions=tuple(args.resolutions),
+                            steps=tuple(args.steps), top_k=args.top_k, fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
     model = load_model(folder / 'model' / 'model.pt', device)
     predictor = Predictor(model, device, rotations=args.rotations, keep_hypotheses=True)

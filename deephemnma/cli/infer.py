@@ -111,7 +111,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     refine.add_argument('--steps', type=positive_int, nargs='+', default=list(DEFAULTS.steps),
                         help='optimisation steps of each refinement stage (the last value for further stages)')
     refine.add_argument('--top-k', type=positive_int, default=DEFAULTS.top_k,
-                        help='candidates refined per image')
+                        help='candidates per image refined at the first stage (its best goes on)')
     refine.add_argument('--far-angle', type=positive_float, default=DEFAULTS.far_angle,
                         help='flag particles whose refined orientation is further than this (deg) from the '
                              "network's (refine_moved_far)")

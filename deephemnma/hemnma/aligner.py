@@ -17,7 +17,8 @@ in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for
 
 The local mode skips the global search and refines from given poses (and amplitudes). The guided mode (predict
 then refine) replaces step 1 by a search restricted to the library orientations within ``hypothesis_radius``
-degrees of a few hypotheses per image (e.g. the network's predictions), at every start conformation and shift.
+degrees of a few hypotheses per image (e.g. the network's predictions), at every start conformation and shift;
+a candidate then starts from the predicted amplitudes where they score higher than its start conformation.
 Each image is processed independently of the others in its batch, so results do not depend on how images are
 grouped into processes.
 """
@@ -370,15 +371,37 @@ class Aligner:
         shifts = self.shift_grid()
         return self._candidates(self._score_library(prepared, shifts), shifts)
 
-    def guided_search(self, prepared: PreparedImages, hypotheses: torch.Tensor, centres: torch.Tensor
-                      ) -> Candidates:
+    def guided_search(self, prepared: PreparedImages, hypotheses: torch.Tensor, centres: torch.Tensor,
+                      amplitudes: Optional[torch.Tensor] = None) -> Candidates:
         """Best ``top_k`` distinct candidates per image among the library templates (every start conformation)
         whose orientation lies within ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at
-        shifts within ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2)."""
+        shifts within ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2).
+        With predicted ``amplitudes`` (B, M), a candidate starts from them where they score higher than its
+        start conformation."""
         offsets = self.shift_grid(self.settings.hypothesis_shift_range, 1.0)
         shifts = centres.to(self.device, self.dtype)[:, None, :] + offsets[None]              # (B, S, 2)
         allowed = self._near_hypotheses(hypotheses.to(self.device, self.dtype))
-        return self._candidates(self._score_library(prepared, shifts, allowed), shifts)
+        candidates = self._candidates(self._score_library(prepared, shifts, allowed), shifts)
+        if amplitudes is None:
+            return candidates
+        return self._better_start(prepared, candidates, amplitudes.to(self.device, self.dtype))
+
+    def _better_start(self, prepared: PreparedImages, candidates: Candidates, amplitudes: torch.Tensor
+                      ) -> Candidates:
+        """``candidates`` whose amplitudes are replaced by ``amplitudes`` (B, M) where these score higher at
+        the search resolution, in the candidate's pose."""
+        band = self.library().band
+        images, ctf = prepared.band(band)
+        batch, count = candidates.shifts.shape[:2]
+        proposed = amplitudes[:, None, :].expand_as(candidates.amplitudes)
+        with torch.no_grad():
+            scores = [ncc(self.project_band(start.reshape(batch * count, -1), candidates.rotations.reshape(-1, 3, 3),
+                                            candidates.shifts.reshape(-1, 2), band).reshape(batch, count, -1)
+                          * ctf[:, None], images[:, None]) for start in (candidates.amplitudes, proposed)]
+        better = scores[1] > scores[0]
+        return Candidates(candidates.rotations, candidates.shifts,
+                          torch.where(better[..., None], proposed, candidates.amplitudes),
+                          torch.where(better, scores[1], scores[0]))
 
     def _near_hypotheses(self, hypotheses: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` True for the library orientations among the ``hypothesis_radius`` ball's worth nearest to
@@ -507,7 +530,8 @@ class Aligner:
               hypotheses: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
         """Align ``(B, box, box)`` images: global search, or local mode when ``initial`` holds ``angles`` (B, 3)
         deg, ``shifts`` (B, 2) px and optionally ``amplitudes`` (B, M), or guided mode when ``hypotheses``
-        holds ``angles`` (B, H, 3) deg and ``shifts`` (B, 2) px to search around. Returns numpy ``angles``, ``shifts``,
+        holds ``angles`` (B, H, 3) deg and ``shifts`` (B, 2) px to search around (and optionally predicted
+        ``amplitudes`` (B, M) to start from where they score higher). Returns numpy ``angles``, ``shifts``,
         ``amplitudes``, ``score`` (NCC at the finest resolution)."""
         images = torch.as_tensor(images, dtype=self.dtype).to(self.device)
         prepared = prepare_images(images, ctf_params, self.pixel_size, self.settings.ctf_mode)
@@ -517,8 +541,11 @@ class Aligner:
             batch = images.shape[0]
             matrices = euler_to_matrix(np.asarray(hypotheses['angles'], dtype=np.float64).reshape(batch, -1, 3))
             centres = np.asarray(hypotheses['shifts'], dtype=np.float64).reshape(batch, 2)
+            amplitudes = hypotheses.get('amplitudes')
             candidates = self.guided_search(prepared, torch.as_tensor(matrices, dtype=self.dtype),
-                                            torch.as_tensor(centres, dtype=self.dtype))
+                                            torch.as_tensor(centres, dtype=self.dtype),
+                                            None if amplitudes is None else torch.as_tensor(
+                                                np.asarray(amplitudes).reshape(batch, -1), dtype=self.dtype))
         else:
             candidates = self.global_search(prepared)
         best = self.refine(prepared, candidates)

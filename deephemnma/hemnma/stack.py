@@ -55,12 +55,9 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     def compute(positions: range) -> Dict[str, np.ndarray]:
         index = np.asarray(positions)
         images = torch.as_tensor(reader.read(index))
-        initial = None
-        if local:
-            initial = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
-            if particles.amplitudes is not None and particles.amplitudes.shape[1] == reference.num_modes:
-                initial['amplitudes'] = particles.amplitudes[index]
-        guide = None if hypotheses is None else {'angles': hypotheses[index], 'shifts': particles.shifts[index]}
+        initial = _own_pose(particles, index, reference.num_modes) if local else None
+        guide = None if hypotheses is None else \
+            {**_own_pose(particles, index, reference.num_modes), 'angles': hypotheses[index]}
         return aligner.align(images, None if ctf is None else ctf.rows(index), initial, guide)
 
     store.run(compute, rank, progress)
@@ -71,14 +68,25 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     return result
 
 
+def _own_pose(particles: Particles, index: np.ndarray, num_modes: int) -> Dict[str, np.ndarray]:
+    """The particles' own ``angles`` (deg), ``shifts`` (px) and, when there are ``num_modes`` of them,
+    ``amplitudes`` at ``index``: the start of the local mode, the centres and start amplitudes of the guided one."""
+    pose = {'angles': particles.angles[index], 'shifts': particles.shifts[index]}
+    if particles.amplitudes is not None and particles.amplitudes.shape[1] == num_modes:
+        pose['amplitudes'] = particles.amplitudes[index]
+    return pose
+
+
 @dataclass
 class RefineSettings:
     """Predict then refine: how the engine searches around the network's hypotheses (the defaults of
     ``deephemnma infer --refine``; figures in the README, ``deephemnma bench hybrid``).
 
     The hypotheses come from the network (:func:`deephemnma.nn.infer.hypothesis_angles`). ``radius`` (deg) and
-    ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift; ``resolutions``
-    (Angstrom), ``steps`` and ``top_k``: the refinement stages, their optimisation steps and the candidates refined;
+    ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift (0: at the predicted
+    shift alone, which the refinement then moves; the network's shifts are within a fraction of a pixel);
+    ``resolutions`` (Angstrom) and ``steps``: the refinement stages and their optimisation steps; ``top_k``: the
+    candidates refined at the first stage, whose best alone goes on;
     ``far_angle`` (deg): flag a particle whose refined orientation is further from the prediction; ``calibration``
     particles (evenly spread) are also aligned by the global search, and a particle whose refined score lies more
     than ``fallback_sigma`` robust standard deviations below their median score (none of its hypotheses led to its
@@ -87,9 +95,9 @@ class RefineSettings:
     search at all."""
 
     radius: float = 45.0
-    shift_radius: float = 1.0
+    shift_radius: float = 0.0
     resolutions: Tuple[float, ...] = (7.0, 3.5)
-    steps: Tuple[int, ...] = (30, 25)
+    steps: Tuple[int, ...] = (20, 25)
     top_k: int = 2
     far_angle: float = 15.0
     fallback_sigma: float = 4.0
@@ -98,9 +106,10 @@ class RefineSettings:
     def align_settings(self, search: AlignSettings) -> AlignSettings:
         """The guided search and refinement: the library of the global search ``search`` (orientation grid,
         start conformations, CTF mode) searched near the hypotheses, with these stages and candidates."""
+        stages = AlignSettings.stages(self.resolutions, self.top_k, self.steps)
+        stages['refine_keep'] = (1,) * len(self.resolutions)
         return replace(search, top_k=self.top_k, hypothesis_radius=self.radius,
-                       hypothesis_shift_range=self.shift_radius,
-                       **AlignSettings.stages(self.resolutions, self.top_k, self.steps))
+                       hypothesis_shift_range=self.shift_radius, **stages)
 
 
 def refine_predictions(predicted: Particles, hypotheses: np.ndarray, reference: AlignReference,

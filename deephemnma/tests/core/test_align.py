@@ -163,6 +163,27 @@ class TestRecovery(SingleThreaded):
         for name in ('rotations', 'shifts', 'amplitudes', 'scores'):
             torch.testing.assert_close(getattr(guided, name), getattr(searched, name))
 
+    def test_guided_candidates_start_from_predicted_amplitudes_that_score_higher(self):
+        """Hypotheses at the true orientations and the library's one start conformation (amplitudes 0): the true
+        amplitudes, given as predictions, score higher than 0 and become the best candidate's start; amplitudes
+        three times too large the other way score lower, and the candidates keep the library's."""
+        settings = AlignSettings(angular_step=15.0, start_amplitudes=(0.0,), top_k=2, hypothesis_radius=20.0,
+                                 hypothesis_shift_range=0.0)
+        aligner = Aligner(self.reference, BOX, PIXEL, settings)
+        prepared = prepare_images(torch.as_tensor(self.images, dtype=torch.float32), ctf_params(len(self.images)),
+                                  PIXEL, settings.ctf_mode)
+        hypotheses = torch.as_tensor(euler_to_matrix(self.angles), dtype=torch.float32)[:, None]
+        centres = torch.as_tensor(self.shifts, dtype=torch.float32)
+        library = aligner.guided_search(prepared, hypotheses, centres)
+        true = torch.as_tensor(self.amplitudes, dtype=torch.float32)
+        predicted = aligner.guided_search(prepared, hypotheses, centres, true)
+        torch.testing.assert_close(predicted.rotations, library.rotations)
+        # the best candidate (at the true orientation; the second lies at least 1.5 angular steps away)
+        torch.testing.assert_close(predicted.amplitudes[:, 0], true)
+        self.assertTrue(torch.all(predicted.scores[:, 0] > library.scores[:, 0]))
+        wrong = aligner.guided_search(prepared, hypotheses, centres, -3.0 * true)
+        torch.testing.assert_close(wrong.amplitudes[:, 0], torch.zeros_like(true))
+
     def test_predict_then_refine_falls_back_to_the_global_search(self):
         """Hypotheses 25 deg off for four particles, 120 deg off for two: the guided refinement finds the first
         four; the other two score below what the global search scores on a calibration sample (particles 0 and 5),
@@ -315,10 +336,6 @@ class TestXmippBackend(unittest.TestCase):
             read_alignment(FIXTURES / 'nma_alignment_images.xmd', 2)
 
 
-if __name__ == '__main__':
-    unittest.main()
-
-
 def test_settings_stages_keep_the_defaults_and_extend_them():
     from deephemnma.hemnma.aligner import AlignSettings
     assert AlignSettings(**AlignSettings.stages(AlignSettings.refine_resolutions)) == AlignSettings()
@@ -328,4 +345,9 @@ def test_settings_stages_keep_the_defaults_and_extend_them():
     assert five['refine_steps'][-1] == 25 and five['refine_keep'] == (3, 1, 1, 1, 1)
     chosen = AlignSettings.stages([7.0, 5.0, 3.5], top_k=2, steps=(15, 20))
     assert chosen['refine_steps'] == (15, 20, 20) and chosen['refine_keep'] == (2, 1, 1)
-    assert RefineSettings(steps=(15, 20)).align_settings(AlignSettings()).refine_steps == (15, 20)
+    refine = RefineSettings(steps=(15, 20)).align_settings(AlignSettings())
+    assert refine.refine_steps == (15, 20) and refine.refine_keep == (1, 1)   # the first stage's best goes on
+
+
+if __name__ == '__main__':
+    unittest.main()
