@@ -56,6 +56,7 @@ def test_protocols_conf_lays_out_every_protocol_in_workflow_order():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     listed, registered = (line.split() for line in result.stdout.strip().splitlines()[-2:])
-    assert listed == [f'DeepHemnmaProt{name}' for name in ('NMA', 'ImportParticles', 'Simulate', 'Align', 'Train',
-                                                           'Infer', 'Space', 'Groups', 'Reconstruct', 'Animate')]
+    assert listed == [f'DeepHemnmaProt{name}' for name in ('NMA', 'ImportParticles', 'Simulate', 'Split', 'Align',
+                                                           'Train', 'Infer', 'Space', 'Groups', 'Reconstruct',
+                                                           'Animate')]
     assert sorted(listed) == registered

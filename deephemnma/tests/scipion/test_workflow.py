@@ -22,6 +22,8 @@ from deephemnma.constants import AMPLITUDES_ATTR
 from deephemnma.convert.particles import particles_from_set
 from deephemnma.data.formats import read_particles
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg, transform_from_pose
+from deephemnma.protocols import DeepHemnmaProtSplit
+from deephemnma.protocols.protocol_split import training_ids
 from deephemnma.simulate.export import EXPORT_STAR, simulate_relion_export
 from deephemnma.simulate.setup import ak_reference_path, paper_ak_setup
 from deephemnma.tests.scipion.projects import SimulatedProjectCase
@@ -235,7 +237,7 @@ class TestOwnParticlesTemplate(BaseTest):
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
     def test_every_protocol_finished(self):
-        self.assertEqual(12, len(self.runs), 'the 12 protocols of the template')
+        self.assertEqual(11, len(self.runs), 'the 11 protocols of the template')
         align = find_protocol(self.proj, 'DeepHemnmaProtAlign')
         self.assertEqual('HEMNMA on the training subset', align.getObjLabel())
         for protocol in self.runs:
@@ -270,9 +272,10 @@ class TestOwnParticlesTemplate(BaseTest):
         12-particle calibration sample says it may have missed) puts the other particles where HEMNMA puts the
         training ones. With the robust score threshold alone, 54 % were within 15 deg; with 8 calibration particles
         (a third of the 24) the share varied between runs from 0.67 to above 0.8 (wrong poses of these mixed optics
-        groups score like right ones), so half of them are calibrated. Runs differ because Scipion's ProtSubSet
-        draws the 36 training particles with an unseeded ``random.sample`` (the training itself is deterministic:
-        two runs of the same training gave identical weights)."""
+        groups score like right ones), so half of them are calibrated. Runs used to differ because Scipion's
+        ProtSubSet drew the 36 training particles with an unseeded ``random.sample``; the template's split protocol
+        now draws them with a seed (the training itself is deterministic: two runs of the same training gave
+        identical weights)."""
         refined = particles_from_set(find_protocol(self.proj, 'DeepHemnmaProtInfer').outputParticles)
         self.assertEqual(self.COUNT - self.TRAINING, len(refined))
         truth = euler_to_matrix(self.truth.angles[self._truth_rows(refined)])
@@ -281,6 +284,26 @@ class TestOwnParticlesTemplate(BaseTest):
         self.assertGreater(np.mean(errors < 15.0), 0.8, errors)
         self.assertGreater(np.mean(errors < 15.0), np.mean(network < 15.0) + 0.3, network)
         self.assertGreaterEqual(refined.extra['refine_fallback'].sum(), 12, 'the calibration sample of 12 at least')
+
+    def test_training_draw_is_reproducible(self):
+        """The split protocol draws the training particles with its seed: the template's are those of
+        :func:`training_ids` with seed 0, the two outputs partition the import, and a second split of the same set
+        draws the same particles with the same seed and others with another seed."""
+        split = find_protocol(self.proj, 'DeepHemnmaProtSplit')
+
+        def ids(particle_set) -> list:
+            return sorted(particle_set.getIdSet())
+
+        imported = find_protocol(self.proj, 'DeepHemnmaProtImportParticles')
+        training, prediction = ids(split.outputTraining), ids(split.outputPrediction)
+        self.assertEqual(training, training_ids(np.array(ids(imported.outputParticles)), self.TRAINING, 0).tolist())
+        self.assertEqual(ids(imported.outputParticles), sorted(training + prediction))
+        for seed, same in ((0, True), (1, False)):
+            again = self.newProtocol(DeepHemnmaProtSplit, training=self.TRAINING, seed=seed)
+            again.inputParticles.set(imported.outputParticles)
+            self.launchProtocol(again)
+            self.assertEqual(same, ids(again.outputTraining) == training, f'seed {seed}')
+            self.assertEqual(self.COUNT - self.TRAINING, again.outputPrediction.getSize())
 
     def _truth_rows(self, particles) -> np.ndarray:
         """Rows of the export (and of its truth) of ``particles``, matched by stack file name and slice."""
