@@ -58,9 +58,9 @@ class DeepHemnmaProtSplit(DeepHemnmaProtocol):
         particles = self.inputParticles.get()
         if particles is None:
             return ['Choose the particles to split.']
-        count = particles.getSize()
-        if not 0 < self.training.get() < count:
-            return [f'Images for HEMNMA and training: {self.training.get()}, but the set has {count} particles: '
+        count, training = particles.getSize(), self.training.get() or 0
+        if not 0 < training < count:
+            return [f'Images for HEMNMA and training: {training}, but the set has {count} particles: '
                     f'choose from 1 to {count - 1}, leaving some to predict.']
         return []
 

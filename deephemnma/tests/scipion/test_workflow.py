@@ -287,8 +287,9 @@ class TestOwnParticlesTemplate(BaseTest):
 
     def test_training_draw_is_reproducible(self):
         """The split protocol draws the training particles with its seed: the template's are those of
-        :func:`training_ids` with seed 0, the two outputs partition the import, and a second split of the same set
-        draws the same particles with the same seed and others with another seed."""
+        :func:`training_ids` with seed 0, the two outputs partition the import, a second split of the same set
+        draws the same particles with the same seed and others with another seed, and a split leaving nothing to
+        predict is refused by the form."""
         split = find_protocol(self.proj, 'DeepHemnmaProtSplit')
 
         def ids(particle_set) -> list:
@@ -304,6 +305,9 @@ class TestOwnParticlesTemplate(BaseTest):
             self.launchProtocol(again)
             self.assertEqual(same, ids(again.outputTraining) == training, f'seed {seed}')
             self.assertEqual(self.COUNT - self.TRAINING, again.outputPrediction.getSize())
+        everything = self.newProtocol(DeepHemnmaProtSplit, training=self.COUNT)
+        everything.inputParticles.set(imported.outputParticles)
+        self.assertIn(f'choose from 1 to {self.COUNT - 1}, leaving some to predict', ' '.join(everything.validate()))
 
     def _truth_rows(self, particles) -> np.ndarray:
         """Rows of the export (and of its truth) of ``particles``, matched by stack file name and slice."""
