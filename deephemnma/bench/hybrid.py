@@ -3,7 +3,9 @@
 The demo's data (``deephemnma simulate``'s path: all-atom 4AKE chain A on the paper's helix over modes 7-9, uniform
 orientations, shifts <= 2.5 px, CTF 200 kV / Cs 2 mm / 0.5 um phase-flipped, SNR 0.1 on images of 256 px of 0.325 A
 Fourier-cropped to 64 px of 1.3 A) are split in halves. HEMNMA's global search (the two-beads-per-residue reference)
-labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch) learns those labels; the second
+labels the first half; the network (the demo's: ResNet-18 on 32 px, 128 per batch), first trained on 10,000 images
+simulated the same way with another seed and their true labels (``--pretrain``; 12 epochs), learns those labels
+(fine-tuning, ``deephemnma train --init-weights``); the second
 half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
 (``deephemnma infer --refine``'s defaults: the network's 8 orientation hypotheses, the orientations of 8 in-plane
 rotated copies and their average, the global search for the outliers of the refined scores included), each scored
@@ -22,6 +24,7 @@ Examples::
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work   # smaller; kept to resume
     deephemnma bench hybrid --count 1600 --epochs 60 --workdir hybrid_work --radius 30 --top-k 1
     deephemnma bench hybrid --count 1600 --epochs 60 --hypotheses 0 --workdir no_hypotheses   # the copies alone
+    deephemnma bench hybrid --pretrain 0                                    # the HEMNMA labels alone
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ from deephemnma.hemnma.reference import reference_from_modes
 from deephemnma.hemnma.stack import RefineSettings, align_particles, refine_predictions
 from deephemnma.imaging.rotations import euler_to_matrix, geodesic_angle_deg
 from deephemnma.nma.files import load_modes
-from deephemnma.nn.config import preset_config
+from deephemnma.nn.config import TrainConfig, preset_config
 from deephemnma.nn.evaluate import parameter_errors
 from deephemnma.nn.infer import (
     REFINE_ROTATIONS,
@@ -53,7 +56,7 @@ from deephemnma.nn.infer import (
     own_hypotheses,
     predict_source,
 )
-from deephemnma.nn.modelfile import load_model
+from deephemnma.nn.modelfile import MODEL_FILE, load_model
 from deephemnma.nn.targets import decode, labels_from_particles, true_labels_from_particles
 from deephemnma.nn.trainer import run_training
 from deephemnma.simulate.config import SimulationConfig
@@ -69,6 +72,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--epochs', type=int, default=120, help='training epochs (the demo: 120)')
     parser.add_argument('--arch', default='resnet18', help='feature extractor (the demo: resnet18)')
     parser.add_argument('--network-box', type=int, default=32, help='network input size (px; the demo: 32)')
+    parser.add_argument('--pretrain', type=int, default=10000,
+                        help='images simulated like the data (another seed) that the network learns first, with '
+                             'their true labels, before the HEMNMA labels (fine-tuning; 0: none)')
+    parser.add_argument('--pretrain-epochs', type=int, default=12, help='epochs of the pretraining')
     defaults = RefineSettings()
     parser.add_argument('--hypotheses', type=int, help='orientation hypotheses the network learns (the fast '
                                                           "preset's 8; 0: none)")
@@ -138,16 +145,28 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     global_cpu = time.process_time() - cpu
     times['hemnma_heldout_s'] = time.time() - clock
 
+    def training(epochs: int, init_weights: str = '') -> TrainConfig:
+        return preset_config('fast', arch=args.arch, epochs=epochs, batch_size=128, network_box=args.network_box,
+                             dropout=0.1, patience=0, test=0.1, seed=args.seed, hypotheses=args.hypotheses,
+                             init_weights=init_weights)
+
+    init_weights, model_folder = '', folder / 'model'
+    if args.pretrain:
+        clock = time.time()
+        simulate_to_disk(SimulationConfig(count=args.pretrain, seed=args.seed + 1, **DEMO_SIMULATION),
+                         folder / 'pretrain_simulation')
+        simulated = load_particles(folder / 'pretrain_simulation' / 'particles.star', ('ctf',))
+        run_training(simulated, training(args.pretrain_epochs), folder / 'pretrain', device, progress=False)
+        init_weights, model_folder = str(folder / 'pretrain' / MODEL_FILE), folder / 'model_pretrained'
+        times['pretrain_s'] = time.time() - clock
     clock = time.time()
-    config = preset_config('fast', arch=args.arch, epochs=args.epochs, batch_size=128, network_box=args.network_box,
-                           dropout=0.1, patience=0, test=0.1, seed=args.seed, hypotheses=args.hypotheses)
-    run_training(labelled, config, folder / 'model', device, progress=False)
+    run_training(labelled, training(args.epochs, init_weights), model_folder, device, progress=False)
     times['train_s'] = time.time() - clock
 
     refine = RefineSettings(radius=args.radius, shift_radius=args.shift_radius, resolutions=tuple(args.resolutions),
                             steps=tuple(args.steps), top_k=args.top_k, fallback_sigma=args.fallback_sigma)
     clock, cpu = time.time(), time.process_time()
-    model = load_model(folder / 'model' / 'model.pt', device)
+    model = load_model(model_folder / MODEL_FILE, device)
     predictor = Predictor(model, device, rotations=args.rotations, keep_hypotheses=True)
     raw = predict_source(predictor, ImageSource(heldout.image), 256, progress=False)
     predicted = labels_to_particles(heldout, decode(raw, model.scaling))
@@ -161,6 +180,7 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
 
     hemnma, network, after = _errors(global_result), _errors(predicted), _errors(refined)
     figures = {'particles': len(particles), 'labelled': half, 'heldout': len(heldout), 'epochs': args.epochs,
+               'pretrain': args.pretrain, 'pretrain_epochs': args.pretrain_epochs if args.pretrain else 0,
                'arch': args.arch, 'network_box': args.network_box, 'hypotheses': own_hypotheses(model),
                'rotations': args.rotations, 'refine_settings': refine.__dict__,
                **{f'hemnma_{k}': v for k, v in hemnma.items()},

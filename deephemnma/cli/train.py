@@ -13,6 +13,8 @@ Examples::
     deephemnma train -i particles.star -o paper --preset paper --layout separate   # the paper's settings
     deephemnma train -i particles.star -o out --types amplitudes --epochs 100 --batch-size 256
     deephemnma train -i particles.star -o cpu_out --arch resnet18 --network-box 32 --batch-size 64 --epochs 200
+    deephemnma simulate ... -o sim && deephemnma train -i sim/particles.star -o pre --epochs 12   # pretraining,
+    deephemnma train -i hemnma/images.xmd -o tuned --init-weights pre/model.pt                    # then fine-tuning
     torchrun --nproc_per_node=4 -m deephemnma.cli.main train -i particles.star -o out --device cuda
 """
 from __future__ import annotations
@@ -80,6 +82,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                             'points of infer --refine (fast preset: 8; paper preset: 0)')
     group.add_argument('--max-translation', type=finite_float, dest='max_translation_px',
                        help='translation augmentation (px; shift labels moved consistently; 0: off)')
+    parser.add_argument('--init-weights', metavar='MODEL_PT',
+                        help='start from the weights of this model.pt (same network) and train on these labels '
+                             '(fine-tuning): e.g. a network trained on images simulated from the same reference, '
+                             'modes, CTF, noise and pixel size (deephemnma simulate, then deephemnma train)')
     parser.add_argument('--network-box', type=non_negative_int, default=0,
                         help='image size (px) the network sees: images are Fourier-cropped to it (faster training '
                              'and prediction; shifts stay in the original pixels); 0: the images\' size')
@@ -106,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patience=args.patience, amp=False if args.no_amp else None, max_rotation_deg=args.max_rotation_deg,
         max_translation_px=args.max_translation_px, hypotheses=args.hypotheses,
         outlier_threshold=args.outlier_threshold,
-        network_box=args.network_box,
+        network_box=args.network_box, init_weights=args.init_weights,
         validation=args.validation, test=args.test, seed=args.seed, readers=args.readers,
         ram_limit_gb=args.ram_limit_gb)
 

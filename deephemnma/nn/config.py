@@ -44,6 +44,7 @@ class TrainConfig:
     validation: float = 0.1
     test: float = 0.1
     seed: int = 0
+    init_weights: str = ''  # model.pt whose weights training starts from (fine-tuning; '': random weights)
     readers: int = 2  # threads reading images ahead when they are streamed from disk (above ram_limit_gb)
     ram_limit_gb: float = 4.0
 

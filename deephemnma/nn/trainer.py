@@ -31,7 +31,7 @@ from deephemnma.nn.config import SCHEDULES, TrainConfig, result_settings
 from deephemnma.nn.data import PreparedData, prepare_data
 from deephemnma.nn.history import CURVES_PNG, plot_history, write_history, write_summary
 from deephemnma.nn.model import MIN_NETWORK_BOX, DeepHemnmaNet, NetworkConfig
-from deephemnma.nn.modelfile import MODEL_FILE, MODEL_FORMAT, save_model
+from deephemnma.nn.modelfile import MODEL_FILE, MODEL_FORMAT, load_model, save_model
 from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.distributed import Rank, barrier, local_device
 from deephemnma.runtime.errors import InputError
@@ -73,6 +73,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.network = DeepHemnmaNet(NetworkConfig(outputs=outputs, arch=config.arch, layout=config.layout,
                                                    dropout=config.dropout, norm=config.norm)).to(self.device)
+        if config.init_weights:
+            self._start_from(Path(config.init_weights))
         if self.device.type == 'cuda':
             self.network = self.network.to(memory_format=torch.channels_last)
             data.hold_on_gpu(self.device)
@@ -214,13 +216,28 @@ class Trainer:
         with atomic_path(self.output_dir / LAST_CHECKPOINT, suffix='.pt') as tmp:
             torch.save(self._checkpoint(), tmp)
 
+    def _start_from(self, path: Path) -> None:
+        """Start from the weights of the model file ``path`` (fine-tuning), refused with one clear error when its
+        network differs from this training's (architecture, layout, normalisation, outputs)."""
+        if not path.is_file():
+            raise InputError(f'{path}: no such model file to start the training from')
+        start = load_model(path)
+        ours, theirs = self.network.config, start.network.config
+        shape = {name: (getattr(ours, name), getattr(theirs, name)) for name in ('arch', 'layout', 'norm', 'outputs')}
+        differ = {name: pair for name, pair in shape.items() if pair[0] != pair[1]}
+        if differ:
+            raise InputError(f'{path}: its network differs from this training\'s, so its weights cannot be the start: '
+                             + '; '.join(f'{name} {pair[1]} there, {pair[0]} here' for name, pair in differ.items()))
+        self.network.load_state_dict(start.network.state_dict())
+
     def resume(self) -> bool:
         """Continue from ``checkpoint_last.pt`` if it exists (same settings required); True if resumed."""
         path = self.output_dir / LAST_CHECKPOINT
         if not path.exists():
             return False
         state = torch.load(path, map_location='cpu', weights_only=False)
-        if result_settings(state.get('config', {})) != result_settings(self.config.to_dict()):
+        saved = {**TrainConfig().to_dict(), **state.get('config', {})}  # settings added since: their defaults
+        if result_settings(saved) != result_settings(self.config.to_dict()):
             raise InputError(f'{path} was written with other settings; remove it (or choose another output '
                              'folder) to start afresh')
         self.network.load_state_dict(state['network'])

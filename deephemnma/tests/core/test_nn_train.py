@@ -20,11 +20,14 @@ from deephemnma.nn import targets as tg
 from deephemnma.nn import trainer as train
 from deephemnma.nn.augment import transform_images, transform_quaternions, transform_shifts
 from deephemnma.nn.config import preset_config
+from deephemnma.nn.data import prepare_data
 from deephemnma.nn.history import HISTORY_CSV, read_history
 from deephemnma.nn.infer import HYPOTHESES, Predictor, hypothesis_angles, predict_source
 from deephemnma.nn.model import DeepHemnmaNet, NetworkConfig
 from deephemnma.nn.modelfile import TrainedModel, load_model
+from deephemnma.nn.targets import labels_from_particles
 from deephemnma.runtime.distributed import cleanup, init_from_env
+from deephemnma.runtime.errors import InputError
 
 torch.set_num_threads(1)
 COUNT, BOX = 40, 32
@@ -135,6 +138,30 @@ class TestTraining(unittest.TestCase):
         with self.assertRaises(ValueError):
             train.run_training(self.particles, tiny_config(epochs=1, lr=5e-4), self.folder / 'other', 'cpu',
                                progress=False)
+
+    def test_training_starts_from_the_weights_of_another_model(self):
+        """``init_weights`` (``--init-weights``): before its first step the network holds the given model's weights
+        (one trained with another seed), where a fresh network does not, and training moves them; the model of
+        another network (no hypotheses head) is refused with an error naming the file and the difference."""
+        train.run_training(self.particles, tiny_config(epochs=1, seed=5), self.folder / 'start', 'cpu', progress=False)
+        path = self.folder / 'start' / train.MODEL_FILE
+        start = load_model(path).network.state_dict()
+        config = tiny_config(epochs=1, init_weights=str(path))
+        data = prepare_data(ImageSource(self.particles.image), labels_from_particles(self.particles),
+                            self.particles.image, config)
+
+        def same_as_start(network) -> bool:
+            return all(torch.equal(network.state_dict()[key], value) for key, value in start.items())
+
+        tuned = train.Trainer(config, data, self.folder / 'tuned', 'cpu', progress=False)
+        self.assertTrue(same_as_start(tuned.network))
+        self.assertFalse(same_as_start(train.Trainer(tiny_config(epochs=1), data, self.folder / 'fresh', 'cpu',
+                                                     progress=False).network))
+        tuned.fit()
+        self.assertFalse(same_as_start(tuned.network))
+        with self.assertRaisesRegex(InputError, f'{path}: its network differs.*outputs'):
+            train.Trainer(tiny_config(epochs=1, init_weights=str(path), hypotheses=0), data, self.folder / 'other',
+                          'cpu', progress=False)
 
     def test_ddp_two_processes_match_one(self):
         single, _ = train.run_training(self.particles, tiny_config(norm='group', dropout=0.0),
