@@ -15,7 +15,7 @@ from deephemnma.nn.config import PRESETS, preset_config
 from deephemnma.nn.model import ARCHITECTURES, LAYOUTS, MIN_NETWORK_BOX
 from deephemnma.nn.modelfile import MODEL_FILE, read_model_info
 from deephemnma.nn.targets import TYPES, hypothesis_count
-from deephemnma.protocols.base import DeepHemnmaProtocol
+from deephemnma.protocols.base import DeepHemnmaProtocol, quoted
 
 LABEL_SOURCES = ('alignment and amplitudes', 'simulation ground truth')
 #: The form's parameter-type switches, one per type of :data:`deephemnma.nn.targets.TYPES`.
@@ -61,6 +61,11 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
         form.addParam('layout', params.EnumParam, choices=list(LAYOUTS), default=0, label='Networks',
                       help='combined: one ResNet shared by all parameter types with one MLP head each; '
                            'separate: one network per parameter type, as in the paper.')
+        form.addParam('initialTraining', params.PointerParam, pointerClass='DeepHemnmaProtTrain', allowsNull=True,
+                      label='Start from the network of',
+                      help='Optional: a training run whose network (same settings) this one starts from and '
+                           'fine-tunes on these labels, e.g. one trained on particles simulated from the same '
+                           'reference, modes, CTF, noise and pixel size with their ground truth (pretraining).')
         form.addSection(label='Training')
         form.addParam('preset', params.EnumParam, choices=list(PRESETS), default=0, label='Preset',
                       help='fast: batch 128, one-cycle learning rate, mixed precision, early stopping. paper: '
@@ -148,6 +153,8 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
             arguments.append(f'--patience {self.patience.get()}')
         if self.hypotheses.get() >= 0:
             arguments.append(f'--hypotheses {self.hypotheses.get()}')
+        if self.initialTraining.get() is not None:
+            arguments.append(f'--init-weights {quoted(self.initialTraining.get().model_path())}')
         return ' '.join(arguments)
 
     def learnt_hypotheses(self, info: Optional[dict] = None) -> int:

@@ -41,6 +41,18 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
         self.assertIn('with 8 orientation hypotheses beside the orientation', ' '.join(self.training.methods()))
         self.assertIn('Rupprecht2017', self.training._citations())
 
+    def test_training_starts_from_another_runs_network(self):
+        """"Start from the network of": the run fine-tunes the first run's network (its model file reaches the
+        command as --init-weights and the training's settings record it); one epoch moves the weights."""
+        tuned = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'epochs': 1})
+        tuned.inputParticles.set(self.simulation.outputParticles)
+        tuned.initialTraining.set(self.training)
+        self.launchProtocol(tuned)
+        start = self.training.model_path()
+        self.assertEqual(start, tuned.training_summary()['config']['init_weights'])
+        before, after = (load_model(path).network.state_dict() for path in (start, tuned.model_path()))
+        self.assertFalse(all(np.array_equal(before[key], after[key]) for key in before))
+
     def test_prediction_outputs_pose_and_amplitudes(self):
         inference = self.newProtocol(DeepHemnmaProtInfer, useGpu=False, batchSize=5, rotations=2)
         inference.inputTraining.set(self.training)
