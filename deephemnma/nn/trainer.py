@@ -218,9 +218,8 @@ class Trainer:
 
     def _start_from(self, path: Path) -> None:
         """Start from the weights of the model file ``path`` (fine-tuning), refused with one clear error when its
-        network differs from this training's (architecture, layout, normalisation, outputs)."""
-        if not path.is_file():
-            raise InputError(f'{path}: no such model file to start the training from')
+        network differs from this training's (architecture, layout, normalisation, outputs); a missing or damaged
+        file is refused by :func:`load_model`."""
         start = load_model(path)
         ours, theirs = self.network.config, start.network.config
         shape = {name: (getattr(ours, name), getattr(theirs, name)) for name in ('arch', 'layout', 'norm', 'outputs')}
