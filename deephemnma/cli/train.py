@@ -13,8 +13,8 @@ Examples::
     deephemnma train -i particles.star -o paper --preset paper --layout separate   # the paper's settings
     deephemnma train -i particles.star -o out --types amplitudes --epochs 100 --batch-size 256
     deephemnma train -i particles.star -o cpu_out --arch resnet18 --network-box 32 --batch-size 64 --epochs 200
-    deephemnma simulate ... -o sim && deephemnma train -i sim/particles.star -o pre --epochs 12   # pretraining,
-    deephemnma train -i hemnma/images.xmd -o tuned --init-weights pre/model.pt                    # then fine-tuning
+    deephemnma simulate ... -o sim && deephemnma train -i sim/particles.star -o pre --epochs 60   # pretraining,
+    deephemnma train -i hemnma/images.xmd -o tuned --init-weights pre/model.pt --preset finetune  # then fine-tuning
     torchrun --nproc_per_node=4 -m deephemnma.cli.main train -i particles.star -o out --device cuda
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--pixel-size', type=positive_float, help='pixel size (A) for .xmd files without one')
     parser.add_argument('--preset', choices=sorted(PRESETS), default='fast',
                         help='paper: batch 2, lr 1e-5 /10 every 80 epochs, 400 epochs; fast: batch 128, '
-                             'one-cycle, mixed precision on GPU, early stopping (default)')
+                             'one-cycle, mixed precision on GPU, early stopping (default); finetune: fast, but lr '
+                             '1e-4 decaying (cosine), 60 epochs, for --init-weights')
     parser.add_argument('--types', nargs='+', choices=tg.TYPES, default=list(tg.TYPES),
                         help='parameter types to learn (default: all)')
     parser.add_argument('--layout', choices=LAYOUTS, default='combined',

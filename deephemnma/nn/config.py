@@ -2,7 +2,10 @@
 
 * Presets: ``fast`` (batch 128, bfloat16 mixed precision, one-cycle schedule, early stopping on validation in the
   second half of the epochs, 8 orientation hypotheses) and ``paper`` (batch 2, learning rate 1e-5 divided by 10
-  every 80 epochs, 400 epochs, no early stop, the orientation alone as in the paper).
+  every 80 epochs, 400 epochs, no early stop, the orientation alone as in the paper) and ``finetune`` (the fast
+  preset's, but a learning rate of 1e-4 decaying from the first step (cosine) for 60 epochs: for a network that
+  starts from another one's weights, ``init_weights``, whose features a one-cycle warm-up to 1e-3 would first
+  undo).
 * The settings that change the trained weights must stay the same for a resume (:func:`result_settings`); how
   images are read (threads, RAM limit) may change.
 """
@@ -83,11 +86,13 @@ PRESETS: Dict[str, Dict[str, object]] = {
                  max_rotation_deg=180.0, max_translation_px=0.0),
     'paper': dict(batch_size=2, lr=1e-5, schedule='step', step_epochs=80, step_gamma=0.1, epochs=400,
                   amp=False, patience=0, max_rotation_deg=0.0, max_translation_px=0.0, hypotheses=0),
+    'finetune': dict(batch_size=128, lr=1e-4, schedule='cosine', epochs=60, amp=True, patience=10,
+                     max_rotation_deg=180.0, max_translation_px=0.0),
 }
 
 
 def preset_config(name: str, **overrides) -> TrainConfig:
-    """The settings of preset ``name`` ('paper' or 'fast') with ``overrides`` (None values ignored)."""
+    """The settings of preset ``name`` (one of :data:`PRESETS`) with ``overrides`` (None values ignored)."""
     if name not in PRESETS:
         raise InputError(f'unknown preset {name!r}; choose one of {sorted(PRESETS)}')
     known = {f.name for f in fields(TrainConfig)}

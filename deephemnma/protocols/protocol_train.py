@@ -69,14 +69,16 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
         form.addSection(label='Training')
         form.addParam('preset', params.EnumParam, choices=list(PRESETS), default=0, label='Preset',
                       help='fast: batch 128, one-cycle learning rate, mixed precision, early stopping. paper: '
-                           'batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs.')
+                           'batch 2, learning rate 1e-5 divided by 10 every 80 epochs, 400 epochs. finetune: '
+                           'fast, but learning rate 1e-4 decaying from the start (cosine), 60 epochs: for a network '
+                           'that starts from another (Start from the network of).')
         form.addParam('epochs', params.IntParam, default=0, label='Epochs', help='0: the preset\'s.')
         form.addParam('batchSize', params.IntParam, default=0, label='Batch size', help='0: the preset\'s.')
         form.addParam('patience', params.IntParam, default=-1, label='Early stopping patience (epochs)',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='Stop after this many epochs without a lower validation loss; 0: never (the learning '
                            'rate schedule runs to its end, which a small validation set may otherwise cut '
-                           'short); -1: the preset\'s (fast 10, paper never).')
+                           'short); -1: the preset\'s (fast and finetune 10, paper never).')
         form.addParam('learningRate', params.FloatParam, default=0.0, label='Learning rate',
                       help='(Maximum) learning rate; 0: the preset\'s.')
         form.addParam('arch', params.EnumParam, choices=list(ARCHITECTURES), default=0, label='Feature extractor',
@@ -88,13 +90,13 @@ class DeepHemnmaProtTrain(DeepHemnmaProtocol):
         form.addParam('maxRotation', params.FloatParam, default=-1.0, label='Rotation augmentation (deg)',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='Random in-plane rotations of the images up to this angle, with psi and the shifts '
-                           'transformed consistently; -1: the preset\'s (fast 180, paper 0).')
+                           'transformed consistently; -1: the preset\'s (fast and finetune 180, paper 0).')
         form.addParam('hypotheses', params.IntParam, default=-1, label='Orientation hypotheses',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='Orientations learnt beside the predicted one, each image training only the one '
                            'nearest its label (winner-takes-all), so that views that look alike get several '
                            'answers: the starting points of the refinement in the prediction protocol. '
-                           '-1: the preset\'s (fast 8, paper 0).')
+                           '-1: the preset\'s (fast and finetune 8, paper 0).')
         form.addParam('networkBox', params.IntParam, default=0, label='Network input size (px)',
                       expertLevel=params.LEVEL_ADVANCED,
                       help='The images are Fourier-cropped to this size before entering the network (about 4 '

@@ -6,6 +6,7 @@ import numpy as np
 from deephemnma.constants import AMPLITUDES_ATTR, TRUE_PREFIX
 from deephemnma.data.stacks import ImageSource
 from deephemnma.imaging.rotations import pose_from_transform
+from deephemnma.nn.config import PRESETS
 from deephemnma.nn.infer import Predictor
 from deephemnma.nn.modelfile import load_model
 from deephemnma.protocols.protocol_infer import DeepHemnmaProtInfer
@@ -43,13 +44,17 @@ class TestProtocolTrainInfer(SimulatedProjectCase):
 
     def test_training_starts_from_another_runs_network(self):
         """"Start from the network of": the run fine-tunes the first run's network (its model file reaches the
-        command as --init-weights and the training's settings record it); one epoch moves the weights."""
-        tuned = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'epochs': 1})
+        command as --init-weights and the training's settings record it), with the finetune preset's learning rate
+        (1e-4, cosine); one epoch moves the weights."""
+        tuned = self.newProtocol(DeepHemnmaProtTrain, **{**TRAINING, 'epochs': 1,
+                                                         'preset': list(PRESETS).index('finetune')})
         tuned.inputParticles.set(self.simulation.outputParticles)
         tuned.initialTraining.set(self.training)
         self.launchProtocol(tuned)
         start = self.training.model_path()
-        self.assertEqual(start, tuned.training_summary()['config']['init_weights'])
+        config = tuned.training_summary()['config']
+        self.assertEqual(start, config['init_weights'])
+        self.assertEqual((config['lr'], config['schedule'], config['patience']), (1e-4, 'cosine', 5))
         before, after = (load_model(path).network.state_dict() for path in (start, tuned.model_path()))
         self.assertFalse(all(np.array_equal(before[key], after[key]) for key in before))
 
