@@ -26,6 +26,8 @@ Examples::
     deephemnma infer -m model.pt -i images.xmd -o predicted.xmd --batch-size 1024 --device cuda
     deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz --select 7 8 9
+    deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz \
+        --rotations 1 --steps 15 20 --calibration 32   # a pretrained network: faster (PRETRAINED_NETWORK_REFINE)
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes open/modes.npz \
         --other-modes closed/modes.npz --select 7 8 9 --deformation screw
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
