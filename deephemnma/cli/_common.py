@@ -51,6 +51,19 @@ def result_settings(args: argparse.Namespace, also_ignore: Iterable[str] = ()) -
     return {name: value for name, value in sorted(vars(args).items()) if name not in ignored}
 
 
+def add_global_search_args(parser) -> None:
+    """``--angular-step``, ``--shift-range``, ``--shift-step``: the grid of the engine's global search (its library
+    of orientations; ``deephemnma align`` and the calibration sample and fallbacks of ``deephemnma infer
+    --refine``, whose guided search also picks its orientations from that library)."""
+    from deephemnma.hemnma.aligner import AlignSettings as AlignSettingsDefaults
+    parser.add_argument('--angular-step', type=positive_float, default=AlignSettingsDefaults.angular_step,
+                        help='global search step (degrees)')
+    parser.add_argument('--shift-range', type=finite_float, default=AlignSettingsDefaults.shift_range,
+                        help='global search shifts +- (pixels)')
+    parser.add_argument('--shift-step', type=positive_float, default=AlignSettingsDefaults.shift_step,
+                        help='global search shift step (pixels)')
+
+
 def add_deformation_arg(parser: argparse.ArgumentParser) -> None:
     """``--deformation``: how amplitudes move the reference (:mod:`deephemnma.nma.deform`)."""
     from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from deephemnma.cli._common import (
     add_contrast_args,
     add_deformation_arg,
+    add_global_search_args,
     add_other_modes_args,
     contrast_decision,
     finite_float,
@@ -81,9 +82,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--ctf', choices=CTF_STATES, default='phase_flipped',
                         help='images are phase-flipped (model x |CTF|), raw (model x CTF) or CTF-free')
     add_contrast_args(parser)
-    parser.add_argument('--angular-step', type=positive_float, default=10.0, help='global search step (degrees)')
-    parser.add_argument('--shift-range', type=finite_float, default=6.0, help='global search shifts +- (pixels)')
-    parser.add_argument('--shift-step', type=positive_float, default=2.0, help='global search shift step (pixels)')
+    add_global_search_args(parser)
     parser.add_argument('--start-amplitudes', type=finite_float, nargs='+',
                         help='starting amplitudes of each mode for the global search (all combinations; default '
                              '+- the amplitude of a 2.5 A RMS displacement)')

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from deephemnma.cli._common import (
     add_contrast_args,
     add_deformation_arg,
+    add_global_search_args,
     add_other_modes_args,
     contrast_decision,
     load_other_modes,
@@ -123,6 +124,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              '(refine_fallback); 0: no global search')
     refine.add_argument('--calibration', type=non_negative_int, default=DEFAULTS.calibration,
                         help='particles aligned by the global search to calibrate the scores of found poses')
+    add_global_search_args(refine)
     refine.add_argument('--refine-chunk-size', type=positive_int, default=64,
                         help='images per refinement batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
@@ -160,7 +162,8 @@ def refine(args: argparse.Namespace, modes: List[NormalModes], predicted: Partic
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
-    search = AlignSettings(ctf_mode=args.ctf)
+    search = AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range,
+                           shift_step=args.shift_step, ctf_mode=args.ctf)
     run = dict(chunk_size=args.refine_chunk_size, device=device, rank=rank, progress=progress, invert=inverted)
     if len(modes) > 1:
         return refine_with_references(predicted, hypotheses, modes, args.reference_model, args.deformation,

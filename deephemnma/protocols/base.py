@@ -142,6 +142,21 @@ class DeepHemnmaProtocol(EMProtocol):
                            '0.93 to 0.98.')
 
     @classmethod
+    def _defineGlobalSearchParams(cls, form, step_condition: str = 'True', shift_condition: str = 'True') -> None:
+        """The grid of the engine's global search (``angularStep`` deg, ``shiftRange`` px)."""
+        form.addParam('angularStep', params.FloatParam, default=10.0, label='Angular step (deg)',
+                      condition=step_condition,
+                      help='Orientation sampling of the global (discrete) search; the refinement of predictions '
+                           "searches the same grid near the network's hypotheses.")
+        form.addParam('shiftRange', params.FloatParam, default=6.0, label='Shift range (px)',
+                      condition=shift_condition, expertLevel=params.LEVEL_ADVANCED,
+                      help='The global search tries shifts up to this many pixels on each axis.')
+
+    def _globalSearchArguments(self) -> str:
+        """The command-line options of the global search's grid."""
+        return f'--angular-step {self.angularStep.get()} --shift-range {self.shiftRange.get()}'
+
+    @classmethod
     def _defineReferenceModelParam(cls, form, condition: str = 'True') -> None:
         """How the engine draws the reference (``referenceModel``)."""
         form.addParam('referenceModel', params.EnumParam, choices=list(REFERENCE_MODEL_CHOICES), default=0,

@@ -54,11 +54,7 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
         form.addParam('localOnly', params.BooleanParam, default=False, label='Local refinement only',
                       condition='backend == 0',
                       help='Start from the particles\' own poses (and amplitudes) instead of a global search.')
-        form.addParam('angularStep', params.FloatParam, default=10.0, label='Angular step (deg)',
-                      help='Orientation sampling of the global (discrete) search.')
-        form.addParam('shiftRange', params.FloatParam, default=6.0, label='Shift range (px)',
-                      condition='backend == 0', expertLevel=params.LEVEL_ADVANCED,
-                      help='The global search tries shifts up to this many pixels on each axis.')
+        self._defineGlobalSearchParams(form, shift_condition='backend == 0')
         form.addParam('chunkSize', params.IntParam, default=64, label='Images per chunk',
                       condition='backend == 0', expertLevel=params.LEVEL_ADVANCED,
                       help='Batch size and unit of resumption.')
@@ -92,8 +88,8 @@ class DeepHemnmaProtAlign(DeepHemnmaProtocol):
             return
         arguments = (f'-i {self._getExtraPath("particles.star")} -o {self._outputPath()} '
                      f'{self._modesArguments()} --model {self._referenceModel()} {self._deformationArgument()} '
-                     f'{self._imageArguments(self.inputParticles.get())} --angular-step {self.angularStep.get()} '
-                     f'--shift-range {self.shiftRange.get()} --chunk-size {self.chunkSize.get()} '
+                     f'{self._imageArguments(self.inputParticles.get())} {self._globalSearchArguments()} '
+                     f'--chunk-size {self.chunkSize.get()} '
                      f'--threads {max(1, self.numberOfThreads.get())} --quiet')
         if self.localOnly.get():
             arguments += ' --local-refine'

@@ -84,6 +84,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                       help='Particles (evenly spread over the set) aligned by the global search to learn what a '
                            'found pose scores on these images: more gives a steadier threshold at the cost of one '
                            'global search each.')
+        self._defineGlobalSearchParams(form, 'refine', 'refine and fallbackSigma > 0')
         self._defineImageParams(form)
         form.addParam('batchSize', params.IntParam, default=256, label='Batch size',
                       expertLevel=params.LEVEL_ADVANCED, help='Images per forward pass.')
@@ -120,7 +121,8 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
             arguments += (f' --refine {self._modesArguments()} --reference-model {self._referenceModel()} '
                           f'{self._deformationArgument()} --search-radius {self.searchRadius.get()} '
                           f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()} '
-                          f'--calibration {self.calibration.get()}{self._otherModesArguments()}')
+                          f'--calibration {self.calibration.get()} {self._globalSearchArguments()}'
+                          f'{self._otherModesArguments()}')
         self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:
