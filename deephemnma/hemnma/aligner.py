@@ -41,6 +41,10 @@ from deephemnma.nma.deform import deform
 MAX_CORNER_MODES = 3
 
 
+#: :class:`AlignSettings` fields that change how fast, not what, the engine computes.
+_SPEED_ONLY_SETTINGS = ('template_chunk', 'projection_chunk')
+
+
 @dataclass
 class AlignSettings:
     """Parameters of the search and refinement (resolutions in Angstrom, shifts in pixels of the images).
@@ -89,6 +93,11 @@ class AlignSettings:
         return {'refine_resolutions': tuple(float(r) for r in resolutions),
                 'refine_steps': tuple(steps[min(i, len(steps) - 1)] for i in range(count)),
                 'refine_keep': tuple(min(keep[min(i, len(keep) - 1)], top_k) for i in range(count))}
+
+    def result_settings(self) -> Dict[str, object]:
+        """The settings that change the results (the chunk sizes only change the speed): those a resumed
+        alignment must share with the first run."""
+        return {name: value for name, value in self.__dict__.items() if name not in _SPEED_ONLY_SETTINGS}
 
     def __post_init__(self) -> None:
         if self.ctf_mode not in CTF_STATES:

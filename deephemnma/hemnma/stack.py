@@ -47,7 +47,7 @@ def align_particles(particles: Particles, reference: AlignReference, settings: A
     aligner = Aligner(reference, reader.box, particles.pixel_size, settings, device)
     ctf = particles.ctf()
     store = ChunkStore(work_folder, len(particles), chunk_size,
-                       {'settings': settings.__dict__, 'local': local, 'box': reader.box,
+                       {'settings': settings.result_settings(), 'local': local, 'box': reader.box,
                         'modes': reference.mode_numbers, 'pixel_size': particles.pixel_size,
                         'atoms': int(reference.coords.shape[0]), 'deformation': reference.deformation,
                         'hypotheses': None if hypotheses is None else int(hypotheses.shape[1])})
