@@ -191,7 +191,7 @@ class FourierProjector(Projector):
         factors = form_factors(model, k2).to(dtype) / self.pixel_size ** 2   # (T, H, W), per pixel area
         model = model.to(self.device, dtype)
         types = model.types.cpu()
-        #: (factor (H, W), atom indices (n,), magnitude along x (1, n, W), along y (1, H, n)) per atom group.
+        #: (factor (H, W), atom indices (n,), magnitude along x (1, W, n), along y (1, H, n)) per atom group.
         self.groups = []
         for t in range(model.num_types):
             members = torch.nonzero(types == t).reshape(-1)
@@ -220,10 +220,12 @@ class FourierProjector(Projector):
         real = torch.zeros(batch, len(self.fy), len(self.fx), dtype=self.dtype, device=self.device)
         imag = torch.zeros_like(real)
         for factor, idx, magnitude_x, magnitude_y in self.groups:
-            # exp(-i a) exp(-i b) = (cos a cos b - sin a sin b) - i (sin a cos b + cos a sin b), in real bmms.
-            angle_x = (2.0 * math.pi) * planar[:, idx, 0, None] * self.fx                  # (B, n, W)
+            # exp(-i a) exp(-i b) = (cos a cos b - sin a sin b) - i (sin a cos b + cos a sin b), in real bmms
+            # whose operands both run over the atoms last (twice as fast on a CPU as the x factors (B, n, W)).
+            angle_x = (2.0 * math.pi) * self.fx[:, None] * planar[:, None, idx, 0]          # (B, W, n)
             angle_y = (2.0 * math.pi) * self.fy[:, None] * planar[:, None, idx, 1]          # (B, H, n)
-            cos_x, sin_x = magnitude_x * torch.cos(angle_x), magnitude_x * torch.sin(angle_x)
+            cos_x = (magnitude_x * torch.cos(angle_x)).transpose(1, 2)
+            sin_x = (magnitude_x * torch.sin(angle_x)).transpose(1, 2)
             cos_y, sin_y = magnitude_y * torch.cos(angle_y), magnitude_y * torch.sin(angle_y)
             real = real + factor * (torch.bmm(cos_y, cos_x) - torch.bmm(sin_y, sin_x))
             imag = imag - factor * (torch.bmm(sin_y, cos_x) + torch.bmm(cos_y, sin_x))
@@ -240,15 +242,15 @@ def project_fourier(coords: torch.Tensor, model: AtomModel, rotations: torch.Ten
 
 
 def _atom_magnitudes(model: AtomModel, idx: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor):
-    """Separable per-atom factors: ``(1, n, W)`` weight x blur along kx and ``(1, H, n)`` blur along ky."""
+    """Separable per-atom factors: ``(1, W, n)`` weight x blur along kx and ``(1, H, n)`` blur along ky."""
     weights = model.weights[idx]
     if model.atom_variances is None:
-        return weights[None, :, None].expand(1, -1, len(kx)), torch.ones(1, len(ky), len(idx), dtype=kx.dtype,
+        return weights[None, None, :].expand(1, len(kx), -1), torch.ones(1, len(ky), len(idx), dtype=kx.dtype,
                                                                             device=kx.device)
     variances = model.atom_variances[idx]
-    blur_x = torch.exp(-2.0 * math.pi ** 2 * variances[:, None] * kx[None, :] ** 2)
+    blur_x = torch.exp(-2.0 * math.pi ** 2 * kx[:, None] ** 2 * variances[None, :])
     blur_y = torch.exp(-2.0 * math.pi ** 2 * ky[:, None] * ky[:, None] * variances[None, :])
-    return (weights[:, None] * blur_x)[None], blur_y[None]
+    return (weights[None, :] * blur_x)[None], blur_y[None]
 
 
 def project_atoms(coords: torch.Tensor, model: AtomModel, rotations: torch.Tensor, shifts: Optional[torch.Tensor],
