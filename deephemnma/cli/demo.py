@@ -38,7 +38,7 @@ PREDICTED_MAPS, HEMNMA_MAPS = 'group reconstructions', 'HEMNMA group reconstruct
 TEMPLATE_OPTIONS = {'count': int, 'box': int, 'pixel': float, 'maxshift': float, 'oversampling': int,
                     'snr': float, 'seed': int, 'angstep': float, 'arch': int, 'epochs': int, 'batch': int,
                     'netbox': int, 'dropout': float, 'rotations': int, 'mincount': int, 'refine': str,
-                    'calibration': int}
+                    'calibration': int, 'threads': int}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

@@ -30,9 +30,10 @@ from deephemnma.tests.scipion.projects import SimulatedProjectCase
 from deephemnma.tests.scipion.screenshots import grab_window, screenshot_dir, virtual_display
 from deephemnma.workflow import find_protocol, resolve_template, run_workflow
 
-#: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space.
+#: Small enough for the test suite (about 2 minutes on 2 cores), large enough for a meaningful space; one thread for
+#: the alignment, as for every command a parallel test worker starts.
 TINY = {'count': 120, 'epochs': 2, 'mincount': 10, 'snr': 1.0, 'oversampling': 1, 'angstep': 20.0,
-        'calibration': 16, 'rotations': 1}
+        'calibration': 16, 'rotations': 1, 'threads': 1}
 
 
 class TestSyntheticWorkflow(BaseTest):
@@ -232,7 +233,7 @@ class TestOwnParticlesTemplate(BaseTest):
         cls.star = os.path.join(folder, EXPORT_STAR)
         values = {'model': str(ak_reference_path()), 'particles': cls.star, 'modes': 3, 'training': cls.TRAINING,
                   'flipped': 'false', 'ctf': 0, 'contrast': 0, 'reconctf': 0, 'epochs': 2, 'mincount': 5,
-                  'angstep': 20.0, 'calibration': 12}
+                  'angstep': 20.0, 'calibration': 12, 'threads': 1}
         run_workflow(cls.proj, resolve_template('own_particles', values), report=lambda message: None)
         cls.runs = sorted(cls.proj.getRuns(refresh=True), key=lambda p: p.getObjId())
 
