@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -274,9 +275,22 @@ class TestStacks(SingleThreaded):
         cls.folder.cleanup()
         super().tearDownClass()
 
-    def _align(self, work: str, progress=None):
-        return align_particles(self.particles, self.reference, FAST, self.root / work, self.root, local=True,
+    def _align(self, work: str, progress=None, settings: AlignSettings = FAST):
+        return align_particles(self.particles, self.reference, settings, self.root / work, self.root, local=True,
                                chunk_size=4, progress=progress)
+
+    def test_resume_with_other_chunk_sizes_keeps_the_results_another_step_is_refused(self):
+        """The chunk sizes change only the speed: a rerun with others resumes (the finished chunks are kept as
+        they are); a rerun with another setting of the search is refused instead of mixing results."""
+        first = self._align('sizes')
+        chunk = (self.root / 'sizes' / 'chunk_000000.npz').stat().st_mtime_ns
+        faster = replace(FAST, template_chunk=7, projection_chunk=3)
+        again = self._align('sizes', settings=faster)
+        self.assertEqual(chunk, (self.root / 'sizes' / 'chunk_000000.npz').stat().st_mtime_ns)
+        for name in ('angles', 'shifts', 'amplitudes', 'score'):
+            np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+        with self.assertRaisesRegex(RuntimeError, 'holds the chunks of a job with other settings'):
+            self._align('sizes', settings=replace(FAST, angular_step=20.0))
 
     def test_kill_and_resume_gives_identical_results(self):
         uninterrupted = self._align('whole')
