@@ -55,12 +55,12 @@ def add_global_search_args(parser) -> None:
     """``--angular-step``, ``--shift-range``, ``--shift-step``: the grid of the engine's global search (its library
     of orientations; ``deephemnma align`` and the calibration sample and fallbacks of ``deephemnma infer
     --refine``, whose guided search also picks its orientations from that library)."""
-    from deephemnma.hemnma.aligner import AlignSettings as AlignSettingsDefaults
-    parser.add_argument('--angular-step', type=positive_float, default=AlignSettingsDefaults.angular_step,
+    from deephemnma.hemnma.aligner import AlignSettings
+    parser.add_argument('--angular-step', type=positive_float, default=AlignSettings.angular_step,
                         help='global search step (degrees)')
-    parser.add_argument('--shift-range', type=finite_float, default=AlignSettingsDefaults.shift_range,
+    parser.add_argument('--shift-range', type=finite_float, default=AlignSettings.shift_range,
                         help='global search shifts +- (pixels)')
-    parser.add_argument('--shift-step', type=positive_float, default=AlignSettingsDefaults.shift_step,
+    parser.add_argument('--shift-step', type=positive_float, default=AlignSettings.shift_step,
                         help='global search shift step (pixels)')
 
 
