@@ -64,6 +64,11 @@ def add_global_search_args(parser) -> None:
                         help='global search shift step (pixels)')
 
 
+def global_search_grid(args: argparse.Namespace) -> dict:
+    """The :class:`~deephemnma.hemnma.aligner.AlignSettings` fields of :func:`add_global_search_args`' options."""
+    return dict(angular_step=args.angular_step, shift_range=args.shift_range, shift_step=args.shift_step)
+
+
 def add_deformation_arg(parser: argparse.ArgumentParser) -> None:
     """``--deformation``: how amplitudes move the reference (:mod:`deephemnma.nma.deform`)."""
     from deephemnma.nma.deform import DEFAULT_DEFORMATION, DEFORMATIONS

@@ -38,6 +38,7 @@ from deephemnma.cli._common import (
     add_other_modes_args,
     contrast_decision,
     finite_float,
+    global_search_grid,
     load_other_modes,
     positive_float,
     positive_int,
@@ -97,7 +98,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> AlignSettings:
     """AlignSettings from the command-line options (refinement steps follow the number of stages)."""
-    return AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range, shift_step=args.shift_step,
+    return AlignSettings(**global_search_grid(args),
                          search_resolution=max(args.resolutions[0], AlignSettings.search_resolution),
                          start_amplitudes=tuple(args.start_amplitudes) if args.start_amplitudes else None,
                          top_k=args.top_k, ctf_mode=args.ctf, **AlignSettings.stages(args.resolutions, args.top_k))

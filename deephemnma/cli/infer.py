@@ -48,6 +48,7 @@ from deephemnma.cli._common import (
     add_global_search_args,
     add_other_modes_args,
     contrast_decision,
+    global_search_grid,
     load_other_modes,
     non_negative_float,
     non_negative_int,
@@ -162,8 +163,7 @@ def refine(args: argparse.Namespace, modes: List[NormalModes], predicted: Partic
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))
-    search = AlignSettings(angular_step=args.angular_step, shift_range=args.shift_range,
-                           shift_step=args.shift_step, ctf_mode=args.ctf)
+    search = AlignSettings(**global_search_grid(args), ctf_mode=args.ctf)
     run = dict(chunk_size=args.refine_chunk_size, device=device, rank=rank, progress=progress, invert=inverted)
     if len(modes) > 1:
         return refine_with_references(predicted, hypotheses, modes, args.reference_model, args.deformation,

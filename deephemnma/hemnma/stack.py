@@ -114,9 +114,10 @@ class RefineSettings:
 
 #: Predict then refine from a network pretrained on simulated images (``deephemnma bench hybrid``; with its
 #: orientation of the image alone, ``--rotations 1``): its hypotheses are close enough for fewer steps and half the
-#: calibration sample, 0.18 of the global search's CPU time for 1.07-1.12 x HEMNMA's errors. A network trained on
-#: HEMNMA labels alone (the demo's) needs the defaults: with these settings its refined amplitude error was 1.36 x
-#: HEMNMA's and its groups' maps up to 0.6 A coarser.
+#: calibration sample, 0.18-0.20 of the global search's CPU time for 1.07-1.12 x HEMNMA's errors (0.21-0.25 since
+#: the global search's scoring got faster). A network trained on HEMNMA labels alone (the demo's) needs the
+#: defaults: with these settings its refined amplitude error was 1.36 x HEMNMA's and its groups' maps up to 0.6 A
+#: coarser.
 PRETRAINED_NETWORK_REFINE = RefineSettings(steps=(15, 20), calibration=32)
 
 

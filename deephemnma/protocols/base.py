@@ -18,6 +18,7 @@ from pyworkflow.utils import Environ
 
 from deephemnma.convert.modes import modes_mismatch, write_modes_xmd_from_set
 from deephemnma.convert.particles import ctf_state_of
+from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS
 from deephemnma.imaging.ctf import CTF_STATES
 from deephemnma.molecule.structure import COARSE_LEVELS
@@ -144,11 +145,11 @@ class DeepHemnmaProtocol(EMProtocol):
     @classmethod
     def _defineGlobalSearchParams(cls, form, step_condition: str = 'True', shift_condition: str = 'True') -> None:
         """The grid of the engine's global search (``angularStep`` deg, ``shiftRange`` px)."""
-        form.addParam('angularStep', params.FloatParam, default=10.0, label='Angular step (deg)',
+        form.addParam('angularStep', params.FloatParam, default=AlignSettings.angular_step, label='Angular step (deg)',
                       condition=step_condition,
                       help='Orientation sampling of the global (discrete) search; the refinement of predictions '
                            "searches the same grid near the network's hypotheses.")
-        form.addParam('shiftRange', params.FloatParam, default=6.0, label='Shift range (px)',
+        form.addParam('shiftRange', params.FloatParam, default=AlignSettings.shift_range, label='Shift range (px)',
                       condition=shift_condition, expertLevel=params.LEVEL_ADVANCED,
                       help='The global search tries shifts up to this many pixels on each axis.')
 
