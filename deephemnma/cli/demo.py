@@ -7,7 +7,7 @@ comparison), runs every protocol headless, and prints the accuracy against the g
 HEMNMA's, the network's before and after the refinement), the half-map resolutions of the groups of both halves, the
 time of each stage, and where the project and the result files are. The space plot, the group maps
 and their FSC curves are copied to ``OUT/results``. The default sizes (1,000 of the paper's images, simulated at
-256 px of 0.325 A with SNR 0.1, cropped to 64 px of 1.3 A; 30 epochs) took 3.3-3.7 minutes on a 2-core AMD EPYC;
+256 px of 0.325 A with SNR 0.1, cropped to 64 px of 1.3 A; 30 epochs) took 3.3-4.4 minutes on a 2-core AMD EPYC;
 ``--count 3000 --epochs 120`` took 40 (training 23 of them); larger ones (e.g. ``--count 70000 --box 128 --pixel
 0.65 --oversampling 2 --epochs 400 --arch 0 --netbox 0``) are the paper-scale run on a GPU.
 
