@@ -63,7 +63,7 @@ from deephemnma.data.stacks import ImageSource
 from deephemnma.hemnma.aligner import AlignSettings
 from deephemnma.hemnma.reference import COARSE_MODELS, reference_from_modes
 from deephemnma.hemnma.references import refine_with_references
-from deephemnma.hemnma.stack import RefineSettings, refine_predictions
+from deephemnma.hemnma.stack import REFINE_CHUNK, RefineSettings, refine_predictions
 from deephemnma.nma.files import load_modes
 from deephemnma.nma.modes import NormalModes
 from deephemnma.nn import targets as tg
@@ -126,7 +126,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     refine.add_argument('--calibration', type=non_negative_int, default=DEFAULTS.calibration,
                         help='particles aligned by the global search to calibrate the scores of found poses')
     add_global_search_args(refine)
-    refine.add_argument('--refine-chunk-size', type=positive_int, default=64,
+    refine.add_argument('--refine-chunk-size', type=positive_int, default=REFINE_CHUNK,
                         help='images per refinement batch and resumable chunk')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda')
     parser.add_argument('--no-amp', action='store_true', help='full precision on GPU')

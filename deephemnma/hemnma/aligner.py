@@ -17,8 +17,11 @@ in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for
 
 The local mode skips the global search and refines from given poses (and amplitudes). The guided mode (predict
 then refine) replaces step 1 by a search restricted to the library orientations within ``hypothesis_radius``
-degrees of a few hypotheses per image (e.g. the network's predictions), at every start conformation and shift;
-a candidate then starts from the predicted amplitudes where they score higher than its start conformation.
+degrees of a few hypotheses per image (e.g. the network's predictions), at shifts near the predicted one, of the
+start conformation nearest to the predicted amplitudes (of every start conformation without predicted amplitudes;
+on the adenylate kinase benchmark, ``deephemnma bench hybrid``, the nearest alone gave errors within 2 % of all
+eight's for 1/8 of the scoring); a candidate then starts from the predicted amplitudes where they score higher
+than its start conformation.
 Each image is processed independently of the others in its batch, so results do not depend on how images are
 grouped into processes.
 """
@@ -387,18 +390,28 @@ class Aligner:
 
     def guided_search(self, prepared: PreparedImages, hypotheses: torch.Tensor, centres: torch.Tensor,
                       amplitudes: Optional[torch.Tensor] = None) -> Candidates:
-        """Best ``top_k`` distinct candidates per image among the library templates (every start conformation)
-        whose orientation lies within ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at
-        shifts within ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2).
-        With predicted ``amplitudes`` (B, M), a candidate starts from them where they score higher than its
-        start conformation."""
+        """Best ``top_k`` distinct candidates per image among the library templates whose orientation lies within
+        ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at shifts within
+        ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2). With predicted
+        ``amplitudes`` (B, M), only the templates of the start conformation nearest to them (:meth:`nearest_start`)
+        are scored, and a candidate starts from the predicted amplitudes where they score higher than from that
+        start conformation; without, the templates of every start conformation."""
         offsets = self.shift_grid(self.settings.hypothesis_shift_range, 1.0)
         shifts = centres.to(self.device, self.dtype)[:, None, :] + offsets[None]              # (B, S, 2)
         allowed = self._near_hypotheses(hypotheses.to(self.device, self.dtype))
-        candidates = self._candidates(self._score_library(prepared, shifts, allowed), shifts)
         if amplitudes is None:
-            return candidates
-        return self._better_start(prepared, candidates, amplitudes.to(self.device, self.dtype))
+            return self._candidates(self._score_library(prepared, shifts, allowed), shifts)
+        amplitudes = amplitudes.to(self.device, self.dtype)
+        starts = self.nearest_start(amplitudes)
+        candidates = self._candidates(self._score_library(prepared, shifts, allowed, starts), shifts)
+        return self._better_start(prepared, candidates, amplitudes)
+
+    def nearest_start(self, amplitudes: torch.Tensor) -> torch.Tensor:
+        """Index (B,) of the library's start conformation nearest to ``amplitudes`` (B, M), distances in Angstrom
+        RMS along each mode."""
+        scale = torch.as_tensor(self.reference.amplitude_scale(), dtype=self.dtype, device=self.device)
+        starts = torch.as_tensor(self.start_conformations(), dtype=self.dtype, device=self.device)
+        return torch.cdist(amplitudes / scale, starts / scale).argmin(dim=1)
 
     def _better_start(self, prepared: PreparedImages, candidates: Candidates, amplitudes: torch.Tensor
                       ) -> Candidates:
@@ -430,29 +443,48 @@ class Aligner:
             allowed.scatter_(1, closeness.topk(nearest, dim=1).indices, True)
         return allowed
 
-    def _score_library(self, prepared: PreparedImages, shifts: torch.Tensor,
-                       allowed: Optional[torch.Tensor] = None) -> '_Pool':
+    def _score_library(self, prepared: PreparedImages, shifts: torch.Tensor, allowed: Optional[torch.Tensor] = None,
+                       starts: Optional[torch.Tensor] = None) -> '_Pool':
         """The best templates of each image at its best shift of ``shifts`` ((S, 2) for every image or (B, S, 2),
-        px), among the orientations ``allowed`` (B, R) (all when None): every template against every image and
-        shift in one matrix product per chunk of templates, faster than gathering each image's templates."""
-        s = self.settings
+        px), among the orientations ``allowed`` (B, R) (all when None) of the start conformation ``starts`` (B,)
+        of each image (every start conformation when None): each chunk of templates against every image (that
+        scores it) and shift in one matrix product, faster than gathering each image's templates."""
         lib = self.library()
         shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)      # (B, S, 2F)
-        batch, count = shifted.shape[:2]
-        columns = shifted.reshape(batch * count, -1).T
+        batch = shifted.shape[0]
+        if starts is None:
+            span, groups = len(lib.templates), [slice(None)]
+        else:
+            span, groups = lib.orientations, [torch.nonzero(starts == start).reshape(-1) for start in starts.unique()]
         pool = _Pool(batch, self.device, self.dtype)
         with torch.no_grad():
-            for start in range(0, len(lib.templates), s.template_chunk):
-                num = lib.templates[start:start + s.template_chunk] @ columns         # (T, B*S)
-                num = num.reshape(-1, batch, count)
-                norm = torch.sqrt(lib.power[start:start + s.template_chunk] @ ctf_power.T + 1e-30)   # (T, B)
-                score, shift_index = (num / norm[..., None]).max(dim=2)               # (T, B)
-                index = torch.arange(start, start + score.shape[0], device=self.device)
-                score = score.T / image_norm[:, None]                                  # (B, T)
+            for first in range(0, span, self.settings.template_chunk):
+                positions = torch.arange(first, min(first + self.settings.template_chunk, span), device=self.device)
+                index = positions.expand(batch, -1) if starts is None else \
+                    starts[:, None] * lib.orientations + positions                              # (B, T)
+                score, shift_index = torch.empty(index.shape, dtype=self.dtype, device=self.device), \
+                    torch.empty(index.shape, dtype=torch.long, device=self.device)
+                for rows in groups:  # images that score the same templates
+                    first_row = index[rows][0]
+                    block = slice(int(first_row[0]), int(first_row[-1]) + 1)
+                    score[rows], shift_index[rows] = self._template_scores(
+                        shifted[rows], ctf_power[rows], image_norm[rows], block)
                 if allowed is not None:
-                    score = score.masked_fill(~allowed[:, index % lib.orientations], _EXCLUDED_SCORE)
-                pool.add(score, index.expand(batch, -1), shift_index.T)
+                    score = score.masked_fill(~allowed.gather(1, index % lib.orientations), _EXCLUDED_SCORE)
+                pool.add(score, index, shift_index)
         return pool
+
+    def _template_scores(self, shifted: torch.Tensor, ctf_power: torch.Tensor, image_norm: torch.Tensor,
+                         block: slice) -> Tuple[torch.Tensor, torch.Tensor]:
+        """NCC (B, T) of the library templates ``block`` with images shifted as in :meth:`_shifted_images`
+        (``shifted`` (B, S, 2F), ``ctf_power`` (B, F), ``image_norm`` (B,)) at their best shift, and that shift's
+        index (B, T)."""
+        lib = self.library()
+        batch, count = shifted.shape[:2]
+        num = (lib.templates[block] @ shifted.reshape(batch * count, -1).T).reshape(-1, batch, count)   # (T, B, S)
+        norm = torch.sqrt(lib.power[block] @ ctf_power.T + 1e-30)                                # (T, B)
+        score, shift_index = (num / norm[..., None]).max(dim=2)
+        return score.T / image_norm[:, None], shift_index.T
 
     def _candidates(self, pool: '_Pool', shifts: torch.Tensor) -> Candidates:
         """The ``top_k`` best candidates of ``pool`` (shifts (S, 2) for every image or (B, S, 2) per image, px),

@@ -185,6 +185,26 @@ class TestRecovery(SingleThreaded):
         wrong = aligner.guided_search(prepared, hypotheses, centres, -3.0 * true)
         torch.testing.assert_close(wrong.amplitudes[:, 0], torch.zeros_like(true))
 
+    def test_guided_search_with_amplitudes_scores_the_nearest_start_conformation(self):
+        """Predicted amplitudes nearest the library's start conformation (+a, +a, +a) of eight (+-a per mode): the
+        candidates' orientations and shifts are those of a library made of that conformation alone."""
+        common = dict(angular_step=15.0, top_k=2, hypothesis_radius=35.0, hypothesis_shift_range=1.0)
+        corner = 30.0
+        aligner = Aligner(self.reference, BOX, PIXEL, AlignSettings(start_amplitudes=(-corner, corner), **common))
+        alone = Aligner(self.reference, BOX, PIXEL, AlignSettings(start_amplitudes=(corner,), **common))
+        prepared = prepare_images(torch.as_tensor(self.images, dtype=torch.float32), ctf_params(len(self.images)),
+                                  PIXEL, 'phase_flipped')
+        hypotheses = torch.as_tensor(euler_to_matrix(self._rotated(20.0, 6)), dtype=torch.float32)[:, None]
+        centres = torch.as_tensor(self.shifts, dtype=torch.float32)
+        near_corner = torch.full((len(self.images), 3), 0.8 * corner)
+        self.assertTrue(torch.all(aligner.nearest_start(near_corner) == 7))
+        guided = aligner.guided_search(prepared, hypotheses, centres, near_corner)
+        expected = alone.guided_search(prepared, hypotheses, centres)
+        torch.testing.assert_close(guided.rotations, expected.rotations)
+        torch.testing.assert_close(guided.shifts, expected.shifts)
+        every_start = aligner.guided_search(prepared, hypotheses, centres)
+        self.assertGreater(len(torch.unique(every_start.amplitudes.reshape(-1, 3), dim=0)), 1)
+
     def test_predict_then_refine_falls_back_to_the_global_search(self):
         """Hypotheses 25 deg off for four particles, 120 deg off for two: the guided refinement finds the first
         four; the other two score below what the global search scores on a calibration sample (particles 0 and 5),
