@@ -104,6 +104,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--calibration', type=int,
                         help='particles aligned by the global search to calibrate the scores (default: after a '
                              f'pretraining {PRETRAINED_NETWORK_REFINE.calibration}, else {defaults.calibration})')
+    parser.add_argument('--nearest-start', action=argparse.BooleanOptionalAction,
+                        help="search only the library's start conformation nearest to the predicted amplitudes "
+                             f'(default: after a pretraining {PRETRAINED_NETWORK_REFINE.nearest_start}, else '
+                             f'{defaults.nearest_start})')
     parser.add_argument('--shift-radius', type=float, default=defaults.shift_radius,
                         help='search shifts within this many pixels of the predicted shift')
     parser.add_argument('--top-k', type=int, default=defaults.top_k,
@@ -196,7 +200,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     refine = RefineSettings(radius=args.radius, shift_radius=args.shift_radius, resolutions=tuple(args.resolutions),
                             steps=tuple(args.steps or chosen.steps), top_k=args.top_k,
                             fallback_sigma=args.fallback_sigma,
-                            calibration=chosen.calibration if args.calibration is None else args.calibration)
+                            calibration=chosen.calibration if args.calibration is None else args.calibration,
+                            nearest_start=chosen.nearest_start if args.nearest_start is None else args.nearest_start)
     refine_rotations = args.refine_rotations or (1 if args.pretrain else args.rotations)
     clock, cpu = time.time(), time.process_time()
     model = load_model(model_folder / MODEL_FILE, device)

@@ -27,7 +27,8 @@ Examples::
     deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz --select 7 8 9
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz \
-        --rotations 1 --steps 15 20 --calibration 32   # a pretrained network: faster (PRETRAINED_NETWORK_REFINE)
+        --rotations 1 --steps 15 20 --calibration 32 --nearest-start   # a pretrained network: faster
+                                                                          # (PRETRAINED_NETWORK_REFINE)
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes open/modes.npz \
         --other-modes closed/modes.npz --select 7 8 9 --deformation screw
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star
@@ -125,6 +126,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              '(refine_fallback); 0: no global search')
     refine.add_argument('--calibration', type=non_negative_int, default=DEFAULTS.calibration,
                         help='particles aligned by the global search to calibrate the scores of found poses')
+    refine.add_argument('--nearest-start', action='store_true',
+                        help="search only the library's start conformation nearest to the predicted amplitudes "
+                             '(1/8 of the search; for a network whose amplitudes are good, e.g. pretrained)')
     add_global_search_args(refine)
     refine.add_argument('--refine-chunk-size', type=positive_int, default=REFINE_CHUNK,
                         help='images per refinement batch and resumable chunk')
@@ -159,7 +163,7 @@ def refine(args: argparse.Namespace, modes: List[NormalModes], predicted: Partic
     settings = RefineSettings(radius=args.search_radius, shift_radius=args.shift_radius,
                               resolutions=tuple(args.resolutions), steps=tuple(args.steps), top_k=args.top_k,
                               far_angle=args.far_angle, fallback_sigma=args.fallback_sigma,
-                              calibration=args.calibration)
+                              calibration=args.calibration, nearest_start=args.nearest_start)
     progress = None if args.quiet or not rank.is_main else \
         (lambda chunks: tqdm(chunks, desc='refine (chunks)', unit='chunk'))
     hypotheses = hypothesis_angles(raw, labels_from_particles(predicted))

@@ -17,11 +17,9 @@ in the model (``|CTF|`` for phase-flipped images, the CTF for raw ones, none for
 
 The local mode skips the global search and refines from given poses (and amplitudes). The guided mode (predict
 then refine) replaces step 1 by a search restricted to the library orientations within ``hypothesis_radius``
-degrees of a few hypotheses per image (e.g. the network's predictions), at shifts near the predicted one, of the
-start conformation nearest to the predicted amplitudes (of every start conformation without predicted amplitudes;
-on the adenylate kinase benchmark, ``deephemnma bench hybrid``, the nearest alone gave errors within 2 % of all
-eight's for 1/8 of the scoring); a candidate then starts from the predicted amplitudes where they score higher
-than its start conformation.
+degrees of a few hypotheses per image (e.g. the network's predictions), at shifts near the predicted one, of every
+start conformation (or, with ``nearest_start``, of the one nearest to the predicted amplitudes); a candidate then
+starts from the predicted amplitudes where they score higher than its start conformation.
 Each image is processed independently of the others in its batch, so results do not depend on how images are
 grouped into processes.
 """
@@ -60,10 +58,13 @@ class AlignSettings:
     Refinement stage ``i`` runs ``refine_steps[i]`` Adam steps at ``refine_resolutions[i]`` and keeps the
     ``refine_keep[i]`` best candidates of each image. ``hypothesis_radius`` (degrees): the guided search
     scores the library orientations within this angle of each hypothesis, at shifts within
-    ``hypothesis_shift_range`` pixels (steps of 1 px) of the hypothesis's shift. The library is projected
-    ``projection_chunk`` templates at a time and scored ``template_chunk`` templates per matrix product: small
-    enough for the intermediate arrays to stay in a CPU's caches (on 2 CPU cores, building the library took
-    9 s instead of 23 and scoring 0.04 s per image instead of 0.06 with chunks of 8,192), and the results do not
+    ``hypothesis_shift_range`` pixels (steps of 1 px) of the hypothesis's shift. ``nearest_start``: with
+    predicted amplitudes, the guided search scores only the templates of the start conformation nearest to them
+    (1/8 of the products with 8 start conformations), for a network whose amplitudes are good (the demo's network,
+    amplitude error 58, then gave group maps up to 0.65 A coarser). The library is projected ``projection_chunk``
+    templates at a time and scored ``template_chunk`` templates per matrix product: small enough for the intermediate
+    arrays to stay in a CPU's caches (on 2 CPU cores, building the library took 9 s instead of 23 and scoring 0.04 s
+    per image instead of 0.06 with chunks of 8,192), and the results do not
     depend on them.
     """
 
@@ -83,6 +84,7 @@ class AlignSettings:
     projection_chunk: int = 64
     hypothesis_radius: float = 30.0
     hypothesis_shift_range: float = 1.0
+    nearest_start: bool = False
 
     @staticmethod
     def stages(resolutions: Sequence[float], top_k: int = 8, steps: Optional[Sequence[int]] = None
@@ -392,17 +394,17 @@ class Aligner:
                       amplitudes: Optional[torch.Tensor] = None) -> Candidates:
         """Best ``top_k`` distinct candidates per image among the library templates whose orientation lies within
         ``hypothesis_radius`` of one of the image's hypotheses (B, H, 3, 3), at shifts within
-        ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2). With predicted
-        ``amplitudes`` (B, M), only the templates of the start conformation nearest to them (:meth:`nearest_start`)
-        are scored, and a candidate starts from the predicted amplitudes where they score higher than from that
-        start conformation; without, the templates of every start conformation."""
+        ``hypothesis_shift_range`` px (steps of 1 px) of the image's shift ``centres`` (B, 2), of every start
+        conformation (with the setting ``nearest_start`` and predicted ``amplitudes`` (B, M), of the one nearest to
+        them, :meth:`nearest_start`). With predicted amplitudes, a candidate starts from them where they score
+        higher than from its start conformation."""
         offsets = self.shift_grid(self.settings.hypothesis_shift_range, 1.0)
         shifts = centres.to(self.device, self.dtype)[:, None, :] + offsets[None]              # (B, S, 2)
         allowed = self._near_hypotheses(hypotheses.to(self.device, self.dtype))
         if amplitudes is None:
             return self._candidates(self._score_library(prepared, shifts, allowed), shifts)
         amplitudes = amplitudes.to(self.device, self.dtype)
-        starts = self.nearest_start(amplitudes)
+        starts = self.nearest_start(amplitudes) if self.settings.nearest_start else None
         candidates = self._candidates(self._score_library(prepared, shifts, allowed, starts), shifts)
         return self._better_start(prepared, candidates, amplitudes)
 

@@ -86,7 +86,9 @@ class RefineSettings:
     ``shift_radius`` (px): the guided search around each hypothesis and the predicted shift (0: at the predicted
     shift alone, which the refinement then moves; the network's shifts are within a fraction of a pixel);
     ``resolutions`` (Angstrom) and ``steps``: the refinement stages and their optimisation steps; ``top_k``: the
-    candidates refined at the first stage, whose best alone goes on;
+    candidates refined at the first stage, whose best alone goes on; ``nearest_start``: search only the library
+    templates of the start conformation nearest to the predicted amplitudes (:class:`AlignSettings`; a network
+    whose amplitudes are good);
     ``far_angle`` (deg): flag a particle whose refined orientation is further from the prediction; ``calibration``
     particles (evenly spread) are also aligned by the global search, and a particle whose refined score lies more
     than ``fallback_sigma`` robust standard deviations below their median score (none of its hypotheses led to its
@@ -102,6 +104,7 @@ class RefineSettings:
     far_angle: float = 15.0
     fallback_sigma: float = 4.0
     calibration: int = 64
+    nearest_start: bool = False
 
     def align_settings(self, search: AlignSettings) -> AlignSettings:
         """The guided search and refinement: the library of the global search ``search`` (orientation grid,
@@ -109,16 +112,16 @@ class RefineSettings:
         stages = AlignSettings.stages(self.resolutions, self.top_k, self.steps)
         stages['refine_keep'] = (1,) * len(self.resolutions)
         return replace(search, top_k=self.top_k, hypothesis_radius=self.radius,
-                       hypothesis_shift_range=self.shift_radius, **stages)
+                       hypothesis_shift_range=self.shift_radius, nearest_start=self.nearest_start, **stages)
 
 
 #: Predict then refine from a network pretrained on simulated images (``deephemnma bench hybrid``; with its
-#: orientation of the image alone, ``--rotations 1``): its hypotheses are close enough for fewer steps and half the
-#: calibration sample, 0.18-0.20 of the global search's CPU time for 1.07-1.12 x HEMNMA's errors (0.21-0.25 since
-#: the global search's scoring got faster). A network trained on HEMNMA labels alone (the demo's) needs the
-#: defaults: with these settings its refined amplitude error was 1.36 x HEMNMA's and its groups' maps up to 0.6 A
-#: coarser.
-PRETRAINED_NETWORK_REFINE = RefineSettings(steps=(15, 20), calibration=32)
+#: orientation of the image alone, ``--rotations 1``): its hypotheses and amplitudes are close enough for fewer
+#: steps, half the calibration sample and the nearest start conformation alone, 0.175-0.179 of the global search's
+#: CPU time for 1.08-1.11 x HEMNMA's errors. A network trained on HEMNMA labels alone (the demo's) needs the
+#: defaults: with these steps and calibration its refined amplitude error was 1.36 x HEMNMA's and its groups' maps
+#: up to 0.6 A coarser.
+PRETRAINED_NETWORK_REFINE = RefineSettings(steps=(15, 20), calibration=32, nearest_start=True)
 
 #: Images per batch (and resumable chunk) of predict then refine: in batches of 256 rather than 64 the images that
 #: share a start conformation score the library in larger products (on 2 CPU cores 12 % less CPU time).

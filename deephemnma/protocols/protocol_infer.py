@@ -66,6 +66,11 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                       label='Search radius (deg)', expertLevel=params.LEVEL_ADVANCED,
                       help='Orientations searched around each hypothesis: larger finds more of the poses the '
                            'network missed, at a higher cost.')
+        form.addParam('nearestStart', params.BooleanParam, default=_DEFAULTS.nearest_start, condition='refine',
+                      label="Search the predicted conformation's templates only", expertLevel=params.LEVEL_ADVANCED,
+                      help="Score only the search library's start conformation nearest to the predicted amplitudes "
+                           '(an eighth of the search): for a network whose amplitudes are good (pretrained on '
+                           'simulated images, then fine-tuned); a network that predicts them poorly misses poses.')
         form.addParam('farAngle', params.FloatParam, default=_DEFAULTS.far_angle, condition='refine',
                       label='Flag moves beyond (deg)', expertLevel=params.LEVEL_ADVANCED,
                       help='Particles whose refined orientation is further than this from the prediction are '
@@ -122,7 +127,7 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
                           f'{self._deformationArgument()} --search-radius {self.searchRadius.get()} '
                           f'--far-angle {self.farAngle.get()} --fallback-sigma {self.fallbackSigma.get()} '
                           f'--calibration {self.calibration.get()} {self._globalSearchArguments()}'
-                          f'{self._otherModesArguments()}')
+                          f'{self._otherModesArguments()}{" --nearest-start" if self.nearestStart.get() else ""}')
         self.runCommand('infer', arguments)
 
     def createOutputStep(self) -> None:

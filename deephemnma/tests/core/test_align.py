@@ -186,12 +186,15 @@ class TestRecovery(SingleThreaded):
         torch.testing.assert_close(wrong.amplitudes[:, 0], torch.zeros_like(true))
 
     def test_guided_search_with_amplitudes_scores_the_nearest_start_conformation(self):
-        """Predicted amplitudes nearest the library's start conformation (+a, +a, +a) of eight (+-a per mode): the
-        candidates' orientations and shifts are those of a library made of that conformation alone."""
-        common = dict(angular_step=15.0, top_k=2, hypothesis_radius=35.0, hypothesis_shift_range=1.0)
+        """With ``nearest_start`` (predict then refine's setting), predicted amplitudes nearest the library's start
+        conformation (+a, +a, +a) of eight (+-a per mode): the candidates' orientations and shifts are those of a
+        library made of that conformation alone."""
+        refine = RefineSettings(radius=35.0, shift_radius=1.0, top_k=2, nearest_start=True)
         corner = 30.0
-        aligner = Aligner(self.reference, BOX, PIXEL, AlignSettings(start_amplitudes=(-corner, corner), **common))
-        alone = Aligner(self.reference, BOX, PIXEL, AlignSettings(start_amplitudes=(corner,), **common))
+        aligner = Aligner(self.reference, BOX, PIXEL, refine.align_settings(
+            AlignSettings(angular_step=15.0, start_amplitudes=(-corner, corner))))
+        alone = Aligner(self.reference, BOX, PIXEL, replace(refine, nearest_start=False).align_settings(
+            AlignSettings(angular_step=15.0, start_amplitudes=(corner,))))
         prepared = prepare_images(torch.as_tensor(self.images, dtype=torch.float32), ctf_params(len(self.images)),
                                   PIXEL, 'phase_flipped')
         hypotheses = torch.as_tensor(euler_to_matrix(self._rotated(20.0, 6)), dtype=torch.float32)[:, None]
