@@ -9,10 +9,10 @@ simulated the same way with another seed and their true labels (``--pretrain``; 
 fast preset as in the demo); the second
 half is (1) aligned by the global search, (2) predicted by the network alone, (3) predicted then refined
 (``deephemnma infer --refine``: the network's 8 orientation hypotheses and its orientation - after a pretraining,
-of the image alone, with :data:`~deephemnma.hemnma.stack.PRETRAINED_NETWORK_REFINE`'s steps and calibration sample;
-else of 8 in-plane rotated copies and their average, with the defaults -, the global search for a calibration
-sample and the outliers of the refined scores included), each scored
-against the ground truth. CPU times (process time, all threads) per particle leave out the engine's library, built
+of the image alone, with :data:`~deephemnma.hemnma.stack.PRETRAINED_NETWORK_REFINE`'s stages, steps, calibration
+sample and nearest start conformation; else of 8 in-plane rotated copies and their average, with the defaults -,
+the global search for a calibration sample and the outliers of the refined scores included), each scored against
+the ground truth. CPU times (process time, all threads) per particle leave out the engine's library, built
 once before (1) and shared by (1) and (3).
 
 Figures: ``hemnma_*``, ``network_*``, ``refined_*`` (``amp_mae``, ``angle_median_deg``, ``shift_mae_px``,
@@ -96,8 +96,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              'another; refine_start_* figures); default: 1 after a pretraining (the pretrained '
                              'network needs no copies there), else --rotations')
     parser.add_argument('--radius', type=float, default=defaults.radius, help='search radius (deg)')
-    parser.add_argument('--resolutions', type=float, nargs='+', default=list(defaults.resolutions),
-                        help='refinement stages (A)')
+    parser.add_argument('--resolutions', type=float, nargs='+',
+                        help='refinement stages (A; default: after a pretraining '
+                             f'{list(PRETRAINED_NETWORK_REFINE.resolutions)}, else {list(defaults.resolutions)})')
     parser.add_argument('--steps', type=int, nargs='+',
                         help='optimisation steps of each refinement stage (default: after a pretraining '
                              f'{list(PRETRAINED_NETWORK_REFINE.steps)}, else {list(defaults.steps)})')
@@ -197,7 +198,8 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict:
     times['train_s'] = time.time() - clock
 
     chosen = PRETRAINED_NETWORK_REFINE if args.pretrain else RefineSettings()
-    refine = RefineSettings(radius=args.radius, shift_radius=args.shift_radius, resolutions=tuple(args.resolutions),
+    refine = RefineSettings(radius=args.radius, shift_radius=args.shift_radius,
+                            resolutions=tuple(args.resolutions or chosen.resolutions),
                             steps=tuple(args.steps or chosen.steps), top_k=args.top_k,
                             fallback_sigma=args.fallback_sigma,
                             calibration=chosen.calibration if args.calibration is None else args.calibration,

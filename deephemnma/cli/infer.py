@@ -27,8 +27,8 @@ Examples::
     deephemnma infer -m model.pt -i particles.star -o predicted.star --rotations 8   # test-time augmentation
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz --select 7 8 9
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes nma_out/modes.npz \
-        --rotations 1 --steps 15 20 --calibration 32 --nearest-start   # a pretrained network: faster
-                                                                          # (PRETRAINED_NETWORK_REFINE)
+        --rotations 1 --resolutions 7 7 3.5 --steps 5 10 20 --calibration 32 --nearest-start
+        # a pretrained network: faster (PRETRAINED_NETWORK_REFINE)
     deephemnma infer -m model.pt -i particles.star -o refined.star --refine --modes open/modes.npz \
         --other-modes closed/modes.npz --select 7 8 9 --deformation screw
     torchrun --nproc_per_node=8 -m deephemnma.cli.main infer -m model.pt -i big.star -o big_pred.star

@@ -117,11 +117,12 @@ class RefineSettings:
 
 #: Predict then refine from a network pretrained on simulated images (``deephemnma bench hybrid``; with its
 #: orientation of the image alone, ``--rotations 1``): its hypotheses and amplitudes are close enough for fewer
-#: steps, half the calibration sample and the nearest start conformation alone, 0.175-0.179 of the global search's
-#: CPU time for 1.08-1.11 x HEMNMA's errors. A network trained on HEMNMA labels alone (the demo's) needs the
-#: defaults: with these steps and calibration its refined amplitude error was 1.36 x HEMNMA's and its groups' maps
-#: up to 0.6 A coarser.
-PRETRAINED_NETWORK_REFINE = RefineSettings(steps=(15, 20), calibration=32, nearest_start=True)
+#: steps (both candidates 5 steps at 7 A, the better one 10 more, then 20 at 3.5 A), half the calibration sample
+#: and the nearest start conformation alone. A network trained on HEMNMA labels alone (the demo's) needs the
+#: defaults: with 15 + 20 steps and this calibration its refined amplitude error was 1.36 x HEMNMA's and its groups'
+#: maps up to 0.6 A coarser.
+PRETRAINED_NETWORK_REFINE = RefineSettings(resolutions=(7.0, 7.0, 3.5), steps=(5, 10, 20), calibration=32,
+                                           nearest_start=True)
 
 #: Images per batch (and resumable chunk) of predict then refine: in batches of 256 rather than 64 the images that
 #: share a start conformation score the library in larger products (on 2 CPU cores 12 % less CPU time).
