@@ -69,8 +69,9 @@ class DeepHemnmaProtInfer(DeepHemnmaProtocol):
         form.addParam('nearestStart', params.BooleanParam, default=_DEFAULTS.nearest_start, condition='refine',
                       label="Search the predicted conformation's templates only", expertLevel=params.LEVEL_ADVANCED,
                       help="Score only the search library's start conformation nearest to the predicted amplitudes "
-                           '(an eighth of the search): for a network whose amplitudes are good (pretrained on '
-                           'simulated images, then fine-tuned); a network that predicts them poorly misses poses.')
+                           '(an eighth of the library to score): for a network whose amplitudes are good '
+                           '(pretrained on simulated images, then fine-tuned); a network that predicts them poorly '
+                           'misses poses.')
         form.addParam('farAngle', params.FloatParam, default=_DEFAULTS.far_angle, condition='refine',
                       label='Flag moves beyond (deg)', expertLevel=params.LEVEL_ADVANCED,
                       help='Particles whose refined orientation is further than this from the prediction are '
