@@ -454,10 +454,12 @@ class Aligner:
         lib = self.library()
         shifted, ctf_power, image_norm = self._shifted_images(prepared, lib.band, shifts)      # (B, S, 2F)
         batch = shifted.shape[0]
+        # images that score the same templates: (rows, first template of their block)
         if starts is None:
-            span, groups = len(lib.templates), [slice(None)]
+            span, groups = len(lib.templates), [(slice(None), 0)]
         else:
-            span, groups = lib.orientations, [torch.nonzero(starts == start).reshape(-1) for start in starts.unique()]
+            span = lib.orientations
+            groups = [(torch.nonzero(starts == start).reshape(-1), int(start) * span) for start in starts.unique()]
         pool = _Pool(batch, self.device, self.dtype)
         with torch.no_grad():
             for first in range(0, span, self.settings.template_chunk):
@@ -466,9 +468,8 @@ class Aligner:
                     starts[:, None] * lib.orientations + positions                              # (B, T)
                 score, shift_index = torch.empty(index.shape, dtype=self.dtype, device=self.device), \
                     torch.empty(index.shape, dtype=torch.long, device=self.device)
-                for rows in groups:  # images that score the same templates
-                    first_row = index[rows][0]
-                    block = slice(int(first_row[0]), int(first_row[-1]) + 1)
+                for rows, offset in groups:
+                    block = slice(offset + first, offset + first + len(positions))
                     score[rows], shift_index[rows] = self._template_scores(
                         shifted[rows], ctf_power[rows], image_norm[rows], block)
                 if allowed is not None:
